@@ -1,0 +1,70 @@
+"""The slide sheet: read, validate and check before any job runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+SPLITS = ("train", "calibrate", "threshold", "test")
+
+
+class SheetError(ValueError):
+    """The slide sheet is malformed; the message names the sheet, the slide and the fix."""
+
+
+def read_slide_sheet(path: str | Path, produced_prefix: str = "results/") -> pd.DataFrame:
+    """Read and check the slide sheet.
+
+    Paths under ``produced_prefix`` are made by the workflow itself (the demo cohort) and count as present.
+    Returns a frame indexed by slide_id with columns path, mpp (float or NaN), split, annotations (str or None).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SheetError(f"slide sheet {path} does not exist; set 'slides:' in the config to your TSV")
+    sheet = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment="#")
+    sheet.columns = [c.strip() for c in sheet.columns]
+    for col in ("slide_id", "path", "split"):
+        if col not in sheet.columns:
+            raise SheetError(f"slide sheet {path}: required column '{col}' is missing (columns: {list(sheet.columns)})")
+    for col in ("mpp", "annotations"):
+        if col not in sheet.columns:
+            sheet[col] = ""
+    sheet = sheet.apply(lambda s: s.str.strip())
+    problems = []
+    dup = sheet["slide_id"][sheet["slide_id"].duplicated()].unique()
+    if len(dup):
+        problems.append(f"duplicate slide_id(s) {sorted(dup)}: every slide needs its own id")
+    for row in sheet.itertuples(index=False):
+        sid = row.slide_id
+        if not sid or any(c in sid for c in "/\\") or sid.startswith("."):
+            problems.append(f"slide '{sid}': slide_id must not be empty, start with '.' or contain '/' or '\\'")
+        elif not all(c.isalnum() or c in "._-" for c in sid):
+            problems.append(f"slide '{sid}': slide_id may only hold letters, digits, '.', '_' and '-'")
+        if row.split not in SPLITS:
+            problems.append(f"slide '{sid}': unknown split '{row.split}' (use one of {', '.join(SPLITS)})")
+        if row.mpp:
+            try:
+                mpp = float(row.mpp)
+            except ValueError:
+                mpp = float("nan")
+            if not mpp > 0:
+                problems.append(f"slide '{sid}': mpp '{row.mpp}' is not a positive number (µm per level-0 pixel)")
+        for col, value in (("path", row.path), ("annotations", row.annotations)):
+            if value and not value.startswith(produced_prefix) and not Path(value).exists():
+                problems.append(f"slide '{sid}': {col} file {value} does not exist")
+        if not row.path:
+            problems.append(f"slide '{sid}': path is empty")
+    if problems:
+        raise SheetError(f"slide sheet {path}:\n  - " + "\n  - ".join(problems))
+    sheet["mpp"] = pd.to_numeric(sheet["mpp"].replace("", None), errors="coerce").astype(float)
+    sheet["annotations"] = sheet["annotations"].replace("", None)
+    return sheet.set_index("slide_id", drop=False)
+
+
+def records_for_validation(sheet: pd.DataFrame) -> list[dict]:
+    """Rows as dicts in the form the slides schema validates (None for empty optionals)."""
+    rows = []
+    for rec in sheet.to_dict("records"):
+        rows.append({k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()})
+    return rows
