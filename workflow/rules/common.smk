@@ -4,12 +4,10 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-
 sys.path.insert(0, str(Path(workflow.basedir).parent / "scripts"))
 
 from proganomaly.config import Config, validate_config
 from proganomaly.sheet import read_slide_sheet, records_for_validation
-
 
 # One validation, at parse time, before any job: defaults come from the schema.
 validate_config(config)
@@ -64,4 +62,5 @@ def get_final_output():
     every = list(SLIDES.index)
     targets = expand("results/tiles/{slide}.patches.parquet", slide=every)
     targets += expand("results/records/{slide}.manifest.json", slide=every)
+    targets += expand("results/tiles/{slide}.mask.png", slide=every)
     return targets

@@ -1,0 +1,20 @@
+rule write_records:
+    input:
+        slide=slide_file,
+        patches="results/tiles/{slide}.patches.parquet",
+        qc="results/tiles/{slide}.qc.json",
+    output:
+        records=directory("results/records/{slide}"),
+        manifest="results/records/{slide}.manifest.json",
+    log:
+        "results/logs/write_records/{slide}.log",
+    benchmark:
+        "results/benchmarks/write_records/{slide}.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    script:
+        "../../scripts/write_records.py"
