@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from proganomaly.config import Config
-from proganomaly.records import DOWNSCALE_METHOD, FEATURES, sha256_file, write_slide_records
+from proganomaly.records import build_manifest, sha256_file, write_slide_records
 from proganomaly.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.slide import open_slide
 
@@ -25,24 +25,20 @@ with open_slide(snakemake.input.slide, mpp=qc.get("mpp")) as slide:
         slide, patches, out_dir, sizes, cfg.records.shard_max_examples, cfg.tiling.patch_size_px, progress.update
     )
 
-manifest = {
-    "slide_id": slide_id,
-    "records_dir": out_dir.name,
-    "patch_size_px": cfg.tiling.patch_size_px,
-    "patch_extent_level0_px": sorted({int(w) for w in patches["width"]}) if len(patches) else [],
-    "mpp": qc.get("mpp"),
-    "downscale_method": DOWNSCALE_METHOD,
-    "downscale_detail": "exact box average of the patch (resampled to patch_size_px) over 2^k×2^k blocks, rounded half up",
-    "encoding": "png",
-    "features": list(FEATURES),
-    "resolutions": resolutions,
-    "source": {
+manifest = build_manifest(
+    slide_id,
+    out_dir,
+    resolutions,
+    cfg.tiling.patch_size_px,
+    patch_extent_level0_px=sorted({int(w) for w in patches["width"]}) if len(patches) else [],
+    mpp=qc.get("mpp"),
+    source={
         "slide": snakemake.input.slide,
         "patch_table": snakemake.input.patches,
         "patch_table_sha256": sha256_file(snakemake.input.patches),
     },
-    "params": {"sizes": sizes, "shard_max_examples": cfg.records.shard_max_examples},
-    "provenance": provenance({"tiling": snakemake.config["tiling"], "records": snakemake.config["records"]}),
-}
+    params={"sizes": sizes, "shard_max_examples": cfg.records.shard_max_examples},
+    provenance=provenance({"tiling": snakemake.config["tiling"], "records": snakemake.config["records"]}),
+)
 write_json(snakemake.output.manifest, manifest)
 log.info("wrote %s", {s: r["count"] for s, r in resolutions.items()})

@@ -162,6 +162,21 @@ def write_slide_records(slide, patches, out_dir, sizes, shard_max_examples, patc
     return write_records(stream(), slide_id, out_dir, sizes, shard_max_examples, on_patch)
 
 
+def build_manifest(slide_id: str, out_dir: str | Path, resolutions: dict, patch_size_px: int, **extra) -> dict:
+    """The manifest of a slide's records; shard paths are relative to the manifest's folder via `records_dir`."""
+    return {
+        "slide_id": slide_id,
+        "records_dir": Path(out_dir).name,
+        "patch_size_px": patch_size_px,
+        "downscale_method": DOWNSCALE_METHOD,
+        "downscale_detail": "exact box average of the patch (at patch_size_px) over 2^k×2^k blocks, rounded half up",
+        "encoding": "png",
+        "features": list(FEATURES),
+        "resolutions": resolutions,
+        **extra,
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------- reading
 
 
@@ -252,7 +267,8 @@ def make_dataset(
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
         tf.data.TFRecordDataset,
-        cycle_length=min(4, len(files)),
+        # Unshuffled reading keeps record order (calibration and tests rely on it); shuffled reading mixes shards.
+        cycle_length=min(4, len(files)) if shuffle else 1,
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )

@@ -58,7 +58,8 @@ def read_slide_sheet(path: str | Path, produced_prefix: str = "results/") -> pd.
     if problems:
         raise SheetError(f"slide sheet {path}:\n  - " + "\n  - ".join(problems))
     sheet["mpp"] = pd.to_numeric(sheet["mpp"].replace("", None), errors="coerce").astype(float)
-    sheet["annotations"] = sheet["annotations"].replace("", None)
+    # object dtype: pandas' string dtype would turn None into NaN, which is truthy.
+    sheet["annotations"] = pd.Series([v or None for v in sheet["annotations"]], index=sheet.index, dtype=object)
     return sheet.set_index("slide_id", drop=False)
 
 
