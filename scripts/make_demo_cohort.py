@@ -1,0 +1,91 @@
+"""Rule make_demo_cohort: cut the demo slide into five slides, paste foreign IHC tissue into threshold and test.
+
+Outputs: results/demo/{slide}.tif (tiled pyramidal JPEG TIFFs with px/cm resolution tags), the GeoJSON annotations
+of the pasted pieces for the threshold and test slides, cohort.json (regions, pastes, seed, provenance) and
+cohort.png (overview for the report).
+"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import skimage.data
+from matplotlib.patches import Rectangle
+
+from proganomaly.config import Config
+from proganomaly.demo import make_cohort, write_cohort
+from proganomaly.pyramid import count_tiles, level_shapes
+from proganomaly.runlog import Progress, provenance, setup_logging, write_json
+from proganomaly.slide import open_slide
+
+COLORS = {"train": "tab:blue", "calibrate": "tab:green", "threshold": "tab:orange", "test": "tab:red"}
+
+
+def overview(path, slide: np.ndarray, cohort: list[dict]) -> None:
+    """Source slide with the five regions, and each demo slide with its annotations."""
+    fig = plt.figure(figsize=(13, 8), layout="constrained")
+    grid = fig.add_gridspec(len(cohort), 2, width_ratios=[1, 1.5])
+    ax = fig.add_subplot(grid[:, 0])
+    ax.imshow(slide[::4, ::4], extent=(0, slide.shape[1], slide.shape[0], 0))
+    for item in cohort:
+        r = item["region"]
+        ax.add_patch(Rectangle((r.x, r.y), r.width, r.height, fill=False, lw=2, color=COLORS[r.split]))
+        ax.text(r.x + 20, r.y + 80, f"{r.slide_id}\n{100 * r.tissue_share:.0f}% of tissue", color=COLORS[r.split],
+                fontsize=8, bbox={"facecolor": "white", "alpha": 0.7, "lw": 0})  # fmt: skip
+    ax.set_title("source: CMU-1 small region (level-0 px)")
+    for i, item in enumerate(cohort):
+        r = item["region"]
+        sub = fig.add_subplot(grid[i, 1])
+        sub.imshow(item["rgb"][::2, ::2], extent=(0, r.width, r.height, 0))
+        for poly in item["polygons"]:
+            x, y = poly.exterior.xy
+            sub.plot(x, y, color="red", lw=1.2)
+        sub.set_title(f"{r.slide_id} ({r.split}, {r.width}×{r.height} px, {len(item['polygons'])} foreign)", fontsize=9)
+        sub.set_xticks([])
+        sub.set_yticks([])
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+log = setup_logging(snakemake.log[0])
+config = Config.from_dict(snakemake.config)
+demo = config.demo
+with open_slide(snakemake.input.slide, mpp=None) as slide:
+    width, height = slide.dimensions
+    mpp = float(slide.mpp)
+    source_rgb = slide.read_region(0, 0, width, height)
+log.info("source %s: %d×%d px at %.4f µm/px", snakemake.input.slide, width, height, mpp)
+
+cohort = make_cohort(
+    source_rgb, skimage.data.immunohistochemistry(), config.seed, demo.foreign_per_slide, demo.foreign_size_px
+)
+
+outputs = {Path(p).name: p for p in snakemake.output}
+n_tiles = sum(count_tiles(level_shapes(*item["rgb"].shape[:2], demo.tile_px), demo.tile_px) for item in cohort)
+progress = Progress(n_tiles, "demo pyramids", "tiles", logger=log)
+records = write_cohort(cohort, outputs, mpp, tile=demo.tile_px, quality=demo.jpeg_quality, seed=config.seed,
+                       progress=progress.update)  # fmt: skip
+for record in records:
+    areas = [round(p["area_px"]) for p in record["pastes"]]
+    log.info("%s (%s): %s px, levels %s%s", record["slide_id"], record["split"], record["levels"][0],
+             len(record["levels"]), f", foreign pieces of {areas} px²" if areas else "")  # fmt: skip
+
+overview(snakemake.output.overview, source_rgb, cohort)
+source = json.loads(Path(snakemake.input.source).read_text())
+write_json(
+    snakemake.output.cohort,
+    {
+        "seed": config.seed,
+        "source": {"path": snakemake.input.slide, "sha256": source["slide"]["sha256"], "mpp": mpp},
+        "foreign_source": "skimage.data.immunohistochemistry() (IHC: DAB + haematoxylin, CMMI; no known copyright restrictions)",
+        "slides": records,
+        "provenance": provenance(config.to_dict()),
+    },
+)
