@@ -1,0 +1,32 @@
+"""Rule plot_eval_summary: pixel-level ROC and precision–recall curves and the metrics table of the evaluated slides."""
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from proganomaly.plots import evaluation, style, tables
+from proganomaly.runlog import setup_logging
+
+log = setup_logging(snakemake.log[0])
+names = list(snakemake.params.names)
+grids = {n: pd.read_parquet(p) for n, p in zip(names, snakemake.input.grids, strict=True)}
+metrics = {n: json.loads(Path(p).read_text()) for n, p in zip(names, snakemake.input.metrics, strict=True)}
+
+style.save(evaluation.plot_pixel_curves(metrics), snakemake.output.curves)
+
+summary = evaluation.metrics_summary(metrics)
+best = evaluation.best_rows(grids)
+tmp = snakemake.output.csv + ".tmp"
+summary.to_csv(tmp, index=False)
+os.replace(tmp, snakemake.output.csv)
+note = (
+    "Reported: the evaluation stage's metrics.json (best grid cells by F1 and IoU with their threshold and dilation, "
+    "the exported operating point, pixel-level AUROC and average precision of each score map). Best cell by F1: "
+    "precision, recall, F1, IoU and false-positive rate recomputed here from that cell's confusion areas (level-0 px², "
+    "clipped to tissue), as a check."
+)
+page = tables.page("Evaluation metrics", [("Reported metrics", summary), ("Best cell per slide (by F1)", best)], note)
+style.write_text(snakemake.output.table, page)
+log.info("metrics of %s", names)

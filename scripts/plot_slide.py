@@ -1,0 +1,56 @@
+"""Rule plot_slide: thumbnail, d² map, KDE heat map and predicted polygons against annotations of one slide."""
+
+import json
+from pathlib import Path
+
+from proganomaly.config import Config
+from proganomaly.geojson import read_polygons
+from proganomaly.plots import slides, style
+from proganomaly.runlog import setup_logging
+
+
+def operating_point(metrics: dict) -> str:
+    """'threshold t, dilation d' of the first mapping in metrics.json that states both (its chosen cell)."""
+    stack = [metrics]
+    while stack:
+        node = stack.pop(0)
+        if {"threshold", "dilation"} <= set(node):
+            return f"KDE > {float(node['threshold']):.3g}, dilation {float(node['dilation']):g}"
+        stack += [v for k, v in node.items() if isinstance(v, dict) and k != "provenance"]
+    return ""
+
+
+log = setup_logging(snakemake.log[0])
+cfg = Config.from_dict(snakemake.config)
+slide_id = snakemake.wildcards.slide
+meta = json.loads(Path(snakemake.input.maps).read_text())
+th = json.loads(Path(snakemake.input.threshold).read_text())
+max_px = cfg.report.map_max_px
+thumbnail = slides.read_map(snakemake.input.thumbnail, max_px)
+d2 = slides.read_map(snakemake.input.d2, max_px)
+kde = slides.read_map(snakemake.input.kde, max_px)
+annotations, repairs = read_polygons(snakemake.input.annotations[0]) if snakemake.input.annotations else ([], [])
+for r in repairs:
+    log.warning("%s: %s", slide_id, r)
+predicted = read_polygons(snakemake.input.predicted[0])[0] if snakemake.input.predicted else []
+point = operating_point(json.loads(Path(snakemake.input.metrics[0]).read_text())) if snakemake.input.metrics else ""
+fig = slides.plot_slide_panels(
+    slide_id,
+    thumbnail=thumbnail,
+    d2=d2,
+    kde=kde,
+    level0_size=(int(meta["level0_width"]), int(meta["level0_height"])),
+    mpp=float(meta["level0_mpp"]),
+    tau=float(th["tau"]),
+    annotations=annotations,
+    predicted=predicted,
+    operating_point=point if predicted or point else "evaluation not run",
+)
+style.save(fig, snakemake.output[0])
+log.info(
+    "%s: panels from %s px maps, %d annotation and %d predicted polygons",
+    slide_id,
+    d2.shape,
+    len(annotations),
+    len(predicted),
+)

@@ -1,0 +1,427 @@
+"""Report figures on synthetic inputs of the documented formats: figures exist, axes are labelled, the marked cells
+and lines sit where numpy / sklearn say they should."""
+
+import json
+
+import matplotlib.patches as mpatches
+import numpy as np
+import pandas as pd
+import pytest
+import shapely
+from PIL import Image
+from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
+
+from proganomaly import stats, threshold
+from proganomaly.plots import calibration, evaluation, qc, slides, software, style, tables, training
+
+RNG = np.random.default_rng(7)
+
+
+def labelled(ax) -> bool:
+    return bool(ax.get_xlabel()) and bool(ax.get_ylabel())
+
+
+# ------------------------------------------------------------------------------------------------------------ style
+
+
+def test_save_writes_png_at_150_dpi(tmp_path):
+    fig, axes = style.subplots()
+    axes[0, 0].plot([0, 1], [0, 1])
+    path = style.save(fig, tmp_path / "sub" / "f.png")
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert round(im.info["dpi"][0]) == style.DPI
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+# --------------------------------------------------------------------------------------------------------------- QC
+
+
+def manifest(slide, count, sizes=(4, 8, 16)):
+    return {"slide_id": slide, "resolutions": {str(s): {"count": count, "shards": []} for s in sizes}}
+
+
+def test_patch_counts_plot():
+    counts = qc.patch_counts([manifest("a", 30), manifest("b", 12), manifest("c", 0)])
+    assert len(counts) == 9 and counts.groupby("slide_id")["count"].nunique().eq(1).all()
+    fig = qc.plot_patch_counts(counts, {"a": "train", "b": "test", "c": "calibrate"})
+    ax_bar, ax_heat = fig.axes[:2]
+    widths = [p.get_width() for p in ax_bar.patches if isinstance(p, mpatches.Rectangle)][:3]
+    assert widths == [30, 12, 0]
+    assert [t.get_text() for t in ax_bar.get_yticklabels()] == ["a", "b", "c"]
+    assert sorted(int(t.get_text()) for t in ax_heat.texts) == sorted([30] * 3 + [12] * 3 + [0] * 3)
+    assert labelled(ax_bar) and ax_heat.get_xlabel()
+    assert any("patches" in a.get_ylabel() for a in fig.axes[2:])  # the colour bar
+
+
+def test_slide_table_and_summary():
+    sheet = pd.DataFrame(
+        {"split": ["train", "test"], "annotations": [None, "t.geojson"]}, index=pd.Index(["a", "b"], name="slide_id")
+    )
+    qcs = {
+        "a": {"dimensions": {"width": 2000, "height": 1000}, "mpp": 0.5, "tissue_fraction": 0.25, "patch_count": 7},
+        "b": {"dimensions": {"width": 400, "height": 300}, "mpp": 0.25, "tissue_fraction": 1.0, "patch_count": 3},
+    }
+    table = qc.slide_table(sheet, qcs)
+    np.testing.assert_allclose(table["area (mm²)"], [2000 * 1000 * 0.25 / 1e6, 400 * 300 * 0.0625 / 1e6])
+    np.testing.assert_allclose(table["tissue area (mm²)"], [0.5 * 0.25, 0.0075])
+    assert table["annotated"].tolist() == [False, True]
+    summary = qc.split_summary(table)
+    assert summary["split"].tolist() == ["train", "test"] and summary["patches"].tolist() == [7, 3]
+    html = tables.page("Slides", [("Per slide", table)])
+    assert html.count("<tr>") == 3 and "mm²" in html and "<script" not in html
+
+
+def test_table_html_escapes():
+    html = tables.table_html(pd.DataFrame({"name": ["<b>x</b>"], "v": [float("nan")]}))
+    assert "&lt;b&gt;" in html and "<b>" not in html and "–" in html
+
+
+# ------------------------------------------------------------------------------------------------------ calibration
+
+
+def error_distribution():
+    e = np.abs(RNG.normal(0, [0.05, 0.08, 0.04], size=(20000, 3)))
+    edges = stats.linear_edges(0.0, 2.0, 2000)
+    return {
+        "channels": ["R", "G", "B"],
+        "n_pixels": len(e),
+        "mean": e.mean(0).tolist(),
+        "covariance": np.cov(e.T).tolist(),
+        "histograms": {c: stats.histogram_record(stats.bin_counts(e[:, i], edges), edges) for i, c in enumerate("RGB")},
+    }
+
+
+def threshold_record(supervised=True):
+    d2n, d2a = RNG.chisquare(3, 5000), RNG.chisquare(3, 400) * 30
+    edges = stats.log_edges(1e-4, 1e8, 100)
+    d2 = np.concatenate([d2n, d2a])
+    rec = {
+        "method": "unsupervised",
+        "unsupervised": {"tau": float(d2.mean() + 3 * d2.std(ddof=1)), "k": 3.0},
+        "supervised": None,
+        "d2_histogram": stats.histogram_record(stats.bin_counts(d2, edges), edges),
+    }
+    rec["tau"] = rec["unsupervised"]["tau"]
+    if supervised:
+        labels = np.r_[np.zeros(d2n.size, bool), np.ones(d2a.size, bool)]
+        curve = threshold.fbeta_curve_exact(d2, labels, 0.5)
+        sup = threshold.best_threshold(curve, 0.5, "exact")
+        sup["curve"] = threshold.curve_record(curve)
+        rec["supervised"] = sup
+        rec["d2_histogram_by_label"] = {
+            "normal": stats.histogram_record(stats.bin_counts(d2n, edges), edges),
+            "anomalous": stats.histogram_record(stats.bin_counts(d2a, edges), edges),
+        }
+    return rec
+
+
+def test_rebin_keeps_counts():
+    edges, counts = np.linspace(0, 1, 11), RNG.integers(0, 100, 10).astype(float)
+    e, c = calibration.rebin(edges, counts, 3)
+    assert c.sum() == counts.sum() and e[0] == 0 and e[-1] == 1 and len(e) == len(c) + 1 == 5
+    np.testing.assert_array_equal(c, [counts[:3].sum(), counts[3:6].sum(), counts[6:9].sum(), counts[9]])
+
+
+def test_error_distribution_figure():
+    ed = error_distribution()
+    fig = calibration.plot_error_distribution(ed)
+    ax, ax_corr = fig.axes[:2]
+    stairs = [p for p in ax.patches if isinstance(p, mpatches.StepPatch)]
+    assert len(stairs) == 3
+    assert [t.get_text()[0] for t in ax.get_legend().get_texts()] == ["R", "G", "B"]
+    means = sorted(line.get_xdata()[0] for line in ax.get_lines())
+    np.testing.assert_allclose(means, sorted(ed["mean"]))
+    sd = np.sqrt(np.diag(ed["covariance"]))
+    corr = np.asarray(ed["covariance"]) / np.outer(sd, sd)
+    shown = [float(t.get_text()) for t in ax_corr.texts]
+    np.testing.assert_allclose(shown, corr.ravel(), atol=0.005)
+    assert labelled(ax) and ax.get_yscale() == "log"
+
+
+def test_d2_histogram_marks_both_taus():
+    th = threshold_record()
+    ax = calibration.plot_d2_histogram(th).axes[0]
+    vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if len(line.get_xdata()) == 2)
+    np.testing.assert_allclose(vlines, sorted([th["unsupervised"]["tau"], th["supervised"]["tau"]]))
+    assert len([p for p in ax.patches if isinstance(p, mpatches.StepPatch)]) == 3  # all, normal, anomalous
+    assert ax.get_xscale() == "log" and labelled(ax)
+    # the per-decade densities integrate to 1 over log10(d²)
+    step = next(p for p in ax.patches if isinstance(p, mpatches.StepPatch))
+    values, edges = step.get_data()[:2]
+    assert np.sum(values * np.diff(np.log10(edges))) == pytest.approx(1.0)
+
+
+def test_fbeta_curve_best_point_is_the_argmax():
+    th = threshold_record()
+    ax = calibration.plot_fbeta_curve(th).axes[0]
+    curve = th["supervised"]["curve"]
+    i = int(np.argmax(curve["f"]))
+    marker = next(line for line in ax.get_lines() if line.get_marker() == "o" and len(line.get_xdata()) == 1)
+    assert marker.get_xdata()[0] == curve["thresholds"][i] and marker.get_ydata()[0] == curve["f"][i]
+    assert labelled(ax)
+
+
+def test_fbeta_without_annotations_says_so():
+    fig = calibration.plot_fbeta_curve(threshold_record(supervised=False))
+    assert "No annotated" in " ".join(t.get_text() for t in fig.axes[0].texts)
+
+
+# ------------------------------------------------------------------------------------------------------- evaluation
+
+
+def pixel_grid(thresholds=(0.2, 0.4, 0.6, 0.8), dilations=(1.0, 1.5, 2.0), n=4000):
+    """A grid whose areas are pixel counts of random masks, kept for an sklearn reference."""
+    truth = RNG.random(n) < 0.2
+    score = np.where(truth, RNG.random(n) * 0.6 + 0.4, RNG.random(n) * 0.7)
+    rows, masks = [], {}
+    for t in thresholds:
+        for d in dilations:
+            pred = score * d > t * 1.5
+            masks[(t, d)] = pred
+            rows.append(
+                {
+                    "threshold": t,
+                    "dilation": d,
+                    "dilation_mode": "scale",
+                    "true_positive": float((pred & truth).sum()),
+                    "false_positive": float((pred & ~truth).sum()),
+                    "false_negative": float((~pred & truth).sum()),
+                    "true_negative": float((~pred & ~truth).sum()),
+                }
+            )
+    return pd.DataFrame(rows), truth, masks
+
+
+def test_metrics_match_sklearn():
+    grid, truth, masks = pixel_grid()
+    m = evaluation.with_metrics(grid)
+    for row in m.itertuples():
+        pred = masks[(row.threshold, row.dilation)]
+        assert row.f1 == pytest.approx(f1_score(truth, pred))
+        assert row.iou == pytest.approx(jaccard_score(truth, pred))
+        assert row.recall == pytest.approx(recall_score(truth, pred))
+        if pred.any():
+            assert row.precision == pytest.approx(precision_score(truth, pred))
+        assert row.fpr == pytest.approx((pred & ~truth).sum() / (~truth).sum())
+
+
+def test_undefined_metrics_are_nan():
+    g = pd.DataFrame([{"threshold": 0.5, "dilation": 1.0, **dict.fromkeys(evaluation.AREAS, 0.0)}])
+    m = evaluation.with_metrics(g)
+    assert np.isnan(m[["precision", "recall", "f1", "iou", "fpr"]].to_numpy()).all()
+    assert evaluation.best_cell(evaluation.metric_matrix(m, "f1")) is None
+    with pytest.raises(ValueError, match="true_positive"):
+        evaluation.with_metrics(g.drop(columns="true_positive"))
+
+
+def test_grid_heatmap_marks_the_argmax():
+    grid, _, _ = pixel_grid()
+    fig = evaluation.plot_grid_heatmaps(grid, "Slide s")
+    m = evaluation.with_metrics(grid)
+    for ax, metric in zip(fig.axes[:2:], ("f1", "iou"), strict=True):
+        matrix = m.pivot(index="threshold", columns="dilation", values=metric).to_numpy()
+        r, c = np.unravel_index(np.nanargmax(matrix), matrix.shape)
+        boxes = [p for p in ax.patches if isinstance(p, mpatches.Rectangle) and p.get_edgecolor()[:3] == (1, 0, 0)]
+        assert len(boxes) == 1 and boxes[0].get_xy() == (c, r)
+        assert f"{matrix[r, c]:.3f}" in ax.get_title()
+        assert labelled(ax)
+    assert {a.get_ylabel() for a in fig.axes[2:]} == {"F1 score", "IoU (Jaccard)"}  # colour bars
+
+
+def test_pooled_sums_areas():
+    g1, _, _ = pixel_grid()
+    g2, _, _ = pixel_grid()
+    pooled = evaluation.pooled({"a": g1, "b": g2})
+    np.testing.assert_allclose(pooled["true_positive"], g1["true_positive"] + g2["true_positive"])
+    tp, fp, fn = (pooled[c] for c in ("true_positive", "false_positive", "false_negative"))
+    np.testing.assert_allclose(pooled["f1"], 2 * tp / (2 * tp + fp + fn))
+
+
+def test_best_rows_and_flatten():
+    grid, _, _ = pixel_grid()
+    best = evaluation.best_rows({"s": grid})
+    m = evaluation.with_metrics(grid)
+    assert best["f1"].iloc[0] == m["f1"].max()
+    flat = evaluation.flatten_metrics({"best": {"f1": 0.5, "threshold": 0.2}, "provenance": {"x": 1}, "n": 3})
+    assert flat == {"best.f1": 0.5, "best.threshold": 0.2, "n": 3}
+
+
+# --------------------------------------------------------------------------------------------------------- training
+
+
+def loss_log(phases=3, rows=40, batch=16, rate=500.0):
+    """Columns as training.loop writes them (meta, totals, then the step's terms)."""
+    out, images = [], 0
+    for p in range(phases):
+        for _ in range(rows):
+            images += batch
+            out.append(
+                {
+                    "global_step": images // batch,
+                    "phase_index": p,
+                    "phase": f"{4 * 2 ** ((p + 1) // 2)}px-{'fade' if p % 2 else 'stable'}",
+                    "images_seen": images,
+                    "images_per_s": rate * (1 + 0.1 * RNG.standard_normal()) if p else rate,
+                    "D(x)": RNG.normal(),
+                    "discriminator_total_loss": RNG.normal(),
+                    "generator_total_loss": RNG.normal(),
+                    "generator_reg_loss": 0.0,
+                    "D(G(x))": RNG.normal(),
+                    "D(G(x))-D(x)": RNG.normal(),
+                    "D(G(x))_gradient_penalty": abs(RNG.normal()),
+                    "D(G(x))_for_generator": RNG.normal(),
+                    "x_minus_G_of_x_l1": np.exp(-images / 500),
+                }
+            )
+    return pd.DataFrame(out)
+
+
+def test_loss_groups_of_the_step_names():
+    assert training.loss_group("D(G(x))_wgan_gp") == "critic"
+    assert training.loss_group("D(G(x))-D(x)") == "critic"
+    assert training.loss_group("epsilon_drift_penalty") == "critic"
+    assert training.loss_group("D(G(E(x)))_for_generator") == "adversarial"
+    assert training.loss_group("x_minus_G_of_x_l1") == "reconstruction"
+    assert training.loss_group("z_minus_E_of_G_of_z_l2") == "reconstruction"
+    for other in ("generator_total_loss", "discriminator_total_loss", "encoder_reg_loss", "D(x)", "D(G(x))", "alpha"):
+        assert training.loss_group(other) is None
+
+
+def test_loss_figure_panels_and_phases():
+    log = loss_log()
+    fig = training.plot_losses(log, smooth_points=5)
+    axes = [a for a in fig.axes if a.get_ylabel().endswith("loss")]
+    assert [a.get_ylabel() for a in axes] == ["critic loss", "adversarial loss", "reconstruction loss"]
+    legend = {t.get_text() for a in axes for t in a.get_legend().get_texts()}
+    assert legend == {"D(G(x))-D(x)", "D(G(x))_gradient_penalty", "D(G(x))_for_generator", "x_minus_G_of_x_l1"}
+    assert [t.get_text() for t in axes[0].texts] == ["4px-stable", "8px-fade", "8px-stable"]
+    assert axes[-1].get_xlabel() == "images seen (count)"
+    # one line per (term, phase): the rolling mean never bridges a phase boundary
+    assert len([ln for ln in axes[2].get_lines() if len(ln.get_xdata())]) == 3
+    with pytest.raises(ValueError, match="progress"):
+        training.plot_losses(log.drop(columns=["images_seen", "global_step"]))
+
+
+def test_throughput_is_the_median_per_phase():
+    log = loss_log(rate=250.0)
+    table = training.throughput(log)
+    expected = log.groupby("phase", sort=False)["images_per_s"].median()
+    np.testing.assert_allclose(table["images_per_second"], expected.to_numpy())
+    assert table["images_per_second"].iloc[0] == 250.0
+    fig = training.plot_throughput(table)
+    assert len(fig.axes[0].patches) == 3 and labelled(fig.axes[0])
+
+
+def test_throughput_from_wall_time():
+    log = loss_log().drop(columns="images_per_s").assign(wall_seconds=lambda d: d["images_seen"] / 125.0)
+    np.testing.assert_allclose(training.throughput(log)["images_per_second"], 125.0)
+
+
+def test_heldout_figure():
+    table = pd.DataFrame(
+        {
+            "phase": ["4px-stable", "8px-fade", "8px-stable"],
+            "images_seen": [100, 200, 300],
+            "examples": 64,
+            "l1": [0.3, 0.2, 0.1],
+            "l2": [0.09, 0.04, 0.01],
+            "l1_full": [0.4, 0.3, 0.2],
+            "l2_full": [0.16, 0.09, 0.04],
+            "l1_full_floor": [0.35, 0.1, 0.1],
+            "l2_full_floor": [0.1, 0.01, 0.01],
+        }
+    )
+    fig = training.plot_heldout(table)
+    ax1, ax2 = fig.axes[:2]
+    assert len(ax1.get_lines()) == len(ax2.get_lines()) == 3
+    np.testing.assert_allclose(ax2.get_lines()[0].get_ydata(), table["l2_full"])
+    assert labelled(ax1) and labelled(ax2) and "64" in fig._suptitle.get_text()
+    with pytest.raises(ValueError, match="l2_full"):
+        training.plot_heldout(table.drop(columns="l2_full"))
+
+
+# ----------------------------------------------------------------------------------------------------------- slides
+
+
+def test_read_map_picks_a_pyramid_level(tmp_path):
+    from proganomaly.pyramid import write_pyramid
+
+    image = RNG.random((600, 1000)).astype(np.float32)
+    write_pyramid(tmp_path / "m.tif", image, 1.0, tile=128, compression="deflate")
+    assert slides.read_map(tmp_path / "m.tif", 400).shape == (300, 500)
+    assert slides.read_map(tmp_path / "m.tif", 5000).shape == (600, 1000)
+
+
+@pytest.mark.parametrize("size", [(1200, 300), (500, 500)])
+def test_slide_panels(size):
+    w, h = size
+    thumb = RNG.integers(0, 255, (h // 2, w // 2, 3), dtype=np.uint8)  # any downsample: extent is level 0 in mm
+    d2 = RNG.chisquare(3, (h // 4, w // 4))
+    kde = RNG.random((h // 4, w // 4))
+    ann = [shapely.box(100, 50, 200, 150), shapely.box(300, 60, 340, 90)]
+    pred = [shapely.Point(150, 100).buffer(40)]
+    fig = slides.plot_slide_panels(
+        "s1", thumbnail=thumb, d2=d2, kde=kde, level0_size=(w, h), mpp=0.5, tau=7.8, annotations=ann, predicted=pred
+    )
+    panels = [a for a in fig.axes if a.get_title()]
+    assert len(panels) == 4 and all(a.get_xlabel() == "x (mm)" and a.get_ylabel() == "y (mm)" for a in panels)
+    assert panels[0].get_xlim() == pytest.approx((0, w * 0.5 / 1000))
+    assert [t.get_text() for t in panels[3].get_legend().get_texts()] == [
+        "annotation (2 polygons)",
+        "predicted (1 polygon)",
+    ]
+    ring = panels[3].collections[0].get_paths()[0].vertices
+    assert ring[:, 0].max() == pytest.approx(200 * 0.5 / 1000)
+    cbar_labels = {a.get_ylabel() for a in fig.axes if not a.get_title()}
+    assert {"d² (log scale)", "KDE heat map (0–1)"} <= cbar_labels
+    assert fig._suptitle.get_text() == "Slide s1"
+
+
+# --------------------------------------------------------------------------------------------------------- software
+
+
+def test_parse_env_and_versions(tmp_path):
+    env = tmp_path / "x.yaml"
+    env.write_text(
+        "name: x\ndependencies:\n  - python=3.11\n  - pip\n  - pip:\n      - numpy==0.0.1\n      - seaborn\n"
+    )
+    assert software.parse_env(env.read_text()) == [
+        {"source": "conda", "package": "python", "pinned": "3.11"},
+        {"source": "pip", "package": "numpy", "pinned": "0.0.1"},
+        {"source": "pip", "package": "seaborn", "pinned": None},
+    ]
+    table = software.environments_table([env]).set_index("package")
+    assert table.loc["python", "status"] == "match"
+    assert table.loc["numpy", "status"] == "differs" and table.loc["numpy", "installed"] == np.__version__
+    assert table.loc["seaborn", "status"] == "unpinned"
+
+
+def test_config_yaml_round_trip():
+    import yaml
+
+    cfg = {"tiling": {"patch_size_px": 64, "target_mpp": None}, "seed": 1, "report": {"splits": ["test"]}}
+    text = software.config_yaml(cfg, "# header")
+    assert text.startswith("# header") and yaml.safe_load(text) == cfg
+    assert json.dumps(yaml.safe_load(text)) == json.dumps(cfg)  # key order kept
+
+
+def test_pixel_curves_and_summary_from_metrics_json():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    labels = RNG.random(500) < 0.3
+    score = labels + RNG.normal(0, 0.8, 500)
+    fpr, tpr, _ = roc_curve(labels, score)
+    pixel = {"kde": {"auroc": roc_auc_score(labels, score), "average_precision": 0.5,
+                     "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "pr": {"recall": [1, 0], "precision": [0.3, 1]}}}  # fmt: skip
+    metrics = {
+        "s": {"pixel": pixel, "best_f1": {"value": 0.4, "threshold": 0.2, "dilation": 1.0}},
+        "pooled": {"pixel": pixel},
+    }
+    fig = evaluation.plot_pixel_curves(metrics)
+    ax_roc = fig.axes[0]
+    pooled_line = next(ln for ln in ax_roc.get_lines() if ln.get_label().startswith("pooled"))
+    np.testing.assert_allclose(pooled_line.get_xdata(), fpr)
+    assert f"{roc_auc_score(labels, score):.3f}" in pooled_line.get_label() and labelled(ax_roc)
+    table = evaluation.metrics_summary(metrics)
+    assert table.loc[0, "best_f1.value"] == 0.4 and table.loc[1, "auroc (KDE heat map)"] == pixel["kde"]["auroc"]
