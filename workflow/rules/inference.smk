@@ -1,1 +1,71 @@
-# Rules of this stage are added by its issue.
+# Inference stage: the exported detector over each test/threshold slide's tissue patches (infer_slide, GPU), then
+# the stitched maps, KDE heat map and report overviews (stitch_maps, CPU). The canvases between the two are sums and
+# covered area at the map downsample, on disk; re-running stitch_maps (e.g. new KDE settings) needs no GPU.
+
+from proganomaly.slidemaps import MAP_NAMES
+
+
+rule infer_slide:
+    """Per-patch scores and disk-backed stitching canvases of one slide."""
+    input:
+        slide=slide_file,
+        patches="results/tiles/{slide}.patches.parquet",
+        model="results/export/saved_model",
+    output:
+        patches="results/slides/{slide}/patches.parquet",
+        canvas=directory("results/slides/{slide}/canvas"),
+        json="results/slides/{slide}/inference.json",
+    log:
+        "results/logs/infer_slide/{slide}.log",
+    benchmark:
+        "results/benchmarks/infer_slide/{slide}.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    params:
+        mpp=slide_mpp,
+    script:
+        "../../scripts/infer_slide.py"
+
+
+rule stitch_maps:
+    """Pyramidal TIFF maps at the configured downsample, the KDE heat map and PNG overviews of one slide."""
+    input:
+        canvas="results/slides/{slide}/canvas",
+        qc="results/tiles/{slide}.qc.json",
+        tissue="results/tiles/{slide}.tissue.png",
+    output:
+        maps=expand("results/slides/{{slide}}/maps/{name}.tif", name=MAP_NAMES),
+        overviews=[
+            report(
+                f"results/slides/{{slide}}/overview/{name}.png",
+                caption=f"../report/slide_{name}.rst",
+                category="Slide maps",
+                subcategory="{slide}",
+                labels={"slide": "{slide}", "map": name},
+            )
+            for name in MAP_NAMES
+        ],
+        json="results/slides/{slide}/maps.json",
+    log:
+        "results/logs/stitch_maps/{slide}.log",
+    benchmark:
+        "results/benchmarks/stitch_maps/{slide}.tsv"
+    conda:
+        "../../envs/geometry.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=120,
+    script:
+        "../../scripts/stitch_maps.py"
+
+
+rule slide_maps:
+    """Target: maps of every test and threshold slide."""
+    input:
+        slide_map_targets(),

@@ -1,0 +1,98 @@
+"""Rule infer_slide: run the exported detector over one slide's tissue patches.
+
+Writes the per-patch table (slide_id, x, y, width, height, flagged_fraction, mean_d2, max_d2, score [, latent_norm])
+and the disk-backed stitching canvases (sums and covered area at the map downsample) that stitch_maps turns into
+maps, plus a JSON with timings and provenance. The slide is opened once and never held in memory.
+
+By hand: python scripts/infer_slide.py SLIDE_ID SLIDE_FILE PATCHES.parquet SAVED_MODEL OUT_DIR [MPP]
+"""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from proganomaly import inference, kde, runlog, stitching
+from proganomaly.config import Config, load_config
+
+
+def main(
+    slide_id,
+    slide_path,
+    patches_path,
+    model_path,
+    out_patches,
+    out_canvas,
+    out_json,
+    mpp,
+    config,
+    raw_config,
+    log_path=None,
+):
+    log = runlog.setup_logging(log_path)
+    from proganomaly.slide import open_slide, read_patch
+
+    table = inference.check_patch_table(pd.read_parquet(patches_path), str(patches_path))
+    detector = inference.load_detector(model_path)
+    channels = dict(inference.CANVAS_MAPS)
+    patch_kde = None
+    if config.stitching.kde.method == "patch":
+        k = config.stitching.kde
+        channels["kde_patch"] = 1
+
+        def patch_kde(flags):
+            return kde.patch_kde(
+                flags, bandwidth_px=k.patch_bandwidth_px, bins=k.patch_bins, min_object_px=k.patch_min_object_px,
+                min_points=k.patch_min_points, scaling_factor=k.patch_scaling_factor,
+                scaling_power=k.patch_scaling_power,
+            )  # fmt: skip
+
+    with open_slide(slide_path, mpp=mpp) as slide:
+        width, height = slide.dimensions
+        grid = stitching.MapGrid(int(width), int(height), config.stitching.downsample, float(slide.mpp))
+        log.info(
+            "%s: %d patches of %d px (model), level 0 %d×%d, maps %d×%d at downsample %d",
+            slide_id, len(table), detector.patch_px, width, height, grid.width, grid.height, grid.downsample,
+        )  # fmt: skip
+        canvas = stitching.create_canvas(
+            out_canvas, grid, channels, extra={"slide_id": slide_id, "patches": len(table)}
+        )
+        progress = runlog.Progress(len(table), f"infer {slide_id}", unit="patches")
+        result, timings = inference.run_inference(
+            slide, table, detector, canvas, slide_id=slide_id, batch_size=config.inference.batch_size,
+            prefetch_batches=config.inference.prefetch_batches, read_patch=read_patch, patch_kde=patch_kde,
+            progress=progress.update,
+        )  # fmt: skip
+    out_patches = Path(out_patches)
+    out_patches.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_patches.with_name(out_patches.name + ".tmp")
+    result.to_parquet(tmp, index=False)
+    tmp.replace(out_patches)
+    rate = len(table) / timings["wall_s"] if timings["wall_s"] else float("nan")
+    log.info("%s: %.1f patches/s; timings %s", slide_id, rate, {k: round(v, 2) for k, v in timings.items()})
+    runlog.write_json(
+        out_json,
+        runlog.provenance(
+            raw_config, slide_id=slide_id, slide_file=str(slide_path), saved_model=str(model_path),
+            patch_px=detector.patch_px, patches=len(table), map_grid=grid.__dict__, timings=timings,
+            patches_per_s=rate,
+        ),
+    )  # fmt: skip
+
+
+if __name__ == "__main__" and "snakemake" not in globals():
+    args = sys.argv[1:]
+    if len(args) not in (5, 6):
+        sys.exit(__doc__)
+    cfg = load_config("config/config.yaml")
+    out = Path(args[4])
+    main(
+        args[0], args[1], args[2], args[3], out / "patches.parquet", out / "canvas", out / "inference.json",
+        float(args[5]) if len(args) == 6 else None, cfg, cfg.to_dict(),
+    )  # fmt: skip
+else:
+    main(
+        snakemake.wildcards.slide, snakemake.input.slide, snakemake.input.patches, snakemake.input.model,
+        snakemake.output.patches, snakemake.output.canvas, snakemake.output.json, snakemake.params.mpp,
+        Config.from_dict(snakemake.config), snakemake.config, snakemake.log[0],
+    )  # fmt: skip

@@ -1,0 +1,230 @@
+"""Batched inference of the exported detector over one slide's tissue patches, straight into disk-backed canvases.
+
+The slide is opened once by the caller; a reader thread reads the next batches (area-resampled to the model's size
+when a patch's level-0 extent differs) while the model runs on the current one, and every batch's maps are
+accumulated into the canvases at the map downsample, so neither the slide nor the maps are ever held in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stitching
+
+log = logging.getLogger("proganomaly.inference")
+
+REQUIRED_OUTPUTS = ("reconstruction", "anomaly_map", "mahalanobis_d2", "flags")
+PATCH_COLUMNS = ("x", "y", "width", "height")
+# Maps stitched from every patch: name -> channels.
+CANVAS_MAPS = {"thumbnail": 3, "reconstruction": 3, "anomaly_map": 1, "mahalanobis_d2": 1, "flags": 1}
+
+
+class InferenceError(ValueError):
+    """Bad detector or patch table; the message names the file and the fix."""
+
+
+@dataclass
+class Detector:
+    """The serving signature of an exported SavedModel as a numpy-in, numpy-out callable."""
+
+    call: Callable[[np.ndarray], dict[str, np.ndarray]]
+    patch_px: int
+    outputs: tuple[str, ...]
+    keep: object = field(default=None, repr=False)  # the loaded SavedModel; the signature dies with it
+
+
+def load_detector(path: str | Path) -> Detector:
+    """Load `results/export/saved_model` through the export stage's checked loader and check our outputs exist."""
+    from .export import DetectorError
+    from .export import load_detector as load_export
+
+    try:
+        det = load_export(path)
+    except DetectorError as exc:
+        raise InferenceError(str(exc)) from None
+    missing = [name for name in REQUIRED_OUTPUTS if name not in det.outputs]
+    if missing:
+        raise InferenceError(f"{path}: serving_default lacks output(s) {missing}; it has {sorted(det.outputs)}")
+    return Detector(det, det.patch_size, tuple(det.outputs), keep=det)
+
+
+def check_patch_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The patch table with int64 coordinates, in reading order (rows of the slide, then columns)."""
+    missing = [c for c in PATCH_COLUMNS if c not in table.columns]
+    if missing:
+        raise InferenceError(f"{source}: missing column(s) {missing}; re-run tile_slide to rebuild the patch table")
+    table = table.astype({c: "int64" for c in PATCH_COLUMNS})
+    if len(table) and ((table["width"] <= 0) | (table["height"] <= 0)).any():
+        raise InferenceError(f"{source}: patches with non-positive width/height; re-run tile_slide")
+    return table.sort_values(["y", "x"], kind="stable").reset_index(drop=True)
+
+
+def prefetch(items: Iterable, depth: int) -> Iterator:
+    """Yield from `items`, produced by a background thread up to `depth` ahead; its exceptions re-raise here."""
+    if depth <= 0:
+        yield from items
+        return
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done, stop = object(), threading.Event()
+
+    def work():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="patch-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def read_batches(slide, table: pd.DataFrame, patch_px: int, batch_size: int, read_patch) -> Iterator[tuple]:
+    """(first row, uint8 (n, S, S, 3) batch, seconds spent reading) for consecutive rows of the table.
+
+    A patch whose level-0 extent is not square (width != height) is read as its width; the tiling stage writes
+    square patches.
+    """
+    for start in range(0, len(table), batch_size):
+        t0 = time.perf_counter()
+        rows = table.iloc[start : start + batch_size]
+        batch = np.stack(
+            [
+                read_patch(slide, int(x), int(y), int(w), patch_px)
+                for x, y, w in zip(rows.x, rows.y, rows.width, strict=True)
+            ]
+        )
+        yield start, batch, time.perf_counter() - t0
+
+
+def _per_pixel(a: np.ndarray, n: int, s: int) -> np.ndarray:
+    """(n, S, S) from (n, S, S) or (n, S, S, C) (channel mean)."""
+    a = np.asarray(a, np.float32)
+    if a.ndim == 4:
+        a = a.mean(axis=-1)
+    if a.shape != (n, s, s):
+        raise InferenceError(f"detector output of shape {a.shape}, expected ({n}, {s}, {s}[, C])")
+    return a
+
+
+def _to_rgb255(a: np.ndarray) -> np.ndarray:
+    """Reconstruction as float 0–255: uint8 passes through; floats are the model's [-1, 1] range."""
+    a = np.asarray(a)
+    if a.dtype == np.uint8:
+        return a.astype(np.float32)
+    return np.clip((a.astype(np.float32) + 1.0) * 127.5, 0.0, 255.0)
+
+
+def batch_maps(batch: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The per-patch maps to stitch, at model resolution: RGB in 0–255, per-pixel maps (n, S, S), flags 0/1."""
+    n, s = batch.shape[:2]
+    flags = np.asarray(out["flags"])
+    if flags.ndim == 4:
+        flags = flags[..., 0]
+    return {
+        "thumbnail": batch.astype(np.float32),
+        "reconstruction": _to_rgb255(out["reconstruction"]),
+        "anomaly_map": _per_pixel(out["anomaly_map"], n, s),
+        "mahalanobis_d2": _per_pixel(out["mahalanobis_d2"], n, s),
+        # Flags are +1/-1 in the original and 0/1 (or bool) in ours: "flagged" is > 0 either way.
+        "flags": (flags > 0).astype(np.float32),
+    }
+
+
+def batch_scores(maps: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-patch scores; `score` is the mean d², a calibrated, unsaturated ranking score (see docs)."""
+    d2 = maps["mahalanobis_d2"].reshape(len(maps["flags"]), -1)
+    scores = {
+        "flagged_fraction": maps["flags"].reshape(len(d2), -1).mean(axis=1),
+        "mean_d2": d2.mean(axis=1),
+        "max_d2": d2.max(axis=1),
+    }
+    scores["score"] = scores["mean_d2"]
+    if "latent_norm" in out:
+        scores["latent_norm"] = np.asarray(out["latent_norm"], np.float32).reshape(-1)
+    return {k: np.asarray(v, np.float32) for k, v in scores.items()}
+
+
+def run_inference(
+    slide,
+    table: pd.DataFrame,
+    detector: Detector,
+    canvas: stitching.Canvas,
+    *,
+    slide_id: str,
+    batch_size: int,
+    prefetch_batches: int,
+    read_patch=None,
+    patch_kde=None,
+    progress=None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Run the detector over every patch of `table`, stitching into `canvas`; returns the per-patch table and timings.
+
+    patch_kde: optional function flags (S, S) -> (S, S) in [0, 1]; its result is stitched as the `kde_patch` map
+    (the canvas must have that map). timings: seconds spent reading (in the reader thread), waiting for the reader,
+    in the model and writing into the canvases, plus the wall time.
+    """
+    if read_patch is None:
+        from .slide import read_patch
+    columns = ["slide_id", "x", "y", "width", "height", "flagged_fraction", "mean_d2", "max_d2", "score"]
+    timings = {"read_s": 0.0, "wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "wall_s": 0.0, "patches": len(table)}
+    if len(table) == 0:
+        log.warning("slide %s has no tissue patches: its maps will be empty", slide_id)
+        return pd.DataFrame({c: pd.Series(dtype="str" if c == "slide_id" else "float32") for c in columns}), timings
+    wall0 = time.perf_counter()
+    parts: list[dict[str, np.ndarray]] = []
+    batches = prefetch(read_batches(slide, table, detector.patch_px, batch_size, read_patch), prefetch_batches)
+    while True:
+        t0 = time.perf_counter()
+        item = next(batches, None)
+        timings["wait_s"] += time.perf_counter() - t0
+        if item is None:
+            break
+        start, batch, read_s = item
+        timings["read_s"] += read_s
+        t0 = time.perf_counter()
+        out = detector.call(batch)
+        timings["model_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        maps = batch_maps(batch, out)
+        parts.append(batch_scores(maps, out))
+        rows = table.iloc[start : start + len(batch)]
+        if patch_kde is not None:
+            maps["kde_patch"] = np.stack([patch_kde(f) for f in maps["flags"]])
+        boxes = zip(rows.x, rows.y, rows.width, rows.height, strict=True)
+        stitching.add_patches(canvas, [tuple(int(v) for v in box) for box in boxes], maps)
+        timings["write_s"] += time.perf_counter() - t0
+        if progress is not None:
+            progress(len(batch))
+    timings["wall_s"] = time.perf_counter() - wall0
+    result = pd.DataFrame({"slide_id": slide_id, **{c: table[c].to_numpy() for c in PATCH_COLUMNS}})
+    for key in parts[0]:
+        result[key] = np.concatenate([p[key] for p in parts])
+    return result, timings

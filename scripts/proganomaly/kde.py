@@ -1,0 +1,179 @@
+"""Density of flagged pixels: slide-level Gaussian KDE on the stitched flag map, and the original per-patch KDE.
+
+Slide level (the default). Gaussian smoothing of the flag map with a normalised kernel of σ = bandwidth (µm) is the
+Gaussian kernel density estimate of the flagged pixel centres evaluated on the pixel grid, times the number of
+points: Σ_i g_σ(p − p_i) = n · KDE(p). Because the kernel sums to one, the smoothed value at a pixel is the
+kernel-weighted fraction of flagged area around it, a number in [0, 1] whose meaning does not depend on the slide.
+The heat map is that fraction divided by a fixed `ceiling` from the config and clipped to 1 (so 1 means "at least
+`ceiling` of the neighbourhood is flagged"), the same rule for every slide. Both steps run tile by tile with a
+margin (the kernel radius, 4σ by default; the size of the largest small object), so memory does not grow with the
+map.
+
+Per patch (spec 8.3, kept for comparison): a KDE on each patch's own flags, min-max normalised per patch and scaled
+by the patch's flag count; the stitched result is not comparable across patches or slides.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage, signal
+
+from .stitching import DiskArray, bands
+
+# Beyond this kernel radius an FFT convolution (overlap-add) is cheaper than the direct one.
+_FFT_RADIUS = 16
+_EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The normalised 1-D Gaussian that scipy.ndimage.gaussian_filter uses (radius = int(truncate·σ + 0.5))."""
+    radius = int(truncate * float(sigma) + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    k = np.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def _smooth_window(window: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Separable convolution with zeros outside `window` (scipy's mode="constant")."""
+    out = np.asarray(window, np.float64)
+    radius = len(kernel) // 2
+    for axis in (0, 1):
+        if radius > _FFT_RADIUS:
+            shape = [1, 1]
+            shape[axis] = len(kernel)
+            out = signal.oaconvolve(out, kernel.reshape(shape), mode="same", axes=axis)
+        else:
+            out = ndimage.correlate1d(out, kernel, axis=axis, mode="constant", cval=0.0)
+    return out
+
+
+def smooth_tiled(src, dst, sigma: float, *, truncate: float = 4.0, tile: int = 1024, scale: float = 1.0) -> None:
+    """dst = clip(scale · gaussian_filter(src, σ, mode="constant"), 0, 1 if scale != 1 else ∞), tile by tile.
+
+    Overlap-save: each output tile is computed from its input window grown by the kernel radius, so the result equals
+    the whole-map filter while only one window is in memory. σ = 0 copies (scaled).
+    """
+    h, w = src.shape[:2]
+    kernel = gaussian_kernel1d(sigma, truncate) if sigma > 0 else np.ones(1)
+    m = len(kernel) // 2
+    for r0, r1 in bands(h, tile):
+        for c0, c1 in bands(w, tile):
+            wr0, wr1, wc0, wc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
+            out = _smooth_window(src[wr0:wr1, wc0:wc1], kernel)[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+            # FFT round-off can leave values of ±1e-17 where the map is empty.
+            out = np.clip(out * scale, 0.0, 1.0 if scale != 1.0 else None)
+            dst[r0:r1, c0:c1] = out.astype(np.float32)
+
+
+def remove_small_tiled(src, dst, min_area_px: float, *, tile: int = 1024, max_margin: int = 4096) -> None:
+    """Drop 8-connected flagged objects (src > 0) whose flagged area Σ src is below `min_area_px`, tile by tile.
+
+    On a 0/1 map this is skimage's remove_small_objects(min_size, connectivity=2). An object that reaches the
+    window margin (min_area_px px around the tile) has at least that many pixels and is kept; on a fractional map
+    (downsample > 1 or averaged overlaps) a long, thin object with low flagged fractions can be kept this way.
+    """
+    h, w = src.shape[:2]
+    if min_area_px <= 0:
+        for r0, r1 in bands(h, tile):
+            dst[r0:r1] = src[r0:r1]
+        return
+    m = min(max_margin, math.ceil(min_area_px) + 1)
+    for r0, r1 in bands(h, tile):
+        for c0, c1 in bands(w, tile):
+            wr0, wr1, wc0, wc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
+            win = np.asarray(src[wr0:wr1, wc0:wc1], np.float32)
+            labels, n = ndimage.label(win > 0, structure=_EIGHT)
+            if n:
+                area = ndimage.sum_labels(win, labels, index=np.arange(1, n + 1))
+                keep = np.concatenate([[False], area >= min_area_px])
+                # Objects cut by a window edge that is not the slide edge may extend further: keep them.
+                edges = []
+                if wr0 > 0:
+                    edges.append(labels[0])
+                if wr1 < h:
+                    edges.append(labels[-1])
+                if wc0 > 0:
+                    edges.append(labels[:, 0])
+                if wc1 < w:
+                    edges.append(labels[:, -1])
+                if edges:
+                    keep[np.unique(np.concatenate(edges))] = True
+                keep[0] = False
+                win = np.where(keep[labels], win, 0.0)
+            dst[r0:r1, c0:c1] = win[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+
+
+def slide_kde(
+    flags, workdir, *, sigma_px: float, min_area_px: float, ceiling: float, truncate: float = 4.0, tile: int = 1024
+) -> DiskArray:
+    """The slide-level KDE heat map (float32 in [0, 1]) of a stitched flag-fraction map, as a DiskArray in workdir."""
+    if not 0 < ceiling <= 1:
+        raise ValueError(f"stitching.kde.ceiling={ceiling} must be in (0, 1]")
+    shape = flags.shape[:2]
+    cleaned = DiskArray.create(f"{workdir}/flags_cleaned.npy", shape, np.float32)
+    remove_small_tiled(flags, cleaned, min_area_px, tile=tile)
+    kde = DiskArray.create(f"{workdir}/kde.npy", shape, np.float32)
+    smooth_tiled(cleaned, kde, sigma_px, truncate=truncate, tile=tile, scale=1.0 / ceiling)
+    cleaned.path.unlink()
+    return kde
+
+
+def scaling_rule(ceiling: float) -> str:
+    """The KDE scaling rule in words, for maps.json."""
+    return (
+        "kde = min(1, G_sigma * flags / ceiling) with a normalised Gaussian G_sigma (sigma = bandwidth_um), i.e. the "
+        f"kernel-weighted flagged-area fraction around each pixel divided by ceiling = {ceiling} (the same for every slide)"
+    )
+
+
+def grid_kde(points: np.ndarray, rows: np.ndarray, cols: np.ndarray, bandwidth: float) -> np.ndarray:
+    """Gaussian KDE (sklearn's normalisation, 2-D) of (row, col) points on the grid rows × cols, exactly.
+
+    The kernel factorises over the two axes, so the sum over points is one matrix product instead of a
+    (grid × points) distance table.
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    a = np.exp(-0.5 * ((rows[:, None] - pts[None, :, 0]) / bandwidth) ** 2)
+    b = np.exp(-0.5 * ((cols[:, None] - pts[None, :, 1]) / bandwidth) ** 2)
+    return (a @ b.T) / (len(pts) * 2.0 * math.pi * bandwidth**2)
+
+
+def patch_kde(
+    flags: np.ndarray,
+    *,
+    bandwidth_px: float,
+    bins: int,
+    min_object_px: int,
+    min_points: int,
+    scaling_factor: float,
+    scaling_power: float,
+) -> np.ndarray:
+    """The original per-patch KDE (spec 8.3) of one patch's boolean flags (H, W): float32 (H, W) in [0, 1].
+
+    Kept: count before cleaning, 8-connected small-object removal, corner pixels forced on, KDE on a bins × bins grid
+    over the patch, per-patch min-max, count scaling min(1, Ẑ·(count/factor)^power), bilinear resize. Dropped: the
+    ±1 scaling and the grayscale inversion (see docs/deviations/inference.md).
+    """
+    from skimage.transform import resize
+
+    f = np.asarray(flags) > 0
+    h, w = f.shape
+    count = int(f.sum())
+    labels, n = ndimage.label(f, structure=_EIGHT)
+    if n:
+        sizes = np.bincount(labels.ravel())
+        keep = sizes >= min_object_px
+        keep[0] = False
+        f = keep[labels]
+    f[0, 0] = f[0, -1] = f[-1, 0] = f[-1, -1] = True
+    points = np.argwhere(f)
+    if len(points) > min_points:
+        z = grid_kde(points, np.linspace(0, h - 1, bins), np.linspace(0, w - 1, bins), bandwidth_px)
+        span = z.max() - z.min()
+        z = (z - z.min()) / span if span > 0 else np.zeros_like(z)
+    else:
+        z = np.zeros((bins, bins))
+    v = np.minimum(1.0, z * (count / scaling_factor) ** scaling_power)
+    return np.clip(resize(v, (h, w), order=1, mode="edge", anti_aliasing=False), 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,168 @@
+"""Turn a slide's inference canvases into its maps: pyramidal TIFFs, PNG overviews and the KDE heat map.
+
+Every step goes through band- or tile-sized pieces of on-disk arrays, so memory stays flat whatever the slide size.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import kde as kdelib
+from . import stitching
+from .colormap import apply_turbo
+
+log = logging.getLogger("proganomaly.slidemaps")
+
+RGB_MAPS = ("thumbnail", "reconstruction", "kde_color")
+MASK_MAPS = ("tissue", "coverage")
+FLOAT_MAPS = ("anomaly_map", "mahalanobis_d2", "flags", "kde")
+MAP_NAMES = (
+    "thumbnail",
+    "reconstruction",
+    "anomaly_map",
+    "mahalanobis_d2",
+    "flags",
+    "tissue",
+    "coverage",
+    "kde",
+    "kde_color",
+)
+
+
+@dataclass(frozen=True)
+class KdeParams:
+    method: str  # "slide" or "patch"
+    bandwidth_um: float
+    truncate: float
+    min_object_um2: float
+    ceiling: float
+
+
+def write_slide_maps(
+    canvas_dir: str | Path,
+    maps_dir: str | Path,
+    overview_dir: str | Path,
+    *,
+    tissue_mask: np.ndarray | None,
+    tissue_downsample: float,
+    kde: KdeParams,
+    tile_px: int = 256,
+    rgb_compression: str = "deflate",
+    overview_max_px: int = 2000,
+    work_tile_px: int = 1024,
+    progress=None,
+) -> dict:
+    """Write `maps_dir/{name}.tif` and `overview_dir/{name}.png` for every map; return the maps.json content."""
+    from .pyramid import write_pyramid
+
+    canvas, meta = stitching.open_canvas(canvas_dir)
+    grid = canvas.grid
+    if grid.mpp is None:
+        raise ValueError(f"{canvas_dir}: the slide has no mpp; give it in the slide sheet's mpp column")
+    maps_dir, overview_dir = Path(maps_dir), Path(overview_dir)
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    overview_dir.mkdir(parents=True, exist_ok=True)
+    work = maps_dir / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    if meta.get("patches", None) == 0:
+        log.warning("%s: no tissue patches were inferred; writing empty maps", canvas_dir)
+
+    arrays: dict[str, stitching.DiskArray] = {}
+    for name in ("thumbnail", "reconstruction"):
+        # Uncovered background shows white, as on a slide; the coverage map tells it apart from white tissue.
+        arrays[name] = stitching.finalize_map(canvas, name, work / f"{name}.npy", dtype=np.uint8, fill=255)
+    for name in ("anomaly_map", "mahalanobis_d2", "flags"):
+        arrays[name] = stitching.finalize_map(canvas, name, work / f"{name}.npy", dtype=np.float32, fill=0.0)
+    arrays["coverage"] = stitching.coverage_map(canvas, work / "coverage.npy")
+    if tissue_mask is None:
+        arrays["tissue"] = arrays["coverage"]
+    else:
+        arrays["tissue"] = stitching.resample_mask(tissue_mask, tissue_downsample, grid, work / "tissue.npy")
+
+    sigma_px = kde.bandwidth_um / grid.map_mpp
+    min_area_px = kde.min_object_um2 / grid.map_mpp**2
+    if kde.method == "slide":
+        arrays["kde"] = kdelib.slide_kde(
+            arrays["flags"], work, sigma_px=sigma_px, min_area_px=min_area_px, ceiling=kde.ceiling,
+            truncate=kde.truncate, tile=work_tile_px,
+        )  # fmt: skip
+        rule = kdelib.scaling_rule(kde.ceiling)
+    elif kde.method == "patch":
+        if "kde_patch" not in canvas.sums:
+            raise ValueError(
+                f"{canvas_dir}: no per-patch KDE canvas; re-run infer_slide with stitching.kde.method=patch"
+            )
+        arrays["kde"] = stitching.finalize_map(canvas, "kde_patch", work / "kde.npy", dtype=np.float32, fill=0.0)
+        rule = "per-patch KDE of spec 8.3 (per-patch min-max and count scaling), stitched by averaging; not comparable across slides"
+    else:
+        raise ValueError(f"stitching.kde.method={kde.method!r}; choose slide or patch")
+    arrays["kde_color"] = _colour(arrays["kde"], work / "kde_color.npy")
+
+    display: dict[str, list[float]] = {}
+    for name in MAP_NAMES:
+        arr = arrays[name]
+        compression = rgb_compression if name in RGB_MAPS or name in MASK_MAPS else "deflate"
+        if compression == "jpeg" and name in MASK_MAPS:
+            compression = "deflate"  # masks must stay exactly 0/255
+        write_pyramid(
+            maps_dir / f"{name}.tif", arr, grid.map_mpp, tile=tile_px, compression=compression,
+            description=f"proganomaly {name} map, downsample {grid.downsample} of level 0", progress=progress,
+        )  # fmt: skip
+        small = stitching.overview(arr, overview_max_px)
+        png, display[name] = _overview_png(name, small)
+        Image.fromarray(png).save(overview_dir / f"{name}.png")
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "downsample": grid.downsample,
+        "width": grid.width,
+        "height": grid.height,
+        "level0_width": grid.width_l0,
+        "level0_height": grid.height_l0,
+        "mpp": grid.map_mpp,
+        "level0_mpp": grid.mpp,
+        "maps": {name: f"{name}.tif" for name in MAP_NAMES},
+        "pixel_convention": "map pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)",
+        "kde": {
+            "method": kde.method,
+            "bandwidth_um": kde.bandwidth_um,
+            "sigma_map_px": sigma_px,
+            "truncate": kde.truncate,
+            "min_object_um2": kde.min_object_um2,
+            "min_object_map_px": min_area_px,
+            "ceiling": kde.ceiling,
+            "scaling_rule": rule,
+        },
+        "overview_display_range": display,
+        "patches": meta.get("patches"),
+    }
+
+
+def _colour(kde: stitching.DiskArray, path: Path, band_rows: int = 256) -> stitching.DiskArray:
+    out = stitching.DiskArray.create(path, (*kde.shape, 3), np.uint8)
+    for r0, r1 in stitching.bands(kde.shape[0], band_rows):
+        out[r0:r1] = apply_turbo(kde[r0:r1])
+    return out
+
+
+def _overview_png(name: str, small: np.ndarray) -> tuple[np.ndarray, list[float]]:
+    """uint8 image for the report and the value range mapped to its colours (fixed [0, 1] for fractions)."""
+    if small.dtype == np.uint8:
+        return small, [0.0, 255.0]
+    if name in ("flags", "kde"):
+        lo, hi = 0.0, 1.0
+    else:
+        # d² and anomaly maps are unbounded: show 0 to their 99th percentile where something was inferred.
+        positive = small[small > 0]
+        lo, hi = 0.0, float(np.percentile(positive, 99)) if positive.size else 1.0
+    scaled = (np.asarray(small, np.float64) - lo) / (hi - lo if hi > lo else 1.0)
+    if name in ("flags", "kde"):
+        # The greyscale maps stay grey (white = 1); kde_color is the coloured one.
+        return np.rint(np.clip(scaled, 0, 1) * 255).astype(np.uint8), [lo, hi]
+    return apply_turbo(scaled), [lo, hi]

@@ -1,0 +1,159 @@
+"""Inference: a tiny stand-in SavedModel with the export contract's signature, run over a numpy 'slide'."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from proganomaly import inference, stitching
+
+S = 8
+TAU = 40.0
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """Stand-in with the export contract: reconstruction = 3×3 box blur (uint8), d² = 100·mean squared error,
+    flags = d² > τ (uint8 0/1)."""
+    import tensorflow as tf
+
+    class Detector(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec((None, S, S, 3), tf.uint8, name="patches")])
+        def serve(self, patches):
+            x = tf.cast(patches, tf.float32) / 127.5 - 1.0
+            recon = tf.nn.avg_pool2d(x, 3, 1, "SAME")
+            err = tf.abs(x - recon)
+            d2 = 100.0 * tf.reduce_mean(tf.square(err), axis=-1)
+            flags = tf.cast(d2 > TAU, tf.uint8)
+            count = tf.reduce_sum(tf.cast(flags, tf.int32), axis=[1, 2])
+            return {
+                "reconstruction": tf.cast(tf.round(tf.clip_by_value((recon + 1.0) * 127.5, 0.0, 255.0)), tf.uint8),
+                "anomaly_map": err,
+                "mahalanobis_d2": d2,
+                "flags": flags,
+                "flagged_count": count,
+                "flagged_fraction": tf.cast(count, tf.float32) / float(S * S),
+            }
+
+    path = tmp_path_factory.mktemp("export") / "saved_model"
+    module = Detector()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+class FakeSlide:
+    def __init__(self, image):
+        self.image = image
+        self.dimensions = (image.shape[1], image.shape[0])
+        self.mpp = 0.5
+
+    def read_region(self, x, y, w, h):
+        out = np.full((h, w, 3), 255, np.uint8)  # outside the slide reads as white background
+        part = self.image[y : y + h, x : x + w]
+        out[: part.shape[0], : part.shape[1]] = part
+        return out
+
+
+def read_patch(slide, x, y, size_l0, out_px):
+    region = slide.read_region(x, y, size_l0, size_l0).astype(np.float64)
+    f = size_l0 // out_px
+    return np.rint(region.reshape(out_px, f, out_px, f, 3).mean(axis=(1, 3))).astype(np.uint8)
+
+
+def _table(coords, size):
+    return pd.DataFrame({"x": [c[0] for c in coords], "y": [c[1] for c in coords], "width": size, "height": size})
+
+
+def test_load_detector_reads_the_contract(saved_model, tmp_path):
+    det = inference.load_detector(saved_model)
+    assert det.patch_px == S
+    assert set(inference.REQUIRED_OUTPUTS) <= set(det.outputs)
+    with pytest.raises(inference.InferenceError, match="export_model"):
+        inference.load_detector(tmp_path / "nothing")
+
+
+def test_patch_table_errors_name_the_file():
+    with pytest.raises(inference.InferenceError, match=r"tiles/s\.patches\.parquet.*\['width', 'height'\]"):
+        inference.check_patch_table(pd.DataFrame({"x": [0], "y": [0]}), "results/tiles/s.patches.parquet")
+    t = inference.check_patch_table(_table([(8, 8), (0, 8), (4, 0)], 8), "t")
+    assert t[["x", "y"]].values.tolist() == [[4, 0], [0, 8], [8, 8]]
+
+
+@pytest.mark.parametrize(("ds", "size"), [(1, 8), (2, 16)])
+def test_run_inference_scores_and_stitches(saved_model, tmp_path, ds, size):
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    slide = FakeSlide(image)
+    stride = size * 3 // 4  # overlapping patches
+    coords = [(x, y) for y in range(0, 50 - size + 1, stride) for x in range(0, 70, stride)]  # last column crosses
+    table = inference.check_patch_table(_table(coords, size), "t")
+    det = inference.load_detector(saved_model)
+    grid = stitching.MapGrid(70, 50, ds, slide.mpp)
+    canvas = stitching.create_canvas(tmp_path / "c", grid, inference.CANVAS_MAPS)
+    result, timings = inference.run_inference(
+        slide, table, det, canvas, slide_id="s1", batch_size=3, prefetch_batches=2, read_patch=read_patch
+    )
+    # Per-patch table against the detector called directly on the same patches.
+    batch = np.stack([read_patch(slide, x, y, size, S) for x, y in zip(table.x, table.y, strict=True)])
+    direct = det.call(batch)
+    assert result["slide_id"].eq("s1").all() and len(result) == len(table)
+    np.testing.assert_array_equal(result[["x", "y"]].to_numpy(), table[["x", "y"]].to_numpy())
+    d2 = direct["mahalanobis_d2"].reshape(len(batch), -1)
+    np.testing.assert_allclose(result["mean_d2"], d2.mean(1), rtol=1e-5)
+    np.testing.assert_allclose(result["max_d2"], d2.max(1), rtol=1e-5)
+    np.testing.assert_allclose(result["flagged_fraction"], direct["flagged_fraction"], rtol=1e-6)
+    np.testing.assert_allclose(result["score"], result["mean_d2"])
+    assert result["flagged_fraction"].between(0, 1).all() and result["flagged_fraction"].max() > 0
+    assert timings["patches"] == len(table) and timings["model_s"] > 0
+    # The stitched query thumbnail reproduces the slide where patches lie inside it (identical pixels average to
+    # themselves; at ds 2 the box average of the slide).
+    thumb = stitching.finalize_map(canvas, "thumbnail", tmp_path / "t.npy")[:, :]
+    inside = ~np.zeros((grid.height, grid.width), bool)
+    if ds == 1:
+        want = image.astype(np.float64)
+    else:
+        want = image.reshape(25, 2, 35, 2, 3).mean(axis=(1, 3))
+    covered = canvas.count[:, :] > 0
+    inside &= covered
+    inside[:, (70 - size) // ds :] = False  # patches crossing the right edge also hold white padding
+    np.testing.assert_allclose(thumb[inside], want[inside], atol=0.5 + 1e-4)
+
+
+def test_zero_patches_warn_and_give_an_empty_table(saved_model, tmp_path, caplog):
+    det = inference.load_detector(saved_model)
+    canvas = stitching.create_canvas(tmp_path / "c", stitching.MapGrid(20, 20, 1, 0.5), inference.CANVAS_MAPS)
+    with caplog.at_level(logging.WARNING, logger="proganomaly"):
+        result, _ = inference.run_inference(
+            FakeSlide(np.zeros((20, 20, 3), np.uint8)), _table([], 8), det, canvas, slide_id="e", batch_size=4,
+            prefetch_batches=1, read_patch=read_patch,
+        )  # fmt: skip
+    assert "no tissue patches" in caplog.text
+    assert len(result) == 0 and {"slide_id", "x", "y", "mean_d2", "score"} <= set(result.columns)
+    assert not canvas.count[:, :].any()
+
+
+def test_prefetch_keeps_order_and_reraises():
+    assert list(inference.prefetch(iter(range(20)), depth=3)) == list(range(20))
+
+    def broken():
+        yield 1
+        raise RuntimeError("unreadable region at (0, 0)")
+
+    with pytest.raises(RuntimeError, match="unreadable region"):
+        list(inference.prefetch(broken(), depth=2))
+
+
+def test_batch_maps_accepts_original_and_new_flag_conventions():
+    batch = np.zeros((2, 4, 4, 3), np.uint8)
+    out = {
+        "reconstruction": np.full((2, 4, 4, 3), 1.0, np.float32),
+        "anomaly_map": np.ones((2, 4, 4, 3), np.float32),
+        "mahalanobis_d2": np.ones((2, 4, 4), np.float32),
+        "flags": np.where(np.arange(32).reshape(2, 4, 4, 1) % 2, 1.0, -1.0),  # original's ±1, (N, S, S, 1)
+    }
+    maps = inference.batch_maps(batch, out)
+    assert maps["flags"].shape == (2, 4, 4) and maps["flags"].sum() == 16
+    assert (maps["reconstruction"] == 255).all() and maps["anomaly_map"].shape == (2, 4, 4)
