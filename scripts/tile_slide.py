@@ -1,0 +1,67 @@
+"""Rule tile_slide: tissue mask and patch table of one slide, with its QC record and report image.
+
+Outputs: the patch table (Parquet), the QC JSON, the overlay PNG (thumbnail, tissue outline, kept patches) and the
+binary tissue mask PNG (0/255, thumbnail resolution; its level-0 downsample is `thumbnail_downsample` in the QC JSON).
+File-level problems (missing, empty, truncated, not a TIFF, no mpp) fail in open_slide before any pixel is decoded.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from proganomaly.config import Config
+from proganomaly.runlog import provenance, setup_logging, write_json
+from proganomaly.slide import SlideError, open_slide
+from proganomaly.tiling import TilingError, render_overlay, tile_slide
+
+
+def save_png(path, image: np.ndarray) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    Image.fromarray(image).save(tmp)
+    tmp.replace(path)
+
+
+log = setup_logging(snakemake.log[0])
+cfg = Config.from_dict(snakemake.config)
+slide_id = snakemake.wildcards.slide
+slide_path = snakemake.input.slide
+out = snakemake.output
+
+try:
+    slide = open_slide(slide_path, mpp=snakemake.params.mpp)
+except SlideError as exc:
+    raise SlideError(f"slide '{slide_id}': {exc}") from None
+
+with slide:
+    log.info("%s: %s", slide_id, slide)
+    try:
+        result = tile_slide(slide, slide_id, cfg.tiling)
+    except TilingError as exc:
+        if exc.result is not None:
+            keep = Path(snakemake.log[0]).with_suffix(".mask.png")
+            save_png(keep, render_overlay(slide, exc.result))
+            log.error("tiling failed; the tissue overlay is kept at %s for inspection", keep)
+        raise
+    overlay = render_overlay(slide, result)
+
+table = out.patches
+tmp = Path(table).with_name(Path(table).name + ".tmp")
+result.patches.to_parquet(tmp, index=False)
+tmp.replace(table)
+save_png(out.tissue, np.where(result.mask, 255, 0).astype(np.uint8))
+save_png(out.mask, overlay)
+qc = dict(result.qc)
+qc["provenance"] = provenance({"tiling": snakemake.config["tiling"]}, slide=str(slide_path))
+write_json(out.qc, qc)
+log.info(
+    "%s: tissue %.1f%% of the slide, %d of %d patches kept (%d level-0 px each), %.2f s",
+    slide_id,
+    100 * qc["tissue_fraction"],
+    qc["patch_count"],
+    qc["candidate_patches"],
+    qc["patch"]["size_level0_px"],
+    qc["seconds"]["total"],
+)
