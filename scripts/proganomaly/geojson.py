@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import shapely
 from shapely.geometry import mapping, shape
 from shapely.geometry.base import BaseGeometry
@@ -37,8 +39,14 @@ def write_features(path: str | Path, features: list[dict], **metadata) -> None:
 
 
 def write_polygons(path: str | Path, geoms: list[BaseGeometry], name: str = ANOMALY_CLASS["name"],
-                   color: list[int] = ANOMALY_CLASS["color"], **metadata) -> None:  # fmt: skip
-    write_features(path, [feature(g, name, color) for g in geoms if not g.is_empty], **metadata)
+                   color: list[int] = ANOMALY_CLASS["color"], measurements: list[dict] | None = None,
+                   **metadata) -> None:  # fmt: skip
+    """One QuPath annotation per non-empty geometry; `measurements[i]` (optional) is attached to geoms[i]."""
+    if measurements is not None and len(measurements) != len(geoms):
+        raise ValueError(f"{len(measurements)} measurement records for {len(geoms)} geometries")
+    meas = measurements or [{}] * len(geoms)
+    feats = [feature(g, name, color, **m) for g, m in zip(geoms, meas, strict=True) if not g.is_empty]
+    write_features(path, feats, **metadata)
 
 
 def read_polygons(path: str | Path, classes: set[str] | None = None) -> tuple[list[BaseGeometry], list[str]]:
@@ -81,9 +89,14 @@ def read_polygons(path: str | Path, classes: set[str] | None = None) -> tuple[li
         if not isinstance(geom_doc, dict) or "type" not in geom_doc:
             raise GeoJSONError(f"{where}: missing or malformed 'geometry'")
         try:
-            geom = shape(geom_doc)
+            with warnings.catch_warnings():
+                # NaN coordinates warn inside shapely; they are reported as an error just below instead.
+                warnings.simplefilter("ignore", RuntimeWarning)
+                geom = shape(geom_doc)
         except Exception as err:  # shapely raises several types for bad coordinates
             raise GeoJSONError(f"{where}: malformed {geom_doc.get('type')} geometry ({err})") from None
+        if not geom.is_empty and not np.isfinite(shapely.get_coordinates(geom)).all():
+            raise GeoJSONError(f"{where}: non-finite coordinates in {geom.geom_type} geometry")
         if geom.geom_type not in ("Polygon", "MultiPolygon", "GeometryCollection"):
             repairs.append(f"{where}: {geom.geom_type} skipped (only polygons are areas)")
             continue

@@ -1,0 +1,150 @@
+"""Reading the evaluation's inputs: stitched maps, the tissue region, annotations (GeoJSON or mask image).
+
+Every check that can fail runs before the grid sweep, and every error names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import shapely
+import tifffile
+from PIL import Image
+from shapely.geometry.base import BaseGeometry
+
+from proganomaly import geometry
+from proganomaly.geojson import read_polygons
+
+MASK_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+class EvaluationInputError(ValueError):
+    """An input of the evaluation is missing or inconsistent; the message names the file."""
+
+
+def read_json(path: str | Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{path}: missing (run the stage that writes it first)") from None
+    except json.JSONDecodeError as err:
+        raise EvaluationInputError(
+            f"{path}: not valid JSON ({err}); delete it and rerun the stage that writes it"
+        ) from None
+
+
+def map_info(path: str | Path) -> dict:
+    """downsample, width, height and mpp of the stitched maps (maps.json)."""
+    info = read_json(path)
+    missing = [k for k in ("downsample", "width", "height") if k not in info]
+    if missing:
+        raise EvaluationInputError(f"{path}: lacks {missing}; rerun stitching")
+    if not float(info["downsample"]) > 0:
+        raise EvaluationInputError(f"{path}: downsample must be > 0, got {info['downsample']!r}")
+    return info
+
+
+def read_map(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Level 0 of a (pyramidal) map TIFF as float32 (H, W); colour maps are averaged over channels."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            arr = tif.series[0].levels[0].asarray()
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{path}: missing (run stitching first)") from None
+    except tifffile.TiffFileError as err:
+        raise EvaluationInputError(f"{path}: not a readable TIFF ({err}); rerun stitching") from None
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr.mean(axis=-1, dtype=np.float32)
+    if arr.ndim != 2:
+        raise EvaluationInputError(f"{path}: expected a 2-D map, got shape {arr.shape}")
+    if shape is not None and arr.shape != tuple(shape):
+        raise EvaluationInputError(f"{path}: shape {arr.shape} differs from maps.json height×width {tuple(shape)}")
+    return arr
+
+
+def read_patches(path: str | Path) -> pd.DataFrame:
+    try:
+        df = pd.read_parquet(path, columns=["x", "y", "width", "height"])
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{path}: missing (run tiling first)") from None
+    except (KeyError, ValueError) as err:
+        raise EvaluationInputError(f"{path}: needs columns x, y, width, height ({err})") from None
+    if len(df) == 0:
+        raise EvaluationInputError(f"{path}: no tissue patches, so there is no tissue region to evaluate in")
+    return df
+
+
+def tissue_region(patches: pd.DataFrame) -> BaseGeometry:
+    return geometry.boxes_region(patches["x"], patches["y"], patches["width"], patches["height"])
+
+
+def slide_mpp(qc: dict, path: str | Path) -> float:
+    mpp = qc.get("mpp")
+    if not isinstance(mpp, (int, float)) or not mpp > 0:
+        raise EvaluationInputError(
+            f"{path}: no positive 'mpp' (set the slide's mpp in the slide sheet and rerun tiling)"
+        )
+    return float(mpp)
+
+
+def slide_width(qc: dict) -> float | None:
+    """Level-0 width from a tiling QC record, whichever way it spells it."""
+    for key in ("width", "slide_width", "level0_width"):
+        if isinstance(qc.get(key), (int, float)):
+            return float(qc[key])
+    dims = qc.get("dimensions") or qc.get("slide_dimensions")
+    if isinstance(dims, dict) and isinstance(dims.get("width"), (int, float)):
+        return float(dims["width"])
+    if isinstance(dims, (list, tuple)) and dims:
+        return float(dims[0])
+    return None
+
+
+def write_tables(df: pd.DataFrame, parquet: str | Path, csv: str | Path) -> None:
+    """The same table as Parquet and CSV, each written atomically."""
+    for path, writer in ((Path(parquet), df.to_parquet), (Path(csv), df.to_csv)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        writer(tmp, index=False)
+        tmp.replace(path)
+
+
+def read_annotation(
+    path: str | Path, classes: list[str] | None = None, mask_downsample: float | None = None, level0_width=None
+) -> tuple[BaseGeometry, list[str]]:
+    """The annotated region in level-0 px and the list of repairs made.
+
+    GeoJSON (QuPath export; Polygon/MultiPolygon with holes) or a mask image (PNG/TIFF, nonzero = annotated) at
+    `mask_downsample`, or, when that is None, at the downsample implied by `level0_width` / the mask width.
+    """
+    path = Path(path)
+    if path.suffix.lower() in MASK_SUFFIXES:
+        return _mask_annotation(path, mask_downsample, level0_width), []
+    geoms, repairs = read_polygons(path, set(classes) if classes else None)
+    if not geoms:
+        return geometry.EMPTY, [*repairs, f"{path}: no polygonal annotation (after class filter {classes})"]
+    return shapely.union_all(geoms), repairs
+
+
+def _mask_annotation(path: Path, downsample: float | None, level0_width) -> BaseGeometry:
+    try:
+        with Image.open(path) as im:
+            mask = np.asarray(im)
+    except FileNotFoundError:
+        raise EvaluationInputError(f"{path}: annotation mask does not exist (fix the 'annotations' column)") from None
+    except OSError as err:
+        raise EvaluationInputError(f"{path}: not a readable image ({err})") from None
+    if mask.ndim == 3:
+        mask = mask[..., :3].max(axis=-1)
+    if downsample is None:
+        if level0_width is None:
+            raise EvaluationInputError(
+                f"{path}: cannot infer the mask's downsample (no slide width); set evaluation.annotation_mask_downsample"
+            )
+        downsample = float(level0_width) / mask.shape[1]
+    polys = geometry.mask_polygons(mask != 0)
+    return shapely.union_all(geometry.scale_coords(polys, downsample)) if polys else geometry.EMPTY

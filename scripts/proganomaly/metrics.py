@@ -1,0 +1,141 @@
+"""Metrics from confusion areas, best grid cells, pooling over slides, and pixel-level AUROC / AP.
+
+Every ratio whose denominator is zero is NaN (never a crash, never a silent 0): e.g. precision with no prediction,
+recall on a slide whose annotation lies outside the tissue.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+AREAS = ("true_positive", "false_positive", "false_negative", "true_negative")
+METRICS = ("precision", "recall", "f1", "f_beta", "iou", "dice", "accuracy", "specificity")
+
+
+def _ratio(num, den):
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def confusion_metrics(tp, fp, fn, tn, beta: float = 1.0) -> dict[str, np.ndarray]:
+    """Precision, recall, F1, F-β, IoU, Dice, accuracy and specificity from areas (arrays or scalars)."""
+    tp, fp, fn, tn = (np.asarray(a, dtype=float) for a in (tp, fp, fn, tn))
+    b2 = beta * beta
+    return {
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "f_beta": _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp),
+        "iou": _ratio(tp, tp + fp + fn),
+        # Dice equals F1 for sets; kept under its own name because both communities look for theirs.
+        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
+        "specificity": _ratio(tn, tn + fp),
+    }
+
+
+def with_metrics(grid: pd.DataFrame, mpp: float | None, beta: float = 1.0) -> pd.DataFrame:
+    """Add µm² areas (when mpp is known) and the metrics to a grid of px² areas."""
+    out = grid.copy()
+    if mpp is not None:
+        for col in (*AREAS, "tissue_area"):
+            out[f"{col}_um2"] = out[col] * mpp * mpp
+    for name, values in confusion_metrics(*(out[c] for c in AREAS), beta=beta).items():
+        out[name] = values
+    out["beta"] = beta
+    return out
+
+
+def best_cell(grid: pd.DataFrame, metric: str) -> dict | None:
+    """The cell with the highest `metric` (NaN ignored; ties go to the first cell in threshold-major order)."""
+    values = grid[metric].to_numpy(dtype=float)
+    if not np.isfinite(values).any():
+        return None
+    row = grid.iloc[int(np.nanargmax(values))]
+    return {
+        "threshold": float(row["threshold"]),
+        "dilation": float(row["dilation"]),
+        "value": float(row[metric]),
+        **{m: _num(row[m]) for m in METRICS},
+        "num_polygons": int(row["num_polygons"]),
+    }
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def pool_grids(grids: list[pd.DataFrame], beta: float = 1.0) -> pd.DataFrame:
+    """Sum areas (µm², so slides of different resolution add up) per cell over slides, then recompute metrics."""
+    if not grids:
+        raise ValueError("no slide grids to pool")
+    keys = ["threshold", "dilation", "dilation_mode"]
+    # Plain columns sum level-0 px² (meaningful when the slides share an mpp); metrics use the µm² sums.
+    cols = ["num_polygons", *AREAS, "tissue_area", *(f"{a}_um2" for a in AREAS), "tissue_area_um2"]
+    both = pd.concat(grids, ignore_index=True)
+    missing = [c for c in cols if c not in both.columns]
+    if missing:
+        raise ValueError(f"slide grids lack {missing} (written without an mpp?)")
+    pooled = both.groupby(keys, sort=False, as_index=False)[cols].sum()
+    pooled["num_slides"] = both.groupby(keys, sort=False).size().to_numpy()
+    for name, values in confusion_metrics(*(pooled[f"{a}_um2"] for a in AREAS), beta=beta).items():
+        pooled[name] = values
+    pooled["beta"] = beta
+    return pooled
+
+
+def sample_pixels(n: int, max_pixels: int, seed: int, slide: str) -> np.ndarray:
+    """Deterministic sorted subsample of range(n) (all of it when n <= max_pixels); the seed mixes in the slide."""
+    if n <= max_pixels:
+        return np.arange(n)
+    rng = np.random.default_rng([seed, zlib.crc32(slide.encode())])
+    return np.sort(rng.choice(n, size=max_pixels, replace=False))
+
+
+def pixel_scores(labels, scores, weights=None, curve_points: int = 200) -> dict:
+    """AUROC and average precision of `scores` against binary `labels`, plus subsampled ROC and PR curves.
+
+    NaN scores are dropped (and counted). With one class only, AUROC and AP are undefined: NaN, no curves.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+    ok = np.isfinite(scores)
+    dropped = int((~ok).sum())
+    labels, scores = labels[ok], scores[ok]
+    weights = None if weights is None else weights[ok]
+    out = {"n_pixels": len(labels), "n_positive": int(labels.sum()), "n_nonfinite_dropped": dropped}
+    if len(labels) == 0 or labels.all() or not labels.any():
+        return out | {"auroc": None, "average_precision": None, "roc": None, "pr": None}
+    fpr, tpr, thr = roc_curve(labels, scores, sample_weight=weights)
+    prec, rec, pthr = precision_recall_curve(labels, scores, sample_weight=weights)
+    roc_idx, pr_idx = _thin(len(fpr), curve_points), _thin(len(pthr), curve_points)
+    return out | {
+        "auroc": float(roc_auc_score(labels, scores, sample_weight=weights)),
+        "average_precision": float(average_precision_score(labels, scores, sample_weight=weights)),
+        "roc": {"fpr": fpr[roc_idx].tolist(), "tpr": tpr[roc_idx].tolist(), "threshold": _finite(thr[roc_idx])},
+        "pr": {
+            "precision": prec[pr_idx].tolist(),
+            "recall": rec[pr_idx].tolist(),
+            "threshold": _finite(pthr[pr_idx]),
+        },
+    }
+
+
+def _thin(n: int, k: int) -> np.ndarray:
+    """At most k indices of range(n), evenly spread, always keeping both ends."""
+    if n <= k:
+        return np.arange(n)
+    return np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64))
+
+
+def _finite(values: np.ndarray) -> list:
+    # roc_curve's first threshold is +inf, which JSON cannot hold.
+    return [float(v) if np.isfinite(v) else None for v in values]

@@ -1,0 +1,363 @@
+"""The threshold × dilation grid, metrics, pooling, pixel scores and the two rule scripts end to end."""
+
+import json
+import runpy
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.ndimage as ndi
+import shapely
+import tifffile
+from shapely import affinity
+from shapely.geometry import MultiPolygon, Polygon, box
+from sklearn.metrics import (
+    average_precision_score,
+    f1_score,
+    jaccard_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from proganomaly import geometry, metrics
+from proganomaly.config import validate_config
+from proganomaly.evaluation import GridSpec, Region, cell_areas, evaluate_grid, predicted_polygons
+
+AREAS = ["true_positive", "false_positive", "false_negative", "true_negative"]
+
+
+def spec(thresholds=(0.5,), dilations=(1.0,), mode="scale", origin="centroid", tol=0.0):
+    return GridSpec(tuple(thresholds), tuple(dilations), mode, origin, tol)
+
+
+def areas_of(pred, tissue, annotation):
+    region = Region.clipped(tissue, annotation)
+    return cell_areas(np.asarray(pred, dtype=object), region, tissue.area, region.annotation.area)
+
+
+def test_two_overlapping_squares():
+    # prediction [0,4]², annotation [2,6]², tissue [0,10]²: TP 4, FP 12, FN 12, TN 100 − 28.
+    got = areas_of([box(0, 0, 4, 4)], box(0, 0, 10, 10), box(2, 2, 6, 6))
+    assert [got[k] for k in AREAS] == [4, 12, 12, 72]
+    assert got["num_polygons"] == 1
+
+
+def test_annotation_with_a_hole():
+    ann = box(0, 0, 6, 6).difference(box(2, 2, 4, 4))  # area 32
+    got = areas_of([box(1, 1, 5, 5)], box(0, 0, 10, 10), ann)  # 16, of which the 4 of the hole are FP
+    assert [got[k] for k in AREAS] == [12, 4, 20, 64]
+
+
+def test_multipolygon_annotation_and_overlapping_predictions():
+    ann = MultiPolygon([box(0, 0, 2, 2), box(6, 6, 8, 8)])
+    pred = [box(1, 1, 3, 3), box(2, 2, 3, 7), box(5, 5, 7, 7)]  # overlapping: the union counts once
+    got = areas_of(pred, box(0, 0, 10, 10), ann)
+    union = shapely.union_all(pred)
+    assert got["true_positive"] == 1 + 1
+    assert got["false_positive"] == union.area - 2
+    assert got["false_negative"] == 8 - 2
+    assert sum(got[k] for k in AREAS) == 100
+
+
+def test_clipping_by_tissue_region_keeps_tn_non_negative():
+    # The original's quirk: an annotation outside the tissue made FN too big and TN negative.
+    tissue = box(0, 0, 4, 4)
+    got = areas_of([box(3, 0, 8, 1)], tissue, box(0, 0, 10, 10))
+    assert [got[k] for k in AREAS] == [1, 0, 15, 0]
+    got = areas_of([box(-5, -5, 1, 1)], tissue, box(2, 2, 20, 20))
+    assert [got[k] for k in AREAS] == [0, 1, 4, 11]
+
+
+def test_empty_prediction_gives_nan_precision_not_a_crash():
+    got = areas_of([], box(0, 0, 10, 10), box(0, 0, 5, 5))
+    assert [got[k] for k in AREAS] == [0, 0, 25, 75] and got["num_polygons"] == 0
+    m = metrics.confusion_metrics(*(got[k] for k in AREAS))
+    assert np.isnan(m["precision"]) and m["recall"] == 0 and m["f1"] == 0 and m["specificity"] == 1
+    none = metrics.confusion_metrics(0, 0, 0, 0)
+    assert all(np.isnan(v) for v in none.values())
+
+
+def test_dilation_of_a_known_square_in_the_grid():
+    kde = np.zeros((20, 20), np.float32)
+    kde[8:10, 8:10] = 1.0  # a 2×2 map square; downsample 4 → level-0 [32, 40]², centroid (36, 36)
+    tissue, ann = box(0, 0, 80, 80), box(36, 36, 80, 80)
+    grid = evaluate_grid(kde, 4.0, Region.clipped(tissue, ann), spec(dilations=(1, 2, 3)), mpp=0.5)
+    tp_fp = (grid.true_positive + grid.false_positive).to_numpy()
+    np.testing.assert_allclose(tp_fp, [64, 256, 576])  # (8f)²
+    np.testing.assert_allclose(grid.true_positive, [16, 64, 144])  # one quarter lies in the annotation
+    np.testing.assert_allclose(grid[AREAS].sum(axis=1), 6400)
+
+
+def test_bbox_centre_origin_and_buffer_mode():
+    kde = np.zeros((30, 30), np.float32)
+    kde[10:13, 10:11] = kde[10:11, 10:13] = 1.0  # an L: centroid ≠ bounding-box centre
+    tissue, ann = box(0, 0, 30, 30), box(0, 0, 11.5, 30)
+    (ell,) = geometry.mask_polygons(kde > 0.5)
+    for origin in ("centroid", "center"):
+        grid = evaluate_grid(kde, 1.0, Region.clipped(tissue, ann), spec(dilations=(2.0,), origin=origin), mpp=1.0)
+        ref = affinity.scale(ell, 2, 2, origin=origin)
+        assert grid.true_positive[0] == pytest.approx(ref.intersection(ann).area)
+    grid = evaluate_grid(kde, 1.0, Region.clipped(tissue, ann), spec(dilations=(0, 2.0), mode="buffer"), mpp=0.5)
+    grown = ell.buffer(4.0, join_style="mitre", mitre_limit=2.0)  # 2 µm at 0.5 µm/px = 4 px
+    assert grid.true_positive[1] == pytest.approx(grown.intersection(ann).area)
+    assert (grid.true_positive + grid.false_positive)[0] == ell.area
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grid_agrees_with_pixel_counting_and_sums_to_tissue(seed):
+    rng = np.random.default_rng(seed)
+    kde = ndi.gaussian_filter(rng.random((48, 64)), 3).astype(np.float32)
+    kde = (kde - kde.min()) / (kde.max() - kde.min())
+    ann_mask = ndi.gaussian_filter(rng.random((48, 64)), 3) > 0.5
+    ds = 2.0
+    # Tissue: a patch grid (8-px map patches) with some patches missing.
+    gy, gx = np.mgrid[0:6, 0:8]
+    keep = rng.random(gx.shape) < 0.7
+    px, py = gx[keep] * 16, gy[keep] * 16
+    tissue = geometry.boxes_region(px, py, np.full(px.shape, 16), np.full(py.shape, 16))
+    tissue_mask = geometry.boxes_mask(px, py, np.full(px.shape, 16), np.full(py.shape, 16), kde.shape, ds)
+    ann = shapely.union_all(geometry.scale_coords(geometry.mask_polygons(ann_mask), ds))
+    thresholds = (0.0, 0.3, 0.5, 0.7)
+    grid = evaluate_grid(kde, ds, Region.clipped(tissue, ann), spec(thresholds, (1, 1.5, 4)), mpp=0.25)
+    assert len(grid) == 12 and list(grid.threshold) == [t for t in thresholds for _ in range(3)]
+    np.testing.assert_allclose(grid[AREAS].sum(axis=1), tissue.area)
+    assert (grid[AREAS] >= 0).all().all()
+    # Without dilation the polygons are exact pixel sets: areas are pixel counts × ds².
+    for t in thresholds:
+        row = grid[(grid.threshold == t) & (grid.dilation == 1)].iloc[0]
+        pred = (kde > t) & tissue_mask
+        truth = ann_mask & tissue_mask
+        expect = [
+            (pred & truth).sum(),
+            (pred & ~truth).sum(),
+            (~pred & truth).sum(),
+            (tissue_mask & ~pred & ~truth).sum(),
+        ]
+        np.testing.assert_allclose([row[k] for k in AREAS], np.array(expect) * ds * ds)
+        labels = ndi.label(pred)[1]
+        assert row.num_polygons >= labels
+
+
+def test_metrics_match_sklearn_on_pixel_sets():
+    rng = np.random.default_rng(0)
+    y, p = rng.random(500) < 0.3, rng.random(500) < 0.4
+    tp, fp, fn, tn = (y & p).sum(), (~y & p).sum(), (y & ~p).sum(), (~y & ~p).sum()
+    m = metrics.confusion_metrics(tp, fp, fn, tn, beta=2.0)
+    assert m["precision"] == pytest.approx(precision_score(y, p))
+    assert m["recall"] == pytest.approx(recall_score(y, p))
+    assert m["f1"] == pytest.approx(f1_score(y, p)) and m["dice"] == pytest.approx(f1_score(y, p))
+    assert m["iou"] == pytest.approx(jaccard_score(y, p))
+    assert m["accuracy"] == pytest.approx((y == p).mean())
+    assert m["specificity"] == pytest.approx(recall_score(~y, ~p))
+    from sklearn.metrics import fbeta_score
+
+    assert m["f_beta"] == pytest.approx(fbeta_score(y, p, beta=2.0))
+
+
+def grid_frame(values):
+    rows = [
+        {"threshold": t, "dilation": d, "dilation_mode": "scale", "num_polygons": 1, "tissue_area": 100.0}
+        | dict(zip(AREAS, v, strict=True))
+        for (t, d), v in values.items()
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_pool_sums_areas_then_recomputes_and_best_cell():
+    a = metrics.with_metrics(grid_frame({(0.1, 1): (10, 10, 0, 80), (0.2, 1): (5, 0, 5, 90)}), mpp=1.0)
+    b = metrics.with_metrics(grid_frame({(0.1, 1): (0, 0, 10, 90), (0.2, 1): (0, 0, 0, 100)}), mpp=2.0)
+    pooled = metrics.pool_grids([a, b])
+    first = pooled.iloc[0]
+    # µm² sums: slide b counts four times per px² at 2 µm/px.
+    assert [first[f"{k}_um2"] for k in AREAS] == [10, 10, 40, 80 + 360]
+    assert first.f1 == pytest.approx(2 * 10 / (20 + 10 + 40)) and first.num_slides == 2
+    assert metrics.best_cell(pooled, "f1")["threshold"] == 0.2
+    assert metrics.best_cell(a, "f1")["threshold"] == 0.1  # pooling changes the best cell
+    nan_grid = metrics.with_metrics(grid_frame({(0.1, 1): (0, 0, 0, 100)}), mpp=1.0)
+    assert metrics.best_cell(nan_grid, "f1") is None
+
+
+def test_pixel_scores_match_sklearn_and_weights_act_as_counts():
+    rng = np.random.default_rng(2)
+    y = rng.random(3000) < 0.2
+    s = y * 0.5 + rng.random(3000)
+    s[:5] = np.nan
+    res = metrics.pixel_scores(y, s, curve_points=50)
+    ok = np.isfinite(s)
+    assert res["auroc"] == pytest.approx(roc_auc_score(y[ok], s[ok]))
+    assert res["average_precision"] == pytest.approx(average_precision_score(y[ok], s[ok]))
+    assert res["n_nonfinite_dropped"] == 5 and len(res["roc"]["fpr"]) <= 50
+    assert res["roc"]["fpr"][0] == 0 and res["roc"]["tpr"][-1] == 1
+    json.dumps(res)  # curve thresholds hold no infinities
+    w = rng.integers(1, 4, 3000)
+    weighted = metrics.pixel_scores(y[ok], s[ok], w[ok])
+    repeated = metrics.pixel_scores(np.repeat(y[ok], w[ok]), np.repeat(s[ok], w[ok]))
+    assert weighted["auroc"] == pytest.approx(repeated["auroc"])
+    assert weighted["average_precision"] == pytest.approx(repeated["average_precision"])
+    one_class = metrics.pixel_scores(np.zeros(10, bool), np.arange(10.0))
+    assert one_class["auroc"] is None and one_class["roc"] is None
+
+
+def test_pixel_sample_is_deterministic_and_sorted():
+    a = metrics.sample_pixels(10_000, 1000, seed=7, slide="s1")
+    assert np.array_equal(a, metrics.sample_pixels(10_000, 1000, seed=7, slide="s1"))
+    assert not np.array_equal(a, metrics.sample_pixels(10_000, 1000, seed=7, slide="s2"))
+    assert len(np.unique(a)) == 1000 and np.all(np.diff(a) > 0)
+    assert np.array_equal(metrics.sample_pixels(50, 1000, seed=7, slide="s1"), np.arange(50))
+
+
+def test_predicted_polygons_match_the_grid_cell():
+    rng = np.random.default_rng(4)
+    kde = ndi.gaussian_filter(rng.random((40, 40)), 2).astype(np.float32)
+    kde /= kde.max()
+    region = Region.clipped(box(0, 0, 30 * 4, 40 * 4), box(20, 20, 100, 100))
+    s = spec((0.8,), (1.5,))
+    cell = evaluate_grid(kde, 4.0, region, s, mpp=0.5).iloc[0]
+    polys = predicted_polygons(kde, 4.0, region, s, 0.5, 0.8, 1.5)
+    assert sum(p.area for p in polys) == pytest.approx(cell.true_positive + cell.false_positive)
+    assert len(polys) == cell.num_polygons
+    assert all(region.tissue.buffer(1e-6).contains(p) for p in polys)
+
+
+# --- the rule scripts, run with a stand-in for Snakemake's `snakemake` object -------------------------------------
+
+
+class Files(SimpleNamespace):
+    def __getitem__(self, key):
+        return getattr(self, key)
+
+
+def write_slide(root, slide, seed):
+    """Synthetic inputs of one slide: maps at downsample 4, a patch grid, QC record and annotations."""
+    rng = np.random.default_rng(seed)
+    h, w, ds = 64, 80, 4
+    kde = np.zeros((h, w), np.float32)
+    kde[20:36, 30:50] = 0.2
+    kde[24:32, 36:44] = 0.6
+    kde = ndi.gaussian_filter(kde, 1.5)
+    maps = root / "slides" / slide / "maps"
+    maps.mkdir(parents=True)
+    tifffile.imwrite(maps / "kde.tif", kde, tile=(16, 16))
+    tifffile.imwrite(maps / "mahalanobis_d2.tif", (kde * 50 + rng.random((h, w))).astype(np.float32))
+    tifffile.imwrite(maps / "anomaly_map.tif", rng.random((h, w, 3)).astype(np.float32), photometric="rgb")
+    (root / "slides" / slide / "maps.json").write_text(
+        json.dumps({"downsample": ds, "width": w, "height": h, "mpp": 2.0})
+    )
+    gy, gx = np.mgrid[0:4, 0:5]
+    patches = pd.DataFrame({"x": gx.ravel() * 64, "y": gy.ravel() * 64, "width": 64, "height": 64})
+    patches = patches[~((patches.x == 0) & (patches.y == 0))]
+    tiles = root / "tiles"
+    tiles.mkdir(exist_ok=True)
+    patches.to_parquet(tiles / f"{slide}.patches.parquet")
+    (tiles / f"{slide}.qc.json").write_text(json.dumps({"mpp": 0.5, "dimensions": {"width": 320, "height": 256}}))
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[[140, 90], [190, 90], [190, 130], [140, 130], [140, 90]]]},
+        "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
+    }
+    ann = root / f"{slide}.geojson"
+    ann.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    return Files(
+        kde=str(maps / "kde.tif"),
+        mahalanobis_d2=str(maps / "mahalanobis_d2.tif"),
+        anomaly_map=str(maps / "anomaly_map.tif"),
+        maps=str(root / "slides" / slide / "maps.json"),
+        patches=str(tiles / f"{slide}.patches.parquet"),
+        qc=str(tiles / f"{slide}.qc.json"),
+        annotations=[str(ann)],
+    )
+
+
+def run_script(name, inputs, outputs, config, log, wildcards=None):
+    snake = SimpleNamespace(input=inputs, output=outputs, config=config, log=[str(log)], wildcards=wildcards)
+    stderr = sys.stderr
+    try:
+        runpy.run_path(f"scripts/{name}.py", init_globals={"snakemake": snake})
+    finally:
+        sys.stderr = stderr  # setup_logging points stderr at the rule's log
+
+
+def test_rule_scripts_end_to_end(tmp_path):
+    config = validate_config(
+        {"evaluation": {"thresholds": [0.0, 0.05, 0.1, 0.3], "dilations": [1, 2, 30], "max_pixels": 2000}}
+    )
+    outs = {}
+    for i, slide in enumerate(["s1", "s2"]):
+        inputs = write_slide(tmp_path / "in", slide, i)
+        d = tmp_path / "eval" / slide
+        d.mkdir(parents=True)
+        outs[slide] = Files(
+            **{k: str(d / f) for k, f in [("grid", "grid.parquet"), ("csv", "grid.csv"), ("metrics", "metrics.json"),
+                                           ("geojson", "predicted.geojson"), ("pixels", "pixels.parquet")]}
+        )  # fmt: skip
+        run_script("evaluate_slide", inputs, outs[slide], config, tmp_path / f"{slide}.log", Files(slide=slide))
+    grid = pd.read_parquet(outs["s1"].grid)
+    assert len(grid) == 12 and pd.read_csv(outs["s1"].csv).shape == grid.shape
+    np.testing.assert_allclose(grid[AREAS].sum(axis=1), 19 * 64 * 64)  # tissue: 19 patches
+    np.testing.assert_allclose(grid.true_positive_um2, grid.true_positive * 0.25)
+    m = json.loads(open(outs["s1"].metrics).read())
+    assert m["cells"] == 12 and m["best_f1"]["value"] == pytest.approx(grid.f1.max())
+    assert m["pixel"]["mahalanobis_d2"]["auroc"] > 0.5 and "provenance" in m
+    gj = json.loads(open(outs["s1"].geojson).read())
+    assert gj["type"] == "FeatureCollection" and gj["features"]
+    props = gj["features"][0]["properties"]
+    assert props["objectType"] == "annotation" and props["classification"]["name"] == "Anomaly"
+    best = grid.loc[grid.f1.idxmax()]
+    exported = sum(shapely.geometry.shape(f["geometry"]).area for f in gj["features"])
+    assert exported == pytest.approx(best.true_positive + best.false_positive)
+
+    pooled_dir = tmp_path / "eval" / "pooled"
+    pooled_dir.mkdir()
+    pooled_out = Files(grid=str(pooled_dir / "grid.parquet"), csv=str(pooled_dir / "grid.csv"),
+                       metrics=str(pooled_dir / "metrics.json"))  # fmt: skip
+    pool_in = Files(
+        grids=[outs[s].grid for s in outs],
+        metrics=[outs[s].metrics for s in outs],
+        pixels=[outs[s].pixels for s in outs],
+    )
+    run_script("pool_metrics", pool_in, pooled_out, config, tmp_path / "pool.log")
+    pooled = pd.read_parquet(pooled_out.grid)
+    g2 = pd.read_parquet(outs["s2"].grid)
+    np.testing.assert_allclose(pooled.true_positive_um2, grid.true_positive_um2 + g2.true_positive_um2)
+    pm = json.loads(open(pooled_out.metrics).read())
+    assert pm["slides"] == ["s1", "s2"] and pm["pixel"]["kde"]["auroc"] is not None
+
+
+def test_mask_image_annotation_matches_geojson(tmp_path):
+    from PIL import Image
+
+    from proganomaly import eval_io
+
+    mask = np.zeros((16, 20), np.uint8)
+    mask[4:10, 5:12] = 255
+    mask[6, 7] = 0
+    Image.fromarray(mask).save(tmp_path / "ann.png")
+    geom, repairs = eval_io.read_annotation(tmp_path / "ann.png", mask_downsample=8.0)
+    assert repairs == [] and geom.area == (mask > 0).sum() * 64
+    inferred, _ = eval_io.read_annotation(tmp_path / "ann.png", level0_width=160)
+    assert inferred.equals(geom)
+    with pytest.raises(eval_io.EvaluationInputError, match=r"ann\.png.*annotation_mask_downsample"):
+        eval_io.read_annotation(tmp_path / "ann.png")
+
+
+def test_map_shape_mismatch_is_a_clear_error(tmp_path):
+    from proganomaly import eval_io
+
+    tifffile.imwrite(tmp_path / "kde.tif", np.zeros((4, 5), np.float32))
+    with pytest.raises(eval_io.EvaluationInputError, match=r"kde.tif.*\(4, 5\).*\(5, 4\)"):
+        eval_io.read_map(tmp_path / "kde.tif", (5, 4))
+    with pytest.raises(eval_io.EvaluationInputError, match="missing"):
+        eval_io.read_map(tmp_path / "nope.tif")
+
+
+def test_polygon_with_hole_prediction_area():
+    kde = np.zeros((12, 12), np.float32)
+    kde[2:10, 2:10] = 1
+    kde[5:7, 5:7] = 0
+    (poly,) = geometry.threshold_polygons(kde, 0.5)
+    assert isinstance(poly, Polygon) and poly.area == 60 and len(poly.interiors) == 1
+    got = areas_of([poly], box(0, 0, 12, 12), box(4, 4, 8, 8))
+    assert [got[k] for k in AREAS] == [12, 48, 4, 80]

@@ -1,0 +1,113 @@
+"""QuPath GeoJSON: round trips, repairs that are reported, and errors that name the file and the feature."""
+
+import json
+
+import pytest
+import shapely
+from shapely.geometry import MultiPolygon, Polygon, box, mapping
+
+from proganomaly.geojson import GeoJSONError, read_polygons, write_polygons
+
+
+def write(path, features):
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+def feat(geom, name="Tumor", **extra):
+    props = {"objectType": "annotation", "classification": {"name": name, "color": [1, 2, 3]}}
+    return {
+        "type": "Feature",
+        "geometry": geom if isinstance(geom, dict) else mapping(geom),
+        "properties": props,
+    } | extra
+
+
+def test_round_trip_with_hole_and_multipolygon(tmp_path):
+    holed = Polygon([(0, 0), (10, 0), (10, 10), (0, 10)], [[(2, 2), (4, 2), (4, 4), (2, 4)]])
+    multi = MultiPolygon([box(20, 20, 25, 25), box(30, 30, 31, 32)])
+    path = tmp_path / "out" / "pred.geojson"
+    write_polygons(path, [holed, multi, Polygon()], measurements=[{"area_um2": 1.5}, {"area_um2": 2}, {}], slide_id="s")
+    doc = json.loads(path.read_text())
+    assert doc["type"] == "FeatureCollection" and doc["proganomaly"] == {"slide_id": "s"}
+    assert len(doc["features"]) == 2  # the empty geometry is not exported
+    props = doc["features"][0]["properties"]
+    assert props["objectType"] == "annotation"
+    assert props["classification"] == {"name": "Anomaly", "color": [230, 40, 40]}
+    assert props["measurements"] == {"area_um2": 1.5}
+    geoms, repairs = read_polygons(path)
+    assert repairs == []
+    assert geoms[0].equals(holed) and geoms[1].equals(multi)
+    assert shapely.union_all(geoms).area == 96 + 25 + 2
+
+
+def test_positional_signature_used_by_the_demo_still_works(tmp_path):
+    path = tmp_path / "demo.geojson"
+    write_polygons(path, [box(0, 0, 1, 1)], "Foreign", [0, 0, 255], source="demo")
+    doc = json.loads(path.read_text())
+    assert doc["features"][0]["properties"]["classification"]["name"] == "Foreign"
+    assert doc["proganomaly"] == {"source": "demo"}
+
+
+def test_invalid_geometry_is_repaired_and_reported(tmp_path):
+    bowtie = {"type": "Polygon", "coordinates": [[[0, 0], [2, 2], [2, 0], [0, 2], [0, 0]]]}
+    path = write(tmp_path / "a.geojson", [feat(bowtie, id="bow")])
+    (geom,), repairs = read_polygons(path)
+    assert geom.is_valid and geom.area == pytest.approx(2.0)
+    assert (
+        len(repairs) == 1
+        and "a.geojson" in repairs[0]
+        and "feature 0 (bow)" in repairs[0]
+        and "make_valid" in repairs[0]
+    )
+
+
+def test_points_are_skipped_and_reported_and_classes_filter(tmp_path):
+    path = write(
+        tmp_path / "b.geojson",
+        [feat({"type": "Point", "coordinates": [1, 2]}), feat(box(0, 0, 1, 1)), feat(box(5, 5, 6, 6), name="Other")],
+    )
+    geoms, repairs = read_polygons(path)
+    assert len(geoms) == 2 and "feature 0" in repairs[0] and "Point skipped" in repairs[0]
+    geoms, _ = read_polygons(path, classes={"Other"})
+    assert len(geoms) == 1 and geoms[0].equals(box(5, 5, 6, 6))
+
+
+@pytest.mark.parametrize(
+    ("geometry", "message"),
+    [
+        (None, "feature 1: missing or malformed 'geometry'"),
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}, "feature 1: malformed Polygon"),
+        ({"type": "Polygon", "coordinates": "oops"}, "feature 1: malformed Polygon"),
+        (
+            {"type": "MultiPolygon", "coordinates": [[[[0, 0], [1, "x"], [1, 1], [0, 0]]]]},
+            "feature 1: malformed MultiPolygon",
+        ),
+        ({"type": "Polygon", "coordinates": [[[0, 0], [1, float("nan")], [1, 1], [0, 0]]]}, "feature 1: non-finite"),
+    ],
+)
+def test_malformed_geometry_names_file_and_feature(tmp_path, geometry, message):
+    bad = {"type": "Feature", "geometry": geometry, "properties": {}}
+    path = write(tmp_path / "bad.geojson", [feat(box(0, 0, 1, 1)), bad])
+    with pytest.raises(GeoJSONError, match=r"bad\.geojson") as err:
+        read_polygons(path)
+    assert message in str(err.value)
+
+
+def test_malformed_documents(tmp_path):
+    (tmp_path / "x.geojson").write_text("{not json")
+    with pytest.raises(GeoJSONError, match=r"x\.geojson: not valid JSON"):
+        read_polygons(tmp_path / "x.geojson")
+    with pytest.raises(GeoJSONError, match=r"missing\.geojson: annotation file does not exist"):
+        read_polygons(tmp_path / "missing.geojson")
+    (tmp_path / "y.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": []}))
+    with pytest.raises(GeoJSONError, match=r"y\.geojson: expected a FeatureCollection"):
+        read_polygons(tmp_path / "y.geojson")
+    write(tmp_path / "z.geojson", [{"type": "Nope"}])
+    with pytest.raises(GeoJSONError, match=r"z\.geojson: feature 0: not a GeoJSON Feature"):
+        read_polygons(tmp_path / "z.geojson")
+
+
+def test_measurement_count_must_match(tmp_path):
+    with pytest.raises(ValueError, match="1 measurement records for 2 geometries"):
+        write_polygons(tmp_path / "m.geojson", [box(0, 0, 1, 1), box(1, 1, 2, 2)], measurements=[{}])
