@@ -1,1 +1,83 @@
-# Rules of this stage are added by its issue.
+# Calibration stage: the Gaussian of reconstruction errors on the calibrate slides (fit_error_distribution), the
+# dynamic threshold on the threshold slides (fit_threshold), then one SavedModel with both baked in (export_model).
+# All three run the generator, so they ask for a GPU like training.
+
+
+rule fit_error_distribution:
+    """Mean and covariance of per-pixel RGB reconstruction errors, streamed exactly over the calibrate slides."""
+    input:
+        model_json="results/model/model.json",
+        weights="results/model/generator.weights.h5",
+        manifests=manifests("calibrate"),
+    output:
+        json="results/calibration/error_distribution.json",
+    log:
+        "results/logs/fit_error_distribution/all.log",
+    benchmark:
+        "results/benchmarks/fit_error_distribution/all.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    script:
+        "../../scripts/fit_error_distribution.py"
+
+
+rule fit_threshold:
+    """Unsupervised (mean + k·std of d²) and, with annotations, supervised (max F-β) thresholds on the threshold slides."""
+    input:
+        model_json="results/model/model.json",
+        weights="results/model/generator.weights.h5",
+        error_distribution="results/calibration/error_distribution.json",
+        manifests=manifests("threshold"),
+        patch_tables=expand(
+            "results/tiles/{slide}.patches.parquet", slide=slides_in("threshold")
+        ),
+        annotations=threshold_annotations(),
+    output:
+        json="results/calibration/threshold.json",
+    log:
+        "results/logs/fit_threshold/all.log",
+    benchmark:
+        "results/benchmarks/fit_threshold/all.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    params:
+        annotated=annotated_slides("threshold"),
+    script:
+        "../../scripts/fit_threshold.py"
+
+
+rule export_model:
+    """The detector SavedModel (serving_default: uint8 patches in, named anomaly outputs out) and its model card."""
+    input:
+        model_json="results/model/model.json",
+        weights="results/model/generator.weights.h5",
+        error_distribution="results/calibration/error_distribution.json",
+        threshold="results/calibration/threshold.json",
+        calibrate=manifests("calibrate"),
+        threshold_manifests=manifests("threshold"),
+    output:
+        saved_model=directory("results/export/saved_model"),
+        card="results/export/model_card.json",
+    log:
+        "results/logs/export_model/all.log",
+    benchmark:
+        "results/benchmarks/export_model/all.tsv"
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+        gpu=1,
+    script:
+        "../../scripts/export_model.py"

@@ -1,0 +1,37 @@
+"""Rule export_model: one self-contained SavedModel (μ, Σ⁻¹ and τ baked in) and its JSON model card."""
+
+import json
+from pathlib import Path
+
+from proganomaly.config import Config
+from proganomaly.export import load_detector, model_card, save_detector
+from proganomaly.model.io import load_trained
+from proganomaly.runlog import provenance, setup_logging, write_json
+
+log = setup_logging(snakemake.log[0])
+cfg = Config.from_dict(snakemake.config)
+ed = json.loads(Path(snakemake.input.error_distribution).read_text())
+th = json.loads(Path(snakemake.input.threshold).read_text())
+trained = load_trained(Path(snakemake.input.model_json).parent)
+if int(trained.patch_size) != ed["patch_size_px"]:
+    raise SystemExit(
+        f"{snakemake.input.error_distribution} is for {ed['patch_size_px']} px; the model is {trained.patch_size} px"
+    )
+
+meta = save_detector(trained, ed, th["tau"], snakemake.output.saved_model, jit_compile=cfg.export.jit_compile)
+detector = load_detector(snakemake.output.saved_model)  # fails here, not in inference, if it does not load
+log.info(
+    "exported %s: %d px, outputs %s, τ = %.6g", trained.architecture, detector.patch_size, detector.outputs, meta["tau"]
+)
+
+card = model_card(
+    config=snakemake.config,
+    metadata=meta,
+    model_files={"generator_weights": snakemake.input.weights, "model_json": snakemake.input.model_json},
+    manifests={"calibrate": list(snakemake.input.calibrate), "threshold": list(snakemake.input.threshold_manifests)},
+    error_distribution=ed,
+    threshold=th,
+)
+card["training"] = json.loads(Path(snakemake.input.model_json).read_text())
+write_json(snakemake.output.card, card | {"provenance": provenance(None, saved_model=snakemake.output.saved_model)})
+log.info("wrote %s", snakemake.output.card)

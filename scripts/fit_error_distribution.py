@@ -1,0 +1,69 @@
+"""Rule fit_error_distribution: the 3-D Gaussian of per-pixel RGB reconstruction errors on the calibrate slides.
+
+Every pixel of every calibrate patch is one observation of e = |x − G(x)| (x in [-1, 1], inference mode). The mean,
+sample covariance, its inverse and Cholesky factors go to results/calibration/error_distribution.json together with
+per-channel histograms and quantiles of e (for the report) and provenance.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from proganomaly import calibration, stats
+from proganomaly.config import Config
+from proganomaly.model.io import load_trained
+from proganomaly.records import count_examples, make_dataset
+from proganomaly.runlog import Progress, provenance, setup_logging, write_json
+
+log = setup_logging(snakemake.log[0])
+cfg = Config.from_dict(snakemake.config)
+manifests = list(snakemake.input.manifests)
+if not manifests:
+    raise SystemExit("no slide of split 'calibrate' in the slide sheet: add one (config/slides.tsv) to fit the errors")
+model_dir = Path(snakemake.input.model_json).parent
+trained = load_trained(model_dir)
+size = int(trained.patch_size)
+n_patches = count_examples(manifests, size)  # also fails early, naming the manifest, when a resolution is missing
+if n_patches == 0:
+    raise SystemExit(f"the calibrate slides {manifests} have no tissue patches; check their tiling QC")
+batch = cfg.calibration.batch_size
+log.info("%s model (%d px) over %d calibrate patches in batches of %d", trained.architecture, size, n_patches, batch)
+
+edges = stats.linear_edges(*calibration.ERROR_RANGE, cfg.calibration.error_histogram_bins)
+progress = Progress(math.ceil(n_patches / batch), "fit_error_distribution", "batches", logger=log)
+moments, counts = calibration.fit_error_distribution(
+    trained.reconstruct,
+    make_dataset(manifests, size, batch_size=batch),
+    edges,
+    progress=progress,
+    jit_compile=cfg.calibration.jit_compile,
+)
+if moments.n != n_patches * size * size:
+    raise SystemExit(f"saw {moments.n} pixels, expected {n_patches}·{size}² from the manifests: records are stale")
+gauss = stats.gaussian_fit(moments)
+log.info("mean %s, covariance diagonal %s", np.round(gauss["mean"], 5), np.round(np.diag(gauss["covariance"]), 6))
+
+write_json(
+    snakemake.output.json,
+    {
+        "definition": "e = |x - G(x)| per pixel and RGB channel, x = uint8 / 127.5 - 1, G in inference mode",
+        "architecture": trained.architecture,
+        "patch_size_px": size,
+        "n_patches": n_patches,
+        "n_pixels": moments.n,
+        "channels": ["R", "G", "B"],
+        "mean": gauss["mean"],
+        "covariance": gauss["covariance"],
+        "covariance_kind": "sample (ddof = 1), float64 Chan merges over batches",
+        "precision": gauss["precision"],
+        "cholesky": gauss["cholesky"],
+        "precision_cholesky": gauss["precision_cholesky"],
+        "histograms": {ch: stats.histogram_record(counts[i], edges) for i, ch in enumerate("RGB")},
+        "provenance": provenance(
+            {k: snakemake.config[k] for k in ("calibration", "tiling", "seed")},
+            inputs={"model_dir": str(model_dir), "manifests": manifests},
+        ),
+    },
+)
+log.info("wrote %s", snakemake.output.json)

@@ -1,0 +1,128 @@
+"""Rule fit_threshold: the dynamic threshold τ on d² from the threshold slides.
+
+Streams d² = (e − μ)ᵀ Σ⁻¹ (e − μ) of every pixel of every threshold patch. Always computes the unsupervised
+τ = mean + k·std; when threshold slides have annotations, also the supervised τ maximising F-β over their pixels
+(labels: pixel centre inside an annotation polygon). `calibration.threshold_method` picks the one that is exported.
+Writes results/calibration/threshold.json with both, d² quantiles and histogram (also by label), and the F-β curve.
+"""
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from proganomaly import calibration, stats, threshold
+from proganomaly.config import Config
+from proganomaly.geojson import read_polygons
+from proganomaly.model.io import load_trained
+from proganomaly.patch_labels import extent_lookup, union_of
+from proganomaly.records import count_examples, make_dataset, read_manifest
+from proganomaly.runlog import Progress, provenance, setup_logging, write_json
+
+log = setup_logging(snakemake.log[0])
+cfg = Config.from_dict(snakemake.config)
+cc = cfg.calibration
+manifests = list(snakemake.input.manifests)
+annotations = dict(zip(snakemake.params.annotated, snakemake.input.annotations, strict=True))
+if not manifests:
+    raise SystemExit("no slide of split 'threshold' in the slide sheet: add one (config/slides.tsv) to fit τ")
+if cc.threshold_method == "supervised" and not annotations:
+    raise SystemExit(
+        "calibration.threshold_method is 'supervised' but no threshold slide has annotations: "
+        "add an 'annotations' GeoJSON for a threshold slide in the sheet, or use 'unsupervised'"
+    )
+
+ed = json.loads(Path(snakemake.input.error_distribution).read_text())
+gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"])}
+trained = load_trained(Path(snakemake.input.model_json).parent)
+size = int(trained.patch_size)
+if size != ed["patch_size_px"]:
+    raise SystemExit(
+        f"{snakemake.input.error_distribution} was fitted at {ed['patch_size_px']} px, the model is {size} px"
+    )
+
+labeller, repairs = None, []
+if annotations:
+    classes = set(cc.annotation_classes) if cc.annotation_classes is not None else None
+    geoms = {}
+    for slide, path in annotations.items():
+        polys, fixed = read_polygons(path, classes)
+        repairs += fixed
+        geoms[slide] = union_of(polys)
+        log.info("%s: %d annotation polygon(s) from %s", slide, len(polys), path)
+    for r in repairs:
+        log.warning(r)
+    tables = {read_manifest(m)["slide_id"]: t for m, t in zip(manifests, snakemake.input.patch_tables, strict=True)}
+    labeller = calibration.make_labeller(extent_lookup({s: tables[s] for s in geoms}), geoms, size)
+
+n_patches = count_examples(manifests, size)
+if n_patches == 0:
+    raise SystemExit(f"the threshold slides {manifests} have no tissue patches; check their tiling QC")
+edges = stats.log_edges(*calibration.D2_RANGE, cc.d2_bins_per_decade)
+progress = Progress(math.ceil(n_patches / cc.batch_size), "fit_threshold", "batches", logger=log)
+out = calibration.collect_d2(
+    trained.reconstruct,
+    make_dataset(manifests, size, batch_size=cc.batch_size, with_meta=True),
+    gauss,
+    edges,
+    labeller=labeller,
+    max_exact_pixels=cc.supervised_max_exact_pixels,
+    progress=progress,
+    jit_compile=cc.jit_compile,
+)
+
+unsup = threshold.unsupervised_tau(out["moments"], cc.k_std)
+unsup["flagged_fraction"] = float(
+    out["counts"][np.searchsorted(edges, unsup["tau"], side="right") :].sum() / out["counts"].sum()
+)
+unsup["flagged_fraction_note"] = "upper bound within one d2 bin: pixels in the bin holding tau and above"
+log.info("unsupervised τ = %.6g (mean %.6g + %g · std %.6g)", unsup["tau"], unsup["mean"], cc.k_std, unsup["std"])
+result = {
+    "definition": "a pixel is flagged when d2 > tau; d2 = (e - mean)^T precision (e - mean) with the fitted Gaussian",
+    "n_patches": n_patches,
+    "n_pixels": out["moments"].n,
+    "unsupervised": unsup,
+    "supervised": None,
+    "d2_histogram": stats.histogram_record(out["counts"], edges),
+}
+if labeller is not None and out["n_labelled"]:
+    if "d2" in out:
+        curve, how = threshold.fbeta_curve_exact(out["d2"], out["labels"], cc.f_beta), "exact: every distinct d2 value"
+    else:
+        curve = threshold.fbeta_curve_from_counts(out["pos_counts"], out["neg_counts"], edges, cc.f_beta)
+        how = f"histogram edges ({cc.d2_bins_per_decade} per decade): optimum within one bin"
+    sup = threshold.best_threshold(curve, cc.f_beta, how)
+    sup["curve"] = threshold.curve_record(curve)
+    sup["annotations"] = annotations
+    sup["annotation_repairs"] = repairs
+    result["supervised"] = sup
+    result["d2_histogram_by_label"] = {
+        "anomalous": stats.histogram_record(out["pos_counts"], edges) if out["pos_counts"].sum() else None,
+        "normal": stats.histogram_record(out["neg_counts"], edges) if out["neg_counts"].sum() else None,
+    }
+    log.info(
+        "supervised τ = %.6g (F-%g %.4f, precision %.4f, recall %.4f; %s)",
+        sup["tau"],
+        cc.f_beta,
+        sup["f_beta"],
+        sup["precision"],
+        sup["recall"],
+        how,
+    )
+elif cc.threshold_method == "supervised":
+    raise SystemExit("no labelled pixels: the annotated threshold slides have no patches in the records")
+
+chosen = result[cc.threshold_method]
+result["method"] = cc.threshold_method
+result["tau"] = float(np.float32(chosen["tau"]))
+result["provenance"] = provenance(
+    {k: snakemake.config[k] for k in ("calibration", "tiling", "seed")},
+    inputs={
+        "error_distribution": snakemake.input.error_distribution,
+        "manifests": manifests,
+        "annotations": annotations,
+    },
+)
+write_json(snakemake.output.json, result)
+log.info("τ = %.6g (%s) → %s", result["tau"], cc.threshold_method, snakemake.output.json)

@@ -1,0 +1,179 @@
+"""Run the trained generator over patches: fit the error Gaussian (calibrate slides) and collect d² (threshold slides).
+
+The per-pixel quantities are computed by the same functions the SavedModel serves (`reconstruction_error`,
+`stats.tf_mahalanobis_d2`), so τ fitted here flags what the exported model flags (bit for bit when both are
+compiled alike; XLA may round float32 differently, which moves only pixels within rounding of τ).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from proganomaly import stats
+
+# Errors |x − G(x)| of images in [-1, 1] lie in [0, 2] unless the linear output overshoots; overshoots land in the
+# open last bin. d² spans many decades, hence log bins.
+ERROR_RANGE = (0.0, 2.0)
+D2_RANGE = (1e-4, 1e8)
+
+
+def to_unit(images):
+    """uint8 [0, 255] → float32 [-1, 1] (x/127.5 − 1, as the original).
+
+    Written as a product with the reciprocal because graph optimisation rewrites a division by a constant that way:
+    eager and compiled code then give bit-identical inputs.
+    """
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32) * np.float32(1 / 127.5) - 1.0
+
+
+def reconstruction_error(reconstruct: Callable, images):
+    """(x, x̂, e = |x − x̂|) for a uint8 NHWC batch; x̂ is the model's raw (unclipped) inference-mode output."""
+    import tensorflow as tf
+
+    x = to_unit(images)
+    xhat = tf.cast(reconstruct(x), tf.float32)
+    return x, xhat, tf.abs(x - xhat)
+
+
+def _replica_results(step, batch, strategy) -> list[tuple]:
+    """Results of one step as a list with one tuple per replica (a single tuple without a strategy)."""
+    if strategy is None:
+        return [tuple(np.asarray(t) for t in step(batch))]
+    per_replica = strategy.run(step, args=(batch,))
+    local = [strategy.experimental_local_results(t) for t in per_replica]
+    return [tuple(np.asarray(t[r]) for t in local) for r in range(len(local[0]))]
+
+
+def error_step(reconstruct: Callable, edges: np.ndarray, jit_compile: bool = False):
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit_compile)
+    def step(images):
+        _, _, e = reconstruction_error(reconstruct, images)
+        n, mean, m2 = stats.tf_batch_moments(e)
+        counts = tf.stack([stats.tf_bin_counts(e[..., c], edges) for c in range(3)])
+        return n, mean, m2, counts
+
+    return step
+
+
+def fit_error_distribution(
+    reconstruct: Callable, dataset, edges: np.ndarray, *, strategy=None, progress=None, jit_compile: bool = False
+) -> tuple[stats.Moments, np.ndarray]:
+    """Moments of the per-pixel RGB error over every pixel of every patch, and per-channel histogram counts.
+
+    With a tf.distribute strategy each replica's (n, mean, M2) is merged on the host, so no replica's shard is lost.
+    """
+    step = error_step(reconstruct, edges, jit_compile)
+    if strategy is not None:
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    parts, counts = [], np.zeros((3, len(edges) + 1), np.int64)
+    for batch in dataset:
+        for n, mean, m2, c in _replica_results(step, batch, strategy):
+            if int(n):
+                parts.append(stats.from_batch(n, mean, m2))
+                counts += c
+        if progress:
+            progress.update()
+    if not parts:
+        raise stats.StatsError("the calibration records hold no patches")
+    return stats.merge_all(parts), counts
+
+
+def d2_step(reconstruct: Callable, gaussian: dict, jit_compile: bool = False):
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit_compile)
+    def core(images):
+        _, _, e = reconstruction_error(reconstruct, images)
+        d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"])
+        return (d2, *stats.tf_batch_moments(d2[..., None]))
+
+    @tf.function  # the string slide ids pass around the compiled core: XLA has no string tensors
+    def step(batch):
+        return (*core(batch["image"]), batch["slide_id"], batch["x"], batch["y"])
+
+    return step
+
+
+def collect_d2(
+    reconstruct: Callable,
+    dataset,
+    gaussian: dict,
+    edges: np.ndarray,
+    *,
+    labeller=None,
+    max_exact_pixels: int = 0,
+    strategy=None,
+    progress=None,
+    jit_compile: bool = False,
+) -> dict:
+    """Stream d² of every pixel of a `make_dataset(..., with_meta=True)` dataset.
+
+    Returns the moments of d² (for the unsupervised τ) and its histogram counts; with a `labeller`
+    (slide_ids, xs, ys → (labels (N, S, S) bool, labelled (N,) bool)) also the counts of positive and negative
+    labelled pixels and, while they number at most `max_exact_pixels`, the labelled d² values themselves (for the
+    exact F-β optimum).
+    """
+    step = d2_step(reconstruct, gaussian, jit_compile)
+    if strategy is not None:
+        dataset = strategy.experimental_distribute_dataset(dataset)
+    n_bins = len(edges) + 1
+    parts, counts = [], np.zeros(n_bins, np.int64)
+    pos, neg = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
+    kept_d2, kept_labels, n_labelled, exact = [], [], 0, max_exact_pixels > 0
+    for batch in dataset:
+        for d2, n, mean, m2, slide_ids, xs, ys in _replica_results(step, batch, strategy):
+            if not int(n):
+                continue
+            parts.append(stats.from_batch(n, mean, m2))
+            counts += stats.bin_counts(d2, edges)
+            if labeller is None:
+                continue
+            labels, labelled = labeller(slide_ids, xs, ys)
+            if not labelled.any():
+                continue
+            d2_l, lab_l = d2[labelled].ravel(), labels[labelled].ravel()
+            pos += stats.bin_counts(d2_l[lab_l], edges)
+            neg += stats.bin_counts(d2_l[~lab_l], edges)
+            n_labelled += d2_l.size
+            if exact and n_labelled <= max_exact_pixels:
+                kept_d2.append(d2_l.astype(np.float32))
+                kept_labels.append(lab_l)
+            elif exact:
+                exact, kept_d2, kept_labels = False, [], []
+        if progress:
+            progress.update()
+    if not parts:
+        raise stats.StatsError("the threshold records hold no patches")
+    out = {"moments": stats.merge_all(parts), "counts": counts, "n_labelled": n_labelled}
+    if labeller is not None:
+        out.update(pos_counts=pos, neg_counts=neg)
+        if exact and n_labelled:
+            out.update(d2=np.concatenate(kept_d2), labels=np.concatenate(kept_labels))
+    return out
+
+
+def make_labeller(lookup: dict, geoms: dict, size: int):
+    """labeller for `collect_d2`: patches of slides in `geoms` (slide_id → prepared union) are labelled."""
+    from proganomaly.patch_labels import extents_of, patch_labels
+
+    def labeller(slide_ids, xs, ys):
+        ids = np.asarray([s.decode() if isinstance(s, bytes) else str(s) for s in slide_ids])
+        labels = np.zeros((len(ids), size, size), bool)
+        labelled = np.isin(ids, list(geoms))
+        if labelled.any():
+            idx = np.flatnonzero(labelled)
+            w, h = extents_of(lookup, ids[idx], np.asarray(xs)[idx], np.asarray(ys)[idx])
+            for slide in np.unique(ids[idx]):
+                sel = ids[idx] == slide
+                labels[idx[sel]] = patch_labels(
+                    geoms[slide], np.asarray(xs)[idx][sel], np.asarray(ys)[idx][sel], w[sel], h[sel], size
+                )
+        return labels, labelled
+
+    return labeller

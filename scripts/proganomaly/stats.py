@@ -1,0 +1,217 @@
+"""Streaming moments, the fitted error Gaussian, squared Mahalanobis distances and streaming histograms.
+
+Moments are kept as (n, mean, M2) in float64 and combined with the pairwise update of Chan, Golub & LeVeque, so
+batches and devices merge exactly, in any order and at any batch size (a batch of one row is just n = 1, M2 = 0).
+The original mixed a sample covariance into its population-mode merge and let replicas overwrite each other
+(pcead-spec §5); raw Σxxᵀ sums would lose digits to cancellation when the mean is large against the spread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+
+class StatsError(ValueError):
+    """Statistics cannot be formed from the data seen (too few observations, singular covariance)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    """Count, mean (d,) and centred sum of outer products M2 (d, d) of n observations, float64."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    @property
+    def dim(self) -> int:
+        return int(self.mean.shape[0])
+
+
+def empty_moments(dim: int) -> Moments:
+    return Moments(0, np.zeros(dim), np.zeros((dim, dim)))
+
+
+def moments_of(x: np.ndarray) -> Moments:
+    """Moments of the rows of `x` (n, d), accumulated in float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.shape[0] == 0:
+        return empty_moments(x.shape[1])
+    mean = x.mean(axis=0)
+    c = x - mean
+    return Moments(int(x.shape[0]), mean, c.T @ c)
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Chan's pairwise merge: exact for any split of the data into the two parts."""
+    if a.n == 0:
+        return b
+    if b.n == 0:
+        return a
+    if a.dim != b.dim:
+        raise StatsError(f"cannot merge moments of dimension {a.dim} and {b.dim}")
+    n = a.n + b.n
+    delta = b.mean - a.mean
+    mean = a.mean + delta * (b.n / n)
+    m2 = a.m2 + b.m2 + np.outer(delta, delta) * (a.n * b.n / n)
+    return Moments(n, mean, m2)
+
+
+def merge_all(parts: Iterable[Moments]) -> Moments:
+    """Merge many parts (e.g. per batch or per replica) as a balanced tree, so rounding does not grow with depth."""
+    parts = [p for p in parts if p.n]
+    if not parts:
+        raise StatsError("no observations to merge")
+    while len(parts) > 1:
+        parts = [merge(*parts[i : i + 2]) if i + 1 < len(parts) else parts[i] for i in range(0, len(parts), 2)]
+    return parts[0]
+
+
+def from_batch(n, mean, m2) -> Moments:
+    """Moments from the (n, mean, M2) that a compiled batch step returned (tensors or arrays)."""
+    mean = np.asarray(mean, dtype=np.float64).reshape(-1)
+    return Moments(int(n), mean, np.asarray(m2, dtype=np.float64).reshape(mean.size, mean.size))
+
+
+def covariance(m: Moments, ddof: int = 1) -> np.ndarray:
+    """Sample (ddof=1, numpy.cov's default) or population (ddof=0) covariance."""
+    if m.n - ddof <= 0:
+        raise StatsError(f"{m.n} observation(s) are too few for a covariance with ddof={ddof}")
+    return m.m2 / (m.n - ddof)
+
+
+def gaussian_fit(m: Moments) -> dict:
+    """Mean, sample covariance, its inverse and both Cholesky factors, as float64 arrays.
+
+    `precision_cholesky` is the original's `error_distribution_sigma_linv` (lower L with L Lᵀ = Σ⁻¹).
+    """
+    cov = covariance(m, ddof=1)
+    try:
+        chol = np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        rank = np.linalg.matrix_rank(cov)
+        raise StatsError(
+            f"the error covariance is not positive definite (rank {rank} of {m.dim}, n = {m.n}): some error "
+            "channels are constant or collinear; the model reconstructs them identically or the data are degenerate"
+        ) from None
+    eye = np.eye(m.dim)
+    inv_chol = np.linalg.solve(chol, eye)  # chol⁻¹, lower triangular
+    precision = inv_chol.T @ inv_chol
+    precision = (precision + precision.T) / 2
+    return {
+        "n": m.n,
+        "mean": m.mean.copy(),
+        "covariance": cov,
+        "precision": precision,
+        "cholesky": chol,
+        "precision_cholesky": np.linalg.cholesky(precision),
+    }
+
+
+def mahalanobis_d2(e: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distance (e − μ)ᵀ Σ⁻¹ (e − μ) over the last axis (numpy, float64)."""
+    y = np.asarray(e, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+    return np.einsum("...i,ij,...j->...", y, np.asarray(precision, dtype=np.float64), y)
+
+
+# ------------------------------------------------------------------------------------------------ TensorFlow side
+
+
+def tf_batch_moments(x):
+    """(n, mean, M2) of the rows of a (…, d) tensor, in float64 on the device; merged on the host with `merge`."""
+    import tensorflow as tf
+
+    d = x.shape[-1]
+    rows = tf.cast(tf.reshape(x, (-1, d)), tf.float64)
+    n = tf.shape(rows, out_type=tf.int64)[0]
+    mean = tf.reduce_mean(rows, axis=0)
+    c = rows - mean
+    return n, mean, tf.matmul(c, c, transpose_a=True)
+
+
+def tf_mahalanobis_d2(e, mean, precision):
+    """Squared Mahalanobis distance over the last axis in float32 (what the SavedModel computes and serves)."""
+    import tensorflow as tf
+
+    y = e - tf.constant(np.asarray(mean, np.float32))
+    p = tf.constant(np.asarray(precision, np.float32))
+    return tf.reduce_sum(tf.linalg.matvec(p, y) * y, axis=-1)
+
+
+def tf_bin_counts(values, edges: np.ndarray):
+    """Counts of `values` in the bins (-inf, e0], (e0, e1], …, (e_last, inf): len(edges) + 1 int64 counts.
+
+    Comparisons are exact (float32 values against float32 edges), so "d² > edge" thresholds can be counted exactly.
+    """
+    import tensorflow as tf
+
+    flat = tf.reshape(tf.cast(values, tf.float32), (1, -1))
+    seq = tf.constant(np.asarray(edges, np.float32)[None, :])
+    idx = tf.reshape(tf.searchsorted(seq, flat, side="left"), (-1,))
+    # a segment sum with a constant segment count compiles under XLA, unlike bincount's data-dependent size
+    counts = tf.math.unsorted_segment_sum(tf.ones_like(idx), idx, num_segments=len(edges) + 1)
+    return tf.cast(counts, tf.int64)
+
+
+# ---------------------------------------------------------------------------------------------------- histograms
+
+
+def linear_edges(lo: float, hi: float, bins: int) -> np.ndarray:
+    return np.unique(np.linspace(lo, hi, bins + 1).astype(np.float32))
+
+
+def log_edges(lo: float, hi: float, per_decade: int) -> np.ndarray:
+    """Log-spaced float32 edges: relative resolution 10^(1/per_decade) − 1 (2.3 % at 100 per decade)."""
+    decades = np.log10(hi / lo)
+    return np.unique(np.geomspace(lo, hi, round(float(decades) * per_decade) + 1).astype(np.float32))
+
+
+def bin_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """numpy twin of `tf_bin_counts` (same bins, same exact comparisons)."""
+    idx = np.searchsorted(np.asarray(edges, np.float32), np.asarray(values, np.float32).ravel(), side="left")
+    return np.bincount(idx, minlength=len(edges) + 1).astype(np.int64)
+
+
+def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, qs, lo: float | None = None) -> np.ndarray:
+    """Quantiles from `bin_counts`-style counts, linear within a bin (accurate to one bin width).
+
+    The first bin (-inf, e0] is taken as [lo, e0] (lo defaults to e0) and the open last bin as its left edge.
+    """
+    counts = np.asarray(counts, np.float64)
+    edges = np.asarray(edges, np.float64)
+    total = counts.sum()
+    if total <= 0:
+        raise StatsError("empty histogram has no quantiles")
+    left = np.concatenate([[edges[0] if lo is None else lo], edges])
+    right = np.concatenate([edges, [edges[-1]]])
+    cum = np.cumsum(counts)
+    out = []
+    for q in np.atleast_1d(qs):
+        target = q * total
+        i = int(np.searchsorted(cum, target, side="left"))
+        i = min(i, len(counts) - 1)
+        before = cum[i] - counts[i]
+        frac = 0.0 if counts[i] == 0 else (target - before) / counts[i]
+        out.append(left[i] + frac * (right[i] - left[i]))
+    return np.asarray(out)
+
+
+def histogram_record(
+    counts: np.ndarray, edges: np.ndarray, qs=(0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 0.999)
+) -> dict:
+    """JSON-ready histogram: edges, counts of (edges[i], edges[i+1]], the two open tails and quantiles."""
+    counts = np.asarray(counts, np.int64)
+    return {
+        "bins": "(edges[i], edges[i+1]]; at_or_below_first_edge and above_last_edge are the open tails",
+        "edges": np.asarray(edges, np.float64).tolist(),
+        "counts": counts[1:-1].tolist(),
+        "at_or_below_first_edge": int(counts[0]),
+        "above_last_edge": int(counts[-1]),
+        "total": int(counts.sum()),
+        "quantiles": {f"{q:g}": float(v) for q, v in zip(qs, histogram_quantiles(counts, edges, qs), strict=True)},
+    }

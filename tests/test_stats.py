@@ -1,0 +1,193 @@
+"""Streaming moments, Gaussian fit, Mahalanobis distances and histograms against numpy/scipy references."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from scipy.spatial.distance import mahalanobis
+
+from proganomaly import calibration, stats
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+class StandIn(tf.Module):
+    """Tiny stand-in with the TrainedModel interface (tests only): one 3×3 conv + tanh, and a linear encoder."""
+
+    def __init__(self, size: int, architecture: str = "ganomaly", seed: int = 0):
+        super().__init__()
+        rng = np.random.default_rng(seed)
+        self.architecture, self.patch_size = architecture, size
+        self.kernel = tf.Variable(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32))
+        self.bias = tf.Variable(rng.normal(0, 0.1, 3).astype(np.float32))
+        self.latent = tf.Variable(rng.normal(0, 0.05, (size * size * 3, 8)).astype(np.float32))
+
+    def reconstruct(self, x):
+        return tf.tanh(tf.nn.conv2d(x, self.kernel, 1, "SAME") + self.bias) * 1.05
+
+    def encode(self, x):
+        return tf.matmul(tf.reshape(x, (tf.shape(x)[0], -1)), self.latent)
+
+
+def random_patches(n: int, size: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (n, 1, 1, 3))
+    noise = rng.normal(0, 40, (n, size, size, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def stream(x: np.ndarray, batch: int) -> stats.Moments:
+    return stats.merge_all(stats.moments_of(x[i : i + batch]) for i in range(0, len(x), batch))
+
+
+@pytest.mark.parametrize("batch", [1, 7, 333, 1000, 5000])
+@pytest.mark.parametrize("offset", [0.0, 100.0])
+def test_streamed_covariance_equals_numpy_cov(batch, offset):
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(3, 3))
+    x = (rng.normal(size=(1000, 3)) @ a + offset).astype(np.float32)
+    m = stream(x, batch)
+    assert m.n == 1000
+    np.testing.assert_allclose(m.mean, x.astype(np.float64).mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats.covariance(m), np.cov(x, rowvar=False), rtol=1e-10)
+    np.testing.assert_allclose(stats.covariance(m, ddof=0), np.cov(x, rowvar=False, ddof=0), rtol=1e-10)
+
+
+def test_sequential_merge_in_any_order_equals_whole():
+    rng = np.random.default_rng(2)
+    x = rng.gamma(2.0, size=(997, 3))
+    parts = [stats.moments_of(p) for p in np.array_split(x, 13)]
+    rng.shuffle(parts)
+    acc = stats.empty_moments(3)
+    for p in parts:
+        acc = stats.merge(acc, p)
+    np.testing.assert_allclose(stats.covariance(acc), np.cov(x, rowvar=False), rtol=1e-10)
+
+
+def test_tf_batch_moments_match_numpy():
+    rng = np.random.default_rng(3)
+    e = rng.random((5, 8, 8, 3)).astype(np.float32)
+    got = stats.from_batch(*stats.tf_batch_moments(tf.constant(e)))
+    want = stats.moments_of(e.reshape(-1, 3))
+    assert got.n == want.n == 320
+    np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)
+    np.testing.assert_allclose(got.m2, want.m2, rtol=1e-10)
+
+
+def test_gaussian_fit_against_numpy():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(500, 3)) @ rng.normal(size=(3, 3)) + 0.3
+    g = stats.gaussian_fit(stats.moments_of(x))
+    cov = np.cov(x, rowvar=False)
+    np.testing.assert_allclose(g["covariance"], cov, rtol=1e-10)
+    np.testing.assert_allclose(g["precision"], np.linalg.inv(cov), rtol=1e-8)
+    np.testing.assert_allclose(g["cholesky"] @ g["cholesky"].T, cov, rtol=1e-10)
+    np.testing.assert_allclose(g["precision_cholesky"] @ g["precision_cholesky"].T, np.linalg.inv(cov), rtol=1e-8)
+    assert np.allclose(np.triu(g["precision_cholesky"], 1), 0)
+
+
+def test_singular_covariance_is_a_clear_error():
+    x = np.random.default_rng(5).normal(size=(50, 3))
+    x[:, 2] = 0.0  # a channel the model reconstructs perfectly
+    with pytest.raises(stats.StatsError, match=r"not positive definite.*rank 2 of 3"):
+        stats.gaussian_fit(stats.moments_of(x))
+    with pytest.raises(stats.StatsError, match="too few"):
+        stats.covariance(stats.moments_of(x[:1]))
+
+
+def test_mahalanobis_d2_equals_scipy_squared():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(400, 3)) @ rng.normal(size=(3, 3))
+    g = stats.gaussian_fit(stats.moments_of(x))
+    e = rng.normal(size=(20, 3))
+    want = np.array([mahalanobis(v, g["mean"], g["precision"]) ** 2 for v in e])
+    np.testing.assert_allclose(stats.mahalanobis_d2(e, g["mean"], g["precision"]), want, rtol=1e-10)
+    got_tf = stats.tf_mahalanobis_d2(tf.constant(e.astype(np.float32)), g["mean"], g["precision"]).numpy()
+    np.testing.assert_allclose(got_tf, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bin_counts_tf_and_numpy_agree_with_direct_comparisons():
+    rng = np.random.default_rng(7)
+    edges = stats.log_edges(1e-2, 1e2, 10)
+    values = np.concatenate([rng.lognormal(0, 2, 2000), edges[[0, 5, -1]], [0.0]]).astype(np.float32)
+    got = stats.bin_counts(values, edges)
+    np.testing.assert_array_equal(got, stats.tf_bin_counts(tf.constant(values), edges).numpy())
+    assert got.sum() == values.size
+    for j, t in enumerate(edges):  # pixels above edge j are exactly those in bins j+1 …
+        assert got[j + 1 :].sum() == (values > t).sum()
+
+
+def test_histogram_quantiles_within_one_bin():
+    rng = np.random.default_rng(8)
+    values = rng.random(20000) * 1.7
+    edges = stats.linear_edges(0, 2, 400)
+    record = stats.histogram_record(stats.bin_counts(values, edges), edges)
+    width = 2 / 400
+    for q, v in record["quantiles"].items():
+        assert abs(v - np.quantile(values, float(q))) <= width
+    assert record["total"] == 20000 and sum(record["counts"]) + record["above_last_edge"] == 20000
+
+
+@pytest.mark.parametrize("batch", [1, 5, 64])
+def test_fit_error_distribution_streams_exactly(batch):
+    def reconstruct(x):
+        # single IEEE-rounded elementwise ops only, so graph and eager, any batch shape, give identical float32
+        return tf.round(25.0 * (x + 0.5 * tf.roll(x, 1, axis=-1))) * 0.04
+
+    images = random_patches(23, 8)
+    edges = stats.linear_edges(0, 2, 64)
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
+    m, counts = calibration.fit_error_distribution(reconstruct, ds, edges)
+    e = calibration.reconstruction_error(reconstruct, tf.constant(images))[2].numpy().reshape(-1, 3)
+    assert m.n == 23 * 64
+    np.testing.assert_allclose(stats.covariance(m), np.cov(e, rowvar=False), rtol=1e-10)
+    np.testing.assert_allclose(m.mean, e.astype(np.float64).mean(axis=0), rtol=1e-10)
+    for c in range(3):
+        np.testing.assert_array_equal(counts[c], stats.bin_counts(e[:, c], edges))
+
+
+def test_moments_merge_across_replicas():
+    """Two logical CPU devices under MirroredStrategy: every replica's shard is counted once (fresh process)."""
+    code = textwrap.dedent(
+        """
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from proganomaly import calibration, stats
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (22, 4, 4, 3), dtype=np.uint8)
+        f = lambda x: tf.tanh(x * 0.7 + 0.2)
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(6)
+        m, _ = calibration.fit_error_distribution(f, ds, stats.linear_edges(0, 2, 8), strategy=strategy)
+        e = np.abs(images / 127.5 - 1 - np.tanh((images / 127.5 - 1) * 0.7 + 0.2)).reshape(-1, 3)
+        assert m.n == e.shape[0], (m.n, e.shape)
+        np.testing.assert_allclose(stats.covariance(m), np.cov(e, rowvar=False), rtol=1e-5)
+        print("ok", strategy.num_replicas_in_sync)
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={"PYTHONPATH": str(SCRIPTS), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.split() == ["ok", "2"]
+
+
+def test_xla_compiled_error_step_agrees():
+    images = random_patches(9, 8, seed=4)
+    edges = stats.linear_edges(0, 2, 32)
+    model = StandIn(8)
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(4)
+    plain, c_plain = calibration.fit_error_distribution(model.reconstruct, ds, edges)
+    xla, c_xla = calibration.fit_error_distribution(model.reconstruct, ds, edges, jit_compile=True)
+    assert xla.n == plain.n
+    np.testing.assert_allclose(stats.covariance(xla), stats.covariance(plain), rtol=1e-5)
+    assert np.abs(c_xla - c_plain).sum() <= 4  # a value on a bin edge may round to the other side

@@ -1,0 +1,144 @@
+"""Unsupervised and supervised τ against numpy and brute force; patch labels against shapely point tests."""
+
+import numpy as np
+import pytest
+import shapely
+import tensorflow as tf
+from sklearn.metrics import fbeta_score
+
+from proganomaly import calibration, stats, threshold
+from proganomaly.patch_labels import LabelError, extents_of, patch_labels, union_of
+from test_stats import StandIn, random_patches
+
+
+def brute_force_f(d2, labels, t, beta):
+    flagged = d2 > t
+    tp = int((flagged & labels).sum())
+    fp = int((flagged & ~labels).sum())
+    fn = int((~flagged & labels).sum())
+    return threshold.fbeta(tp, fp, fn, beta)[()]
+
+
+@pytest.mark.parametrize("k", [3.0, 1.5])
+def test_unsupervised_tau_is_mean_plus_k_std(k):
+    d2 = np.random.default_rng(0).chisquare(3, 5001)
+    m = stats.merge_all(stats.moments_of(d2[i : i + 17]) for i in range(0, d2.size, 17))
+    got = threshold.unsupervised_tau(m, k)
+    assert got["tau"] == pytest.approx(d2.mean() + k * d2.std(ddof=1), rel=1e-12)
+    assert got["std"] ** 2 == pytest.approx(got["var"], rel=1e-12)
+
+
+def test_fbeta_matches_sklearn():
+    rng = np.random.default_rng(1)
+    labels = rng.random(300) < 0.3
+    d2 = rng.random(300) + labels
+    flagged = d2 > 0.9
+    tp, fp, fn = (flagged & labels).sum(), (flagged & ~labels).sum(), (~flagged & labels).sum()
+    for beta in (0.05, 1.0, 2.0):
+        assert threshold.fbeta(tp, fp, fn, beta) == pytest.approx(fbeta_score(labels, flagged, beta=beta))
+
+
+@pytest.mark.parametrize("beta", [0.05, 1.0])
+def test_exact_supervised_tau_equals_brute_force_over_all_candidates(beta):
+    rng = np.random.default_rng(2)
+    labels = rng.random(600) < 0.2
+    # rounded values: many ties, so candidates are the distinct values, not the pixels
+    d2 = np.round(rng.gamma(2.0, 1.0, 600) + 2.5 * labels, 1).astype(np.float32)
+    curve = threshold.fbeta_curve_exact(d2, labels, beta)
+    candidates = np.concatenate([[d2.min() - 1], np.unique(d2)])
+    np.testing.assert_array_equal(curve["thresholds"], candidates.astype(np.float64))
+    brute = np.array([brute_force_f(d2, labels, t, beta) for t in candidates])
+    np.testing.assert_allclose(curve["f"], brute, rtol=1e-12)
+    best = threshold.best_threshold(curve, beta, "all distinct values")
+    assert best["f_beta"] == pytest.approx(brute.max(), rel=1e-12)
+    assert brute_force_f(d2, labels, np.float32(best["tau"]), beta) == pytest.approx(brute.max(), rel=1e-12)
+    assert best["tau"] == candidates[np.argmax(brute)]  # ties go to the smallest τ
+    assert best["n_labelled"] == 600 and best["n_positive"] == labels.sum()
+
+
+def test_histogram_supervised_tau_is_exact_over_its_edges():
+    rng = np.random.default_rng(3)
+    labels = rng.random(5000) < 0.1
+    d2 = (rng.lognormal(0, 1, 5000) * np.where(labels, 8, 1)).astype(np.float32)
+    edges = stats.log_edges(1e-2, 1e3, 20)
+    curve = threshold.fbeta_curve_from_counts(
+        stats.bin_counts(d2[labels], edges), stats.bin_counts(d2[~labels], edges), edges, 0.05
+    )
+    brute = np.array([brute_force_f(d2, labels, t, 0.05) for t in edges])
+    np.testing.assert_allclose(curve["f"], brute, rtol=1e-12)
+    best = threshold.best_threshold(curve, 0.05, "histogram edges")
+    assert best["f_beta"] == pytest.approx(brute.max(), rel=1e-12)
+    # the best edge is within one bin of the exact optimum over all thresholds
+    exact = threshold.best_threshold(threshold.fbeta_curve_exact(d2, labels, 0.05), 0.05, "exact")
+    assert exact["f_beta"] >= best["f_beta"]
+
+
+def test_curve_record_keeps_the_best_point_and_is_json_ready():
+    rng = np.random.default_rng(4)
+    labels = rng.random(3000) < 0.5
+    curve = threshold.fbeta_curve_exact(rng.random(3000) + labels, labels, 0.05)
+    rec = threshold.curve_record(curve, max_points=50)
+    assert len(rec["thresholds"]) <= 51
+    assert max(rec["f"]) == pytest.approx(curve["f"].max())
+    assert rec["precision"][-1] is None  # nothing flagged at the largest value: precision undefined, not NaN
+
+
+def test_patch_labels_against_point_in_polygon():
+    poly = shapely.Polygon([(100, 100), (180, 100), (180, 140), (100, 140)])
+    geom = union_of([poly])
+    # a 16 px patch covering 64 level-0 px (resampled 4×), offset so the polygon edge cuts it
+    labels = patch_labels(geom, [90, 400], [120, 400], [64, 64], [64, 64], 16)
+    assert labels.shape == (2, 16, 16) and not labels[1].any()
+    for r in range(16):
+        for c in range(16):
+            centre = shapely.Point(90 + (c + 0.5) * 4, 120 + (r + 0.5) * 4)
+            assert labels[0, r, c] == poly.contains(centre)
+    # rows follow y: the polygon ends at y = 140, i.e. after row (140 − 120) / 4 = 5
+    assert labels[0, :5, 3:].all() and not labels[0, 5:].any() and not labels[0, :, :3].any()
+    assert not patch_labels(union_of([]), [0], [0], [64], [64], 16).any()
+
+
+def test_missing_patch_extent_names_the_table():
+    with pytest.raises(LabelError, match=r"results/tiles/s1\.patches\.parquet"):
+        extents_of({("s1", 0, 0): (64, 64)}, [b"s1"], [64], [0])
+
+
+def test_collect_d2_with_labels_matches_direct_computation():
+    model = StandIn(8)
+    images = random_patches(10, 8, seed=5)
+    slides = np.array([b"a"] * 6 + [b"b"] * 4)  # b is not annotated: it counts for the unsupervised τ only
+    xs, ys = np.arange(10) * 8, np.zeros(10, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "slide_id": slides, "x": xs, "y": ys}).batch(3)
+    errors = calibration.reconstruction_error(model.reconstruct, tf.constant(images))[2].numpy()
+    gauss = stats.gaussian_fit(stats.moments_of(errors.reshape(-1, 3)))
+    geom = union_of([shapely.box(10, 2, 30, 6)])
+    lookup = {(s.decode(), int(x), 0): (8, 8) for s, x in zip(slides, xs, strict=True)}
+    edges = stats.log_edges(1e-3, 1e3, 10)
+    out = calibration.collect_d2(
+        model.reconstruct,
+        ds,
+        gauss,
+        edges,
+        max_exact_pixels=10**6,
+        labeller=calibration.make_labeller(lookup, {"a": geom}, 8),
+    )
+    d2 = stats.mahalanobis_d2(errors, gauss["mean"], gauss["precision"])
+    assert out["moments"].n == d2.size
+    np.testing.assert_allclose(out["moments"].mean[0], d2.mean(), rtol=1e-4)
+    labels = patch_labels(geom, xs[:6], ys[:6], [8] * 6, [8] * 6, 8)
+    assert labels.any() and not labels.all()
+    np.testing.assert_array_equal(out["labels"], labels.ravel())
+    np.testing.assert_allclose(out["d2"], d2[:6].ravel(), rtol=1e-4, atol=1e-4)
+    assert out["n_labelled"] == 6 * 64 and out["pos_counts"].sum() == labels.sum()
+    assert out["counts"].sum() == 10 * 64
+    capped = calibration.collect_d2(
+        model.reconstruct,
+        ds,
+        gauss,
+        edges,
+        max_exact_pixels=100,
+        labeller=calibration.make_labeller(lookup, {"a": geom}, 8),
+    )
+    assert "d2" not in capped and capped["pos_counts"].sum() == labels.sum()
+    xla = calibration.collect_d2(model.reconstruct, ds, gauss, edges, jit_compile=True)
+    np.testing.assert_allclose(xla["moments"].mean, out["moments"].mean, rtol=1e-5)
