@@ -71,7 +71,8 @@ def serialize_example(png: bytes, name: str, size: int, slide_id: str, x: int, y
         "x": i(x),
         "y": i(y),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString()
+    # deterministic=True sorts the feature map, so the same patches give byte-identical (checksum-stable) files.
+    return tf.train.Example(features=tf.train.Features(feature=feats)).SerializeToString(deterministic=True)
 
 
 class _ShardedWriter:

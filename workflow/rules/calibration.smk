@@ -22,6 +22,12 @@ rule fit_error_distribution:
         mem_mb=8000,
         runtime=120,
         gpu=1,
+    params:
+        cfg=cfg(
+            "calibration.batch_size",
+            "calibration.error_histogram_bins",
+            "calibration.jit_compile",
+        ),
     script:
         "../../scripts/fit_error_distribution.py"
 
@@ -52,6 +58,7 @@ rule fit_threshold:
         gpu=1,
     params:
         annotated=annotated_slides("threshold"),
+        cfg=cfg("calibration"),
     script:
         "../../scripts/fit_threshold.py"
 
@@ -79,5 +86,7 @@ rule export_model:
         mem_mb=8000,
         runtime=30,
         gpu=1,
+    params:
+        cfg=cfg("export"),
     script:
         "../../scripts/export_model.py"

@@ -57,10 +57,132 @@ def record_dirs(*splits):
     return expand("results/records/{slide}", slide=slides_in(*splits))
 
 
+def cfg(*paths):
+    """Config values at dotted paths, for `params:`: a rule reruns exactly when a value it uses changes."""
+    out = {}
+    for path in paths:
+        value = config
+        for key in path.split("."):
+            value = value[key]
+        out[path] = value
+    return out
+
+
+def inference_cfg():
+    """What infer_slide reads: the per-patch KDE runs inside inference only when that method is chosen."""
+    paths = ["inference", "stitching.downsample", "stitching.kde.method"]
+    if config["stitching"]["kde"]["method"] == "patch":
+        paths.append("stitching.kde")
+    return cfg(*paths)
+
+
 def get_final_output():
-    """Everything `snakemake` builds by default."""
+    """Everything `snakemake` builds by default: every stage for every slide, and the report's figures."""
     every = list(SLIDES.index)
     targets = expand("results/tiles/{slide}.patches.parquet", slide=every)
     targets += expand("results/records/{slide}.manifest.json", slide=every)
-    targets += expand("results/tiles/{slide}.mask.png", slide=every)
+    targets += [
+        "results/model/generator.weights.h5",
+        "results/calibration/threshold.json",
+        "results/export/saved_model",
+        "results/export/model_card.json",
+    ]
+    targets += slide_map_targets()
+    targets += evaluation_targets()
+    targets += report_targets()
+    return targets
+
+
+# Inference stage (infer_slide, stitch_maps).
+def slide_map_targets(splits=("test", "threshold")):
+    """Per-patch tables and maps of every slide of the given splits (the slides that are evaluated)."""
+    slides = slides_in(*splits)
+    targets = expand("results/slides/{slide}/patches.parquet", slide=slides)
+    targets += expand("results/slides/{slide}/maps.json", slide=slides)
+    return targets
+
+
+# Calibration stage (fit_threshold).
+def threshold_annotations():
+    """Annotation GeoJSONs of the annotated threshold slides, in the order of annotated_slides("threshold")."""
+    return [SLIDES.loc[s, "annotations"] for s in annotated_slides("threshold")]
+
+
+# Report stage (report.smk): figures are targets only when some rule makes their inputs.
+ENV_FILES = sorted(
+    str(p) for p in (Path(workflow.basedir).parent / "envs").glob("*.yaml")
+)
+
+
+def report_slides():
+    """Slides of the report splits that have stitched maps."""
+    mapped = set(slides_in("test", "threshold"))
+    return [s for s in slides_in(*CONFIG.report.splits) if s in mapped]
+
+
+def slide_prediction(wildcards):
+    """The slide's predicted polygons, when it is evaluated."""
+    path = f"results/eval/{wildcards.slide}/predicted.geojson"
+    return [path] if wildcards.slide in evaluated_slides() else []
+
+
+def slide_metrics(wildcards):
+    path = f"results/eval/{wildcards.slide}/metrics.json"
+    return [path] if wildcards.slide in evaluated_slides() else []
+
+
+def calibration_figures():
+    names = ["error_distribution", "d2_histogram"]
+    if annotated_slides("threshold"):
+        names.append("fbeta_curve")
+    return expand("results/report/calibration/{name}.png", name=names)
+
+
+def report_targets():
+    """Every figure and table of the report."""
+    targets = [
+        "results/report/software/config.yaml",
+        "results/report/software/environments.html",
+        "results/report/qc/patch_counts.png",
+        "results/report/qc/slides.html",
+    ]
+    targets += expand("results/tiles/{slide}.mask.png", slide=list(SLIDES.index))
+    targets += expand(
+        "results/report/training/{n}.png", n=("losses", "heldout", "throughput")
+    )
+    targets += calibration_figures()
+    targets += expand("results/report/slides/{slide}.png", slide=report_slides())
+    if EVAL_SETS:
+        targets += expand("results/report/eval/{name}.grid.png", name=EVAL_SETS)
+        targets += [
+            "results/report/eval/pixel_curves.png",
+            "results/report/eval/metrics.html",
+        ]
+    return targets
+
+
+# Evaluation stage (evaluate_slide, pool_metrics).
+def evaluated_slides():
+    """Annotated slides of the evaluation splits, in sheet order."""
+    return annotated_slides(*CONFIG.evaluation.splits)
+
+
+def pooled_slides():
+    """Evaluated slides that are pooled into results/eval/pooled."""
+    return annotated_slides(*CONFIG.evaluation.pool_splits)
+
+
+def pooled_inputs(name):
+    """Per-slide evaluation outputs (grid.parquet, metrics.json, pixels.parquet) of the pooled slides."""
+    return expand("results/eval/{slide}/{name}", slide=pooled_slides(), name=name)
+
+
+def evaluation_targets():
+    """Everything the evaluation stage makes (per evaluated slide, plus pooled when any slide is pooled)."""
+    names = ["grid.parquet", "grid.csv", "metrics.json", "predicted.geojson"]
+    targets = expand(
+        "results/eval/{slide}/{name}", slide=evaluated_slides(), name=names
+    )
+    if pooled_slides():
+        targets += expand("results/eval/pooled/{name}", name=names[:3])
     return targets

@@ -29,6 +29,8 @@ rule evaluate_slide:
     resources:
         mem_mb=8000,
         runtime=60,
+    params:
+        cfg=cfg("evaluation"),
     script:
         "../../scripts/evaluate_slide.py"
 
@@ -58,5 +60,7 @@ rule pool_metrics:
     resources:
         mem_mb=4000,
         runtime=20,
+    params:
+        cfg=cfg("evaluation"),
     script:
         "../../scripts/pool_metrics.py"

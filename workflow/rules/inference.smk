@@ -28,6 +28,7 @@ rule infer_slide:
         gpu=1,
     params:
         mpp=slide_mpp,
+        cfg=inference_cfg(),
     script:
         "../../scripts/infer_slide.py"
 
@@ -61,6 +62,8 @@ rule stitch_maps:
     resources:
         mem_mb=3000,
         runtime=120,
+    params:
+        cfg=cfg("stitching"),
     script:
         "../../scripts/stitch_maps.py"
 

@@ -16,5 +16,7 @@ rule write_records:
     resources:
         mem_mb=2000,
         runtime=120,
+    params:
+        cfg=cfg("tiling.patch_size_px", "records"),
     script:
         "../../scripts/write_records.py"

@@ -29,6 +29,8 @@ rule export_config:
     resources:
         mem_mb=500,
         runtime=5,
+    params:
+        cfg=config,
     script:
         "../../scripts/export_config.py"
 
@@ -127,6 +129,8 @@ rule plot_training:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        cfg=cfg("report.loss_smoothing"),
     script:
         "../../scripts/plot_training.py"
 
@@ -204,6 +208,8 @@ rule plot_slide:
     resources:
         mem_mb=3000,
         runtime=10,
+    params:
+        cfg=cfg("report.map_max_px"),
     script:
         "../../scripts/plot_slide.py"
 

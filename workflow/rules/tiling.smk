@@ -27,5 +27,6 @@ rule tile_slide:
         runtime=30,
     params:
         mpp=slide_mpp,
+        cfg=cfg("tiling"),
     script:
         "../../scripts/tile_slide.py"
