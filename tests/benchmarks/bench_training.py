@@ -1,0 +1,202 @@
+"""Training throughput of the anchor configuration: fused step (ours) vs an original-style pair of steps.
+
+Anchor: GANomaly, 5 blocks to 64 px, filters [[64,64],[64,64],[64,64],[32,32],[16,16]], latent 512, batch 16,
+20 % shuffled masks, U-Net skips, critic with minibatch stddev and GP, float32. One "pair" = one critic update and one
+generator update; images/s counts one batch per pair (as the original's numbers do).
+
+original-style: two compiled functions as in the original loop, each computing every loss (G forward, D on real,
+fake and GP mix) on its own batch, applying D's gradient in the first and G's in the second. It reuses our
+vectorised masks, so it understates the original's cost (whose masks loop per example in Python map_fn).
+
+Each (variant, resolution) runs in a fresh process so that peak RSS is its own.
+Run: .venv/bin/python tests/benchmarks/bench_training.py [--steps 12] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ORIGINAL_S = {16: 0.116, 32: 0.200, 64: 0.348}  # original, s per critic+generator pair on this machine type
+ANCHOR = {
+    "tiling": {"patch_size_px": 64},
+    "model": {"filters": [[64, 64], [64, 64], [64, 64], [32, 32], [16, 16]], "latent_size": 512},
+}
+
+
+def setup(threads: int):
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+    os.environ["TF_NUM_INTEROP_THREADS"] = str(min(2, threads))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def build(variant: str, res: int, batch: int = 16):
+    import tensorflow as tf
+
+    from proganomaly.config import Config, validate_config
+    from proganomaly.model import losses as LS
+    from proganomaly.model.networks import Phase, build_networks
+    from proganomaly.training.optim import Adam
+    from proganomaly.training.steps import Forward, make_train_step, step_seeds
+
+    cfg = Config.from_dict(validate_config(json.loads(json.dumps(ANCHOR))))
+    nets = build_networks(cfg.model, 64, seed=1)
+    o = cfg.training.optimizers
+    opts = {
+        "generator": Adam(nets.generator_variables, o.generator, "g"),
+        "discriminator": Adam(nets.critic.trainable_variables, o.discriminator, "d"),
+        "encoder": None,
+    }
+    phase = Phase({4: 0, 8: 2, 16: 4, 32: 6, 64: 8}[res])
+    if variant == "fused":
+        step = make_train_step(nets, opts, phase, seed=1, global_batch=batch, jit_compile=False)
+
+        def pair(x1, x2, i):
+            return step(x1, i, tf.constant(1.0))["generator_total_loss"]
+
+        return pair, step
+    m = cfg.model
+    w = m.loss_weights
+
+    def all_losses(images, i):
+        x = tf.cast(images, tf.float32) / 127.5 - 1
+        seeds = step_seeds(1, i)
+        fwd = Forward(nets, phase, 1.0, x, seeds, tf.float32)
+        fake = fwd["G_of_x"]
+
+        def critic(img):
+            return nets.critic(img, phase.block, phase.transition, 1.0)[0]
+
+        u = tf.random.stateless_uniform((batch,), seeds[4])
+        d = LS.critic_losses(critic, x, {"D_of_G_of_x": fake}, w.discriminator, u, global_batch=batch,
+                             gp_coefficient=m.gradient_penalty_coefficient, gp_target=m.gradient_penalty_target,
+                             epsilon_drift=m.epsilon_drift)  # fmt: skip
+        terms = LS.distance_terms(fwd, [("x_minus_G_of_x", "l2")], global_batch=batch, normalize=True)
+        g = LS.network_total(terms, {"D_of_G_of_x": d["D(G(x))"]}, w.generator, 0.0)
+        return d["discriminator_total_loss"], g
+
+    @tf.function
+    def d_step(images, i):
+        with tf.GradientTape() as tape:
+            d_loss, _ = all_losses(images, i)
+        v = nets.critic.trainable_variables
+        opts["discriminator"].apply(tape.gradient(d_loss, v), v)
+        return d_loss
+
+    @tf.function
+    def g_step(images, i):
+        with tf.GradientTape() as tape:
+            _, g_loss = all_losses(images, i)
+        v = nets.generator_variables
+        opts["generator"].apply(tape.gradient(g_loss, v), v)
+        return g_loss
+
+    def pair(x1, x2, i):
+        d_step(x1, i)
+        return g_step(x2, i + 1)
+
+    return pair, None
+
+
+def flops_per_image(step, x, batch: int):
+    """FLOPs of one fused step from TensorFlow's op statistics (convolutions, matmuls and their gradients)."""
+    import tensorflow as tf
+
+    graph = step.get_concrete_function(x, tf.constant(0, tf.int64), tf.constant(1.0)).graph
+    opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    opts["output"] = "none"
+    prof = tf.compat.v1.profiler.profile(graph, options=opts)
+    return prof.total_float_ops / batch if prof else float("nan")
+
+
+def worker(variant: str, res: int, steps: int, batch: int = 16) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    pair, step = build(variant, res, batch)
+    rng = np.random.default_rng(0)
+    x1 = tf.constant(rng.integers(0, 256, (batch, res, res, 3)), tf.uint8)
+    x2 = tf.constant(rng.integers(0, 256, (batch, res, res, 3)), tf.uint8)
+    t = time.perf_counter()
+    pair(x1, x2, tf.constant(0, tf.int64)).numpy()
+    first = time.perf_counter() - t
+    times = []
+    for i in range(steps):
+        t = time.perf_counter()
+        pair(x1, x2, tf.constant(2 * i + 2, tf.int64)).numpy()
+        times.append(time.perf_counter() - t)
+    warm = sorted(times[2:])
+    sec = warm[len(warm) // 2]
+    out = {"variant": variant, "res": res, "s_per_pair": sec, "images_per_s": batch / sec, "first_call_s": first,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    if step is not None:
+        out["flops_per_image"] = flops_per_image(step, x1, batch)
+    return out
+
+
+def peak_flops(n: int = 2048, reps: int = 5) -> float:
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    mm = tf.function(lambda a: tf.matmul(a, a))
+    mm(a).numpy()
+    best = 0.0
+    for _ in range(reps):
+        t = time.perf_counter()
+        mm(a).numpy()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--resolutions", default="16,32,64")
+    ap.add_argument("--worker", nargs=2, metavar=("VARIANT", "RES"))
+    args = ap.parse_args()
+    setup(args.threads)
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.steps)))
+        return
+    load0 = Path("/proc/loadavg").read_text().split()[:3]
+    rows = []
+    for res in map(int, args.resolutions.split(",")):
+        for variant in ("fused", "original"):
+            cmd = [sys.executable, __file__, "--worker", variant, str(res), "--steps", str(args.steps),
+                   "--threads", str(args.threads)]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            rows.append(json.loads(out))
+    peak = json.loads(subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+         "import bench_training as b; b.setup(%d); import json; print(json.dumps(b.peak_flops()))" % args.threads],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])  # fmt: skip
+    load1 = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"threads {args.threads}; load average before {' '.join(load0)}, after {' '.join(load1)}")
+    print(f"measured peak float32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    hdr = f"{'res':>4} {'variant':>9} {'s/pair':>8} {'img/s':>7} {'vs orig.':>8} {'vs ours-orig':>12} {'RSS MB':>7} {'GFLOP/img':>9} {'%peak':>6}"
+    print(hdr)
+    by = {(r["variant"], r["res"]): r for r in rows}
+    for r in rows:
+        ref = ORIGINAL_S[r["res"]] / r["s_per_pair"] if r["res"] in ORIGINAL_S else float("nan")
+        same = by[("original", r["res"])]["s_per_pair"] / r["s_per_pair"]
+        fl = r.get("flops_per_image", float("nan"))
+        pct = 100 * fl * r["images_per_s"] / peak if fl == fl else float("nan")
+        print(f"{r['res']:>4} {r['variant']:>9} {r['s_per_pair']:>8.3f} {r['images_per_s']:>7.1f} {ref:>7.2f}x "
+              f"{same:>11.2f}x {r['peak_rss_mb']:>7.0f} {fl / 1e9:>9.3f} {pct:>6.1f}")  # fmt: skip
+    print(
+        "vs orig.: the original's published s/pair on this machine type divided by ours; vs ours-orig: speed-up "
+        "over the original-style step measured in the same run. FLOPs from TF op statistics of the fused step."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Network shapes at every growth phase, fade-in endpoints, the channel plan, and config checks."""
+
+import copy
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from proganomaly.config import Config, validate_config
+from proganomaly.model import layers as L
+from proganomaly.model.networks import Phase, build_networks, num_blocks, phases
+
+
+def tiny(patch=16, **model):
+    raw = {
+        "tiling": {"patch_size_px": patch},
+        "model": {"filters": [[8, 6], [6, 5], [5, 4], [4, 4]], "latent_size": 12},
+    }
+    raw["model"].update(model)
+    return Config.from_dict(validate_config(copy.deepcopy(raw)))
+
+
+def test_phase_indexing_follows_the_original():
+    got = [(p.block, p.transition, p.resolution) for p in phases(3)]
+    assert got == [(0, False, 4), (1, True, 8), (1, False, 8), (2, True, 16), (2, False, 16)]
+    assert Phase(16).block == 8 and Phase(16).resolution == 1024 and len(phases(9)) == 17
+    assert num_blocks(64) == 5 and num_blocks(4) == 1
+    with pytest.raises(ValueError, match="power of two"):
+        num_blocks(48)
+
+
+@pytest.mark.parametrize("arch", ["ganomaly", "berg"])
+def test_shapes_at_every_phase(arch):
+    cfg = tiny(32, architecture=arch, create_encoder=True)
+    nets = build_networks(cfg.model, 32, seed=1)
+    for ph in phases(nets.blocks):
+        r = ph.resolution
+        x = tf.random.uniform((4, r, r, 3), -1, 1)
+        if arch == "ganomaly":
+            z, y = nets.generate(x, ph.block, ph.transition, 0.3)
+            _, skips = nets.ge(x, ph.block, ph.transition, 0.3)
+            assert [s.shape[1] for s in skips] == [4 * 2**b for b in range(ph.block + 1)]
+        else:
+            z, y = nets.generate(tf.random.normal((4, 12)), ph.block, ph.transition, 0.3)
+        assert z.shape == (4, 12) and y.shape == (4, r, r, 3)
+        assert nets.encoder(y, ph.block, ph.transition, 0.3)[0].shape == (4, 12)
+        assert nets.critic(y, ph.block, ph.transition, 0.3)[0].shape == (4, 1)
+
+
+def test_channel_plan_and_true_valid_base_conv():
+    cfg = tiny(16)
+    nets = build_networks(cfg.model, 16, seed=1)
+    f = cfg.model.filters
+    base = nets.critic.convs[0]
+    assert base[0].kernel.shape == (3, 3, f[0][1] + 1, f[0][0])  # +1: minibatch stddev channel
+    assert base[1].kernel.shape == (4, 4, f[0][0], f[0][0]) and base[1].padding == "VALID"
+    assert nets.critic.logits.kernel.shape == (f[0][0], 1)
+    # U-Net: the decoder's block-b input is its own features plus Ge's pre-pool activation at that resolution
+    assert nets.decoder.convs[0][0].kernel.shape == (4, 4, 2 * f[0][0], f[0][0])
+    assert nets.decoder.convs[2][0].kernel.shape == (3, 3, 2 * f[1][1], f[2][0])
+    no_skip = build_networks(tiny(16, unet_skips=[True, False, True]).model, 16, seed=1)
+    assert no_skip.decoder.convs[1][0].kernel.shape == (3, 3, f[0][1], f[1][0])
+
+
+def test_fade_in_at_alpha_0_and_1_equals_old_and_new_paths():
+    nets = build_networks(tiny(16).model, 16, seed=3)
+    x = tf.random.uniform((4, 16, 16, 3), -1, 1, seed=1)
+    x8 = L.downsample2x(x)
+    # generator (Ge + Gd with skips): α = 1 is the stable block-2 model, α = 0 the block-1 model on the pooled input
+    np.testing.assert_allclose(nets.generate(x, 2, True, 1.0)[1], nets.generate(x, 2, False)[1], atol=1e-5)
+    np.testing.assert_allclose(
+        nets.generate(x, 2, True, 0.0)[1], L.upsample2x(nets.generate(x8, 1, False)[1]), atol=1e-5
+    )
+    # critic
+    np.testing.assert_allclose(nets.critic(x, 2, True, 1.0)[0], nets.critic(x, 2, False)[0], atol=1e-5)
+    np.testing.assert_allclose(nets.critic(x, 2, True, 0.0)[0], nets.critic(x8, 1, False)[0], atol=1e-5)
+    mid = nets.generate(x, 2, True, 0.5)[1]
+    assert not np.allclose(mid, nets.generate(x, 2, False)[1], atol=1e-4)
+
+
+def test_berg_decoder_fade_in():
+    cfg = tiny(16, architecture="berg", create_encoder=True)
+    nets = build_networks(cfg.model, 16, seed=3)
+    z = tf.random.normal((3, 12), seed=2)
+    np.testing.assert_allclose(nets.decoder(z, 2, True, 1.0), nets.decoder(z, 2, False), atol=1e-5)
+    np.testing.assert_allclose(nets.decoder(z, 2, True, 0.0), L.upsample2x(nets.decoder(z, 1, False)), atol=1e-5)
+
+
+def test_weights_are_a_function_of_the_seed():
+    a, b, c = (build_networks(tiny(8).model, 8, seed=s) for s in (5, 5, 6))
+    for va, vb in zip(a.generator_variables, b.generator_variables, strict=True):
+        np.testing.assert_array_equal(va.numpy(), vb.numpy())
+    assert not np.array_equal(a.decoder.projection.kernel.numpy(), c.decoder.projection.kernel.numpy())
+    # every layer gets its own stream
+    assert not np.array_equal(a.critic.from_rgb[0].kernel.numpy()[0, 0, :3], a.ge.from_rgb[0].kernel.numpy()[0, 0, :3])
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(ValueError, match="create_encoder"):
+        build_networks(tiny(8, architecture="berg").model, 8, seed=0)
+    with pytest.raises(ValueError, match=r"model.filters has 4 entries; 5 blocks"):
+        build_networks(tiny(8).model, 64, seed=0)
+
+
+def test_paper_sized_plan_builds_lazily_enough():
+    """The default (paper) lists build the 1024 px model's variables with the original's shapes."""
+    cfg = Config.from_dict(validate_config({"tiling": {"patch_size_px": 1024}}))
+    assert num_blocks(1024) == 9 and len(cfg.model.filters) == 9
+    assert cfg.model.filters[4] == [256, 256] and cfg.model.kernel_sizes[0] == [4, 3]
