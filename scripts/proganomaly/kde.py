@@ -154,7 +154,7 @@ def patch_kde(
 
     Kept: count before cleaning, 8-connected small-object removal, corner pixels forced on, KDE on a bins × bins grid
     over the patch, per-patch min-max, count scaling min(1, Ẑ·(count/factor)^power), bilinear resize. Dropped: the
-    ±1 scaling and the grayscale inversion (see docs/deviations/inference.md).
+    ±1 scaling and the grayscale inversion (see docs/deviations.md, inference).
     """
     from skimage.transform import resize
 

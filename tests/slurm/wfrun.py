@@ -69,7 +69,7 @@ STAGES = (
 )
 
 
-LAST_STAGE = os.environ.get("PROGANOMALY_LAST_STAGE", "records")
+LAST_STAGE = os.environ.get("PROGANOMALY_LAST_STAGE", "inference")
 
 
 def chain_so_far(rules) -> list[Stage]:

@@ -37,7 +37,7 @@ rule train_reconstruction:
         "results/benchmarks/train_reconstruction/train_reconstruction.tsv"
     conda:
         "../../envs/tensorflow.yaml"
-    threads: min(workflow.cores, 16)
+    threads: 8
     resources:
         gpu=1,
         mem_mb=16000,
