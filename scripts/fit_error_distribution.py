@@ -24,6 +24,10 @@ if not manifests:
 model_dir = Path(snakemake.input.model_json).parent
 trained = load_trained(model_dir)
 size = int(trained.patch_size)
+if not 0 <= 2 * cfg.calibration.border_px < size:
+    raise SystemExit(
+        f"calibration.border_px={cfg.calibration.border_px} leaves no interior in {size}-px patches: lower it"
+    )
 n_patches = count_examples(manifests, size)  # also fails early, naming the manifest, when a resolution is missing
 if n_patches == 0:
     raise SystemExit(f"the calibrate slides {manifests} have no tissue patches; check their tiling QC")
@@ -38,9 +42,11 @@ moments, counts = calibration.fit_error_distribution(
     edges,
     progress=progress,
     jit_compile=cfg.calibration.jit_compile,
+    border_px=cfg.calibration.border_px,
 )
-if moments.n != n_patches * size * size:
-    raise SystemExit(f"saw {moments.n} pixels, expected {n_patches}·{size}² from the manifests: records are stale")
+inner = size - 2 * cfg.calibration.border_px
+if moments.n != n_patches * inner * inner:
+    raise SystemExit(f"saw {moments.n} pixels, expected {n_patches}·{inner}² from the manifests: records are stale")
 gauss = stats.gaussian_fit(moments)
 log.info("mean %s, covariance diagonal %s", np.round(gauss["mean"], 5), np.round(np.diag(gauss["covariance"]), 6))
 

@@ -37,6 +37,8 @@ ed = json.loads(Path(snakemake.input.error_distribution).read_text())
 gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"])}
 trained = load_trained(Path(snakemake.input.model_json).parent)
 size = int(trained.patch_size)
+if not 0 <= 2 * cc.border_px < size:
+    raise SystemExit(f"calibration.border_px={cc.border_px} leaves no interior in {size}-px patches: lower it")
 if size != ed["patch_size_px"]:
     raise SystemExit(
         f"{snakemake.input.error_distribution} was fitted at {ed['patch_size_px']} px, the model is {size} px"
@@ -70,6 +72,7 @@ out = calibration.collect_d2(
     max_exact_pixels=cc.supervised_max_exact_pixels,
     progress=progress,
     jit_compile=cc.jit_compile,
+    border_px=cc.border_px,
 )
 
 unsup = threshold.unsupervised_tau(out["moments"], cc.k_std)

@@ -61,7 +61,7 @@ def main(
         result, timings = inference.run_inference(
             slide, table, detector, canvas, slide_id=slide_id, batch_size=config.inference.batch_size,
             prefetch_batches=config.inference.prefetch_batches, read_patch=read_patch, patch_kde=patch_kde,
-            progress=progress.update,
+            progress=progress.update, border_px=config.calibration.border_px,
         )  # fmt: skip
     out_patches = Path(out_patches)
     out_patches.parent.mkdir(parents=True, exist_ok=True)

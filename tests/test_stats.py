@@ -132,6 +132,35 @@ def test_histogram_quantiles_within_one_bin():
     assert record["total"] == 20000 and sum(record["counts"]) + record["above_last_edge"] == 20000
 
 
+def test_border_pixels_are_left_out_of_the_statistics_and_d2():
+    def reconstruct(x):
+        return tf.round(25.0 * (x + 0.5 * tf.roll(x, 1, axis=-1))) * 0.04
+
+    images = random_patches(9, 8)
+    edges = stats.linear_edges(0, 2, 64)
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(4)
+    m, _ = calibration.fit_error_distribution(reconstruct, ds, edges, border_px=2)
+    e = calibration.reconstruction_error(reconstruct, tf.constant(images))[2].numpy()[:, 2:6, 2:6].reshape(-1, 3)
+    assert m.n == 9 * 4 * 4
+    np.testing.assert_allclose(stats.covariance(m), np.cov(e, rowvar=False), rtol=1e-10)
+    gauss = stats.gaussian_fit(m)
+    meta = {"slide_id": tf.constant([b"s"] * 9), "x": tf.range(9, dtype=tf.int64), "y": tf.zeros(9, tf.int64)}
+    ds2 = tf.data.Dataset.from_tensor_slices({"image": images, **meta}).batch(4)
+
+    def labeller(slide_ids, xs, ys):
+        labels = np.zeros((len(xs), 8, 8), bool)
+        labels[:, 3, 3] = True  # one interior pixel per patch
+        labels[:, 0, :] = True  # a border row that must not count
+        return labels, np.ones(len(xs), bool)
+
+    out = calibration.collect_d2(reconstruct, ds2, gauss, stats.log_edges(1e-3, 1e3, 10), labeller=labeller,
+                                 max_exact_pixels=10_000, border_px=2)  # fmt: skip
+    assert out["moments"].n == 9 * 16 and out["n_labelled"] == 9 * 16
+    assert out["labels"].sum() == 9
+    d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])
+    np.testing.assert_allclose(out["moments"].mean[0], d2.mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("batch", [1, 5, 64])
 def test_fit_error_distribution_streams_exactly(batch):
     def reconstruct(x):

@@ -216,3 +216,21 @@ def test_patch_kde_method_stitches_the_per_patch_kde(tmp_path):
         write_slide_maps(
             tmp_path / "canvas", tmp_path / "m2", tmp_path / "o2", tissue_mask=None, tissue_downsample=8, kde=kde
         )
+
+
+def test_border_pixels_get_no_weight_and_neighbours_fill_them(tmp_path):
+    """Two 8-px patches, stride 4 (= 8 − 2·2): each keeps only its 4-px interior; together they tile [2, 14)."""
+    grid = stitching.MapGrid(16, 8, 1, 0.5)
+    canvas = stitching.create_canvas(tmp_path / "c", grid, {"v": 1})
+    a, b = np.full((8, 8), 1.0, np.float32), np.full((8, 8), 3.0, np.float32)
+    a[:, :2] = b[:, :2] = 100.0  # border values must never reach the map
+    stitching.add_patches(canvas, [(2, 0, 8, 8), (6, 0, 8, 8)], {"v": np.stack([a, b])}, border_px=2)
+    count = canvas.count[:, :]
+    sums = canvas.sums["v"][:, :]
+    # Rows: only the interior rows 2..5 are covered; columns: patch a covers 4..7, patch b covers 8..11.
+    expected_count = np.zeros((8, 16))
+    expected_count[2:6, 4:12] = 1.0
+    np.testing.assert_array_equal(count, expected_count)
+    np.testing.assert_array_equal(sums[2:6, 4:8], 1.0)
+    np.testing.assert_array_equal(sums[2:6, 8:12], 3.0)
+    assert sums.max() == 3.0

@@ -53,8 +53,8 @@ def test_patch_tables_and_manifests_agree(demo_run):
         assert len(patches) > 0, slide
         assert list(patches.columns[:6]) == ["slide_id", "x", "y", "width", "height", "tissue_fraction"]
         assert (patches["tissue_fraction"] >= 0.5).all()
-        # 16 px at 4 µm/px on a 0.499 µm/px slide: 128 level-0 px per patch, on a 128 px grid.
-        assert set(patches["width"]) == {128} and (patches["x"] % 128 == 0).all()
+        # 16 px at 4 µm/px on a 0.499 µm/px slide: 128 level-0 px per patch, on a grid of 12 px = 96 level-0 px.
+        assert set(patches["width"]) == {128} and (patches["x"] % 96 == 0).all() and (patches["y"] % 96 == 0).all()
         manifest = res / "records" / f"{slide}.manifest.json"
         verify_manifest(manifest)
         m = json.loads(manifest.read_text())

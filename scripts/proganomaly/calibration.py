@@ -39,6 +39,13 @@ def reconstruction_error(reconstruct: Callable, images):
     return x, xhat, tf.abs(x - xhat)
 
 
+def interior(a, border_px: int):
+    """The patch interior of an (N, S, S, ...) batch: `border_px` rows and columns dropped on every side."""
+    if not border_px:
+        return a
+    return a[:, border_px:-border_px, border_px:-border_px]
+
+
 def _replica_results(step, batch, strategy) -> list[tuple]:
     """Results of one step as a list with one tuple per replica (a single tuple without a strategy)."""
     if strategy is None:
@@ -48,12 +55,13 @@ def _replica_results(step, batch, strategy) -> list[tuple]:
     return [tuple(np.asarray(t[r]) for t in local) for r in range(len(local[0]))]
 
 
-def error_step(reconstruct: Callable, edges: np.ndarray, jit_compile: bool = False):
+def error_step(reconstruct: Callable, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
     import tensorflow as tf
 
     @tf.function(jit_compile=jit_compile)
     def step(images):
         _, _, e = reconstruction_error(reconstruct, images)
+        e = interior(e, border_px)
         n, mean, m2 = stats.tf_batch_moments(e)
         counts = tf.stack([stats.tf_bin_counts(e[..., c], edges) for c in range(3)])
         return n, mean, m2, counts
@@ -62,13 +70,20 @@ def error_step(reconstruct: Callable, edges: np.ndarray, jit_compile: bool = Fal
 
 
 def fit_error_distribution(
-    reconstruct: Callable, dataset, edges: np.ndarray, *, strategy=None, progress=None, jit_compile: bool = False
+    reconstruct: Callable,
+    dataset,
+    edges: np.ndarray,
+    *,
+    strategy=None,
+    progress=None,
+    jit_compile: bool = False,
+    border_px: int = 0,
 ) -> tuple[stats.Moments, np.ndarray]:
     """Moments of the per-pixel RGB error over every pixel of every patch, and per-channel histogram counts.
 
     With a tf.distribute strategy each replica's (n, mean, M2) is merged on the host, so no replica's shard is lost.
     """
-    step = error_step(reconstruct, edges, jit_compile)
+    step = error_step(reconstruct, edges, jit_compile, border_px)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
     parts, counts = [], np.zeros((3, len(edges) + 1), np.int64)
@@ -84,12 +99,13 @@ def fit_error_distribution(
     return stats.merge_all(parts), counts
 
 
-def d2_step(reconstruct: Callable, gaussian: dict, jit_compile: bool = False):
+def d2_step(reconstruct: Callable, gaussian: dict, jit_compile: bool = False, border_px: int = 0):
     import tensorflow as tf
 
     @tf.function(jit_compile=jit_compile)
     def core(images):
         _, _, e = reconstruction_error(reconstruct, images)
+        e = interior(e, border_px)
         d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"])
         return (d2, *stats.tf_batch_moments(d2[..., None]))
 
@@ -111,6 +127,7 @@ def collect_d2(
     strategy=None,
     progress=None,
     jit_compile: bool = False,
+    border_px: int = 0,
 ) -> dict:
     """Stream d² of every pixel of a `make_dataset(..., with_meta=True)` dataset.
 
@@ -119,7 +136,7 @@ def collect_d2(
     labelled pixels and, while they number at most `max_exact_pixels`, the labelled d² values themselves (for the
     exact F-β optimum).
     """
-    step = d2_step(reconstruct, gaussian, jit_compile)
+    step = d2_step(reconstruct, gaussian, jit_compile, border_px)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
     n_bins = len(edges) + 1
@@ -135,6 +152,7 @@ def collect_d2(
             if labeller is None:
                 continue
             labels, labelled = labeller(slide_ids, xs, ys)
+            labels = interior(labels, border_px)
             if not labelled.any():
                 continue
             d2_l, lab_l = d2[labelled].ravel(), labels[labelled].ravel()

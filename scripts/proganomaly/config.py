@@ -248,6 +248,7 @@ class StitchingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
+    border_px: int
     batch_size: int
     error_histogram_bins: int
     d2_bins_per_decade: int

@@ -158,11 +158,12 @@ def batch_maps(batch: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.nd
     }
 
 
-def batch_scores(maps: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-patch scores; `score` is the mean d², a calibrated, unsaturated ranking score (see docs)."""
-    d2 = maps["mahalanobis_d2"].reshape(len(maps["flags"]), -1)
+def batch_scores(maps: dict[str, np.ndarray], out: dict[str, np.ndarray], border_px: int = 0) -> dict[str, np.ndarray]:
+    """Per-patch scores over the patch interior; `score` is the mean d², a calibrated, unsaturated ranking score."""
+    inner = slice(border_px, maps["flags"].shape[1] - border_px)
+    d2 = maps["mahalanobis_d2"][:, inner, inner].reshape(len(maps["flags"]), -1)
     scores = {
-        "flagged_fraction": maps["flags"].reshape(len(d2), -1).mean(axis=1),
+        "flagged_fraction": maps["flags"][:, inner, inner].reshape(len(d2), -1).mean(axis=1),
         "mean_d2": d2.mean(axis=1),
         "max_d2": d2.max(axis=1),
     }
@@ -184,6 +185,7 @@ def run_inference(
     read_patch=None,
     patch_kde=None,
     progress=None,
+    border_px: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Run the detector over every patch of `table`, stitching into `canvas`; returns the per-patch table and timings.
 
@@ -214,12 +216,12 @@ def run_inference(
         timings["model_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         maps = batch_maps(batch, out)
-        parts.append(batch_scores(maps, out))
+        parts.append(batch_scores(maps, out, border_px))
         rows = table.iloc[start : start + len(batch)]
         if patch_kde is not None:
             maps["kde_patch"] = np.stack([patch_kde(f) for f in maps["flags"]])
         boxes = zip(rows.x, rows.y, rows.width, rows.height, strict=True)
-        stitching.add_patches(canvas, [tuple(int(v) for v in box) for box in boxes], maps)
+        stitching.add_patches(canvas, [tuple(int(v) for v in box) for box in boxes], maps, border_px)
         timings["write_s"] += time.perf_counter() - t0
         if progress is not None:
             progress(len(batch))

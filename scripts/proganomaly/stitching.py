@@ -186,11 +186,12 @@ def add_patch(canvas: Canvas, x: int, y: int, w: int, h: int, maps: dict[str, np
     add_patches(canvas, [(x, y, w, h)], {name: np.asarray(m)[None] for name, m in maps.items()})
 
 
-def add_patches(canvas: Canvas, boxes, maps: dict[str, np.ndarray]) -> None:
+def add_patches(canvas: Canvas, boxes, maps: dict[str, np.ndarray], border_px: int = 0) -> None:
     """Accumulate a batch of patches (level-0 boxes (x, y, w, h); maps (N, S, S[, C])) into the canvas.
 
-    Each canvas is mapped once per batch over the rows the batch touches (a patch row or two, as the table is in
-    reading order), rather than once per patch and map.
+    `border_px` patch pixels along every edge get zero weight (neither value nor covered area), so overlapping
+    neighbours fill them from their interiors. Each canvas is mapped once per batch over the rows the batch touches
+    (a patch row or two, as the table is in reading order), rather than once per patch and map.
     """
     ds, grid = canvas.grid.downsample, canvas.grid
     placed = []
@@ -198,6 +199,10 @@ def add_patches(canvas: Canvas, boxes, maps: dict[str, np.ndarray]) -> None:
         sy, sx = next(iter(maps.values())).shape[1:3]
         r0, wy = overlap_weights(y, h, sy, ds, grid.height_l0)
         c0, wx = overlap_weights(x, w, sx, ds, grid.width_l0)
+        if border_px:
+            for w_ in (wy, wx):
+                w_[:, :border_px] = 0.0
+                w_[:, w_.shape[1] - border_px :] = 0.0
         if wy.shape[0] and wx.shape[0]:
             placed.append((i, r0, c0, wy.astype(np.float32), np.ascontiguousarray(wx.T, dtype=np.float32)))
     if not placed:

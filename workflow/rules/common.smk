@@ -17,6 +17,13 @@ for _row in records_for_validation(SLIDES):
     validate(_row, schema="../schemas/slides.schema.yaml")
 
 RESOLUTIONS = CONFIG.records.resolutions(CONFIG.tiling.patch_size_px)
+_interior = CONFIG.tiling.patch_size_px - 2 * CONFIG.calibration.border_px
+if _interior <= 0 or CONFIG.tiling.stride_px > _interior:
+    raise WorkflowError(
+        f"config: tiling.stride_px={CONFIG.tiling.stride_px} must be at most tiling.patch_size_px - 2 * "
+        f"calibration.border_px = {_interior}, or the maps get uncovered gaps along patch edges; lower the stride "
+        "or the border"
+    )
 
 
 wildcard_constraints:
@@ -70,7 +77,7 @@ def cfg(*paths):
 
 def inference_cfg():
     """What infer_slide reads: the per-patch KDE runs inside inference only when that method is chosen."""
-    paths = ["inference", "stitching.downsample", "stitching.kde.method"]
+    paths = ["inference", "stitching.downsample", "stitching.kde.method", "calibration.border_px"]
     if config["stitching"]["kde"]["method"] == "patch":
         paths.append("stitching.kde")
     return cfg(*paths)
