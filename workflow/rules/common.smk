@@ -77,7 +77,12 @@ def cfg(*paths):
 
 def inference_cfg():
     """What infer_slide reads: the per-patch KDE runs inside inference only when that method is chosen."""
-    paths = ["inference", "stitching.downsample", "stitching.kde.method", "calibration.border_px"]
+    paths = [
+        "inference",
+        "stitching.downsample",
+        "stitching.kde.method",
+        "calibration.border_px",
+    ]
     if config["stitching"]["kde"]["method"] == "patch":
         paths.append("stitching.kde")
     return cfg(*paths)
