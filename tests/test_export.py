@@ -2,21 +2,18 @@
 
 import hashlib
 import json
-import subprocess
-import sys
 import textwrap
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.spatial.distance import mahalanobis
 
+from fresh_python import run_fresh_python
 from proganomaly import calibration, export, stats
 from test_stats import StandIn, random_patches
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SIZE = 8
 
 
@@ -83,14 +80,7 @@ def test_fresh_process_gives_in_memory_outputs(saved, tmp_path):
         np.savez({str(tmp_path / "out.npz")!r}, **out)
         """
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={"PYTHONPATH": str(SCRIPTS), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"},
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_fresh_python(code)
     fresh = np.load(tmp_path / "out.npz")
     memory = export.build_module(model, gauss, 4.0, jit_compile=True).serve(tf.constant(images))
     assert set(fresh.files) == set(export.OUTPUTS)

@@ -1,18 +1,14 @@
 """Streaming moments, Gaussian fit, Mahalanobis distances and histograms against numpy/scipy references."""
 
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from scipy.spatial.distance import mahalanobis
 
+from fresh_python import run_fresh_python
 from proganomaly import calibration, stats
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 class StandIn(tf.Module):
@@ -199,14 +195,7 @@ def test_moments_merge_across_replicas():
         print("ok", strategy.num_replicas_in_sync)
         """
     )
-    res = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={"PYTHONPATH": str(SCRIPTS), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin:/bin"},
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = run_fresh_python(code)
     assert res.stdout.split() == ["ok", "2"]
 
 

@@ -16,7 +16,8 @@ SLIDES = read_slide_sheet(config["slides"])
 for _row in records_for_validation(SLIDES):
     validate(_row, schema="../schemas/slides.schema.yaml")
 
-RESOLUTIONS = CONFIG.records.resolutions(CONFIG.tiling.patch_size_px)
+# Fails at parse time unless the patch size is a power-of-two multiple of records.min_size_px.
+CONFIG.records.resolutions(CONFIG.tiling.patch_size_px)
 _interior = CONFIG.tiling.patch_size_px - 2 * CONFIG.calibration.border_px
 if _interior <= 0 or CONFIG.tiling.stride_px > _interior:
     raise WorkflowError(
@@ -58,10 +59,6 @@ def annotated_slides(*splits):
 
 def manifests(*splits):
     return expand("results/records/{slide}.manifest.json", slide=slides_in(*splits))
-
-
-def record_dirs(*splits):
-    return expand("results/records/{slide}", slide=slides_in(*splits))
 
 
 def cfg(*paths):
