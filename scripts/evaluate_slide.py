@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from proganomaly import eval_io, geometry, metrics
+from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import Config
-from proganomaly.evaluation import GridSpec, Region, evaluate_grid, predicted_polygons
-from proganomaly.geojson import write_polygons
-from proganomaly.runlog import Progress, provenance, setup_logging, write_json
+from proganomaly.data.geojson import write_polygons
+from proganomaly.evaluation import geometry, metrics
+from proganomaly.evaluation import inputs as eval_io
+from proganomaly.evaluation.grid import GridSpec, Region, evaluate_grid, predicted_polygons
 
 log = setup_logging(snakemake.log[0])
 t_start = time.perf_counter()

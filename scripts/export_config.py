@@ -2,10 +2,10 @@
 
 import json
 
+from proganomaly.common.runlog import git_commit, setup_logging
 from proganomaly.config import Config
-from proganomaly.plots.software import config_yaml
-from proganomaly.plots.style import write_text
-from proganomaly.runlog import git_commit, setup_logging
+from proganomaly.report.software import config_yaml
+from proganomaly.report.style import write_text
 
 log = setup_logging(snakemake.log[0])
 Config.from_dict(snakemake.config)  # fails here, naming the key, if the config does not type-check

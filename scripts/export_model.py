@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
+from proganomaly.common.runlog import provenance, setup_logging, write_json
 from proganomaly.config import Config
-from proganomaly.export import load_detector, model_card, save_detector
+from proganomaly.detector.export import load_detector, model_card, save_detector
 from proganomaly.model.io import load_trained
-from proganomaly.runlog import provenance, setup_logging, write_json
 
 log = setup_logging(snakemake.log[0])
 cfg = Config.from_dict(snakemake.config)

@@ -3,10 +3,10 @@
 import os
 import platform
 
-from proganomaly.plots import tables
-from proganomaly.plots.software import environments_table
-from proganomaly.plots.style import write_text
-from proganomaly.runlog import git_commit, setup_logging
+from proganomaly.common.runlog import git_commit, setup_logging
+from proganomaly.report import tables
+from proganomaly.report.software import environments_table
+from proganomaly.report.style import write_text
 
 log = setup_logging(snakemake.log[0])
 table = environments_table(list(snakemake.input.envs))

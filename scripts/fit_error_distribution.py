@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from proganomaly import calibration, stats
+from proganomaly.calibration import errors as calibration
+from proganomaly.calibration import stats
+from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import Config
+from proganomaly.data.records import count_examples, make_dataset
 from proganomaly.model.io import load_trained
-from proganomaly.records import count_examples, make_dataset
-from proganomaly.runlog import Progress, provenance, setup_logging, write_json
 
 log = setup_logging(snakemake.log[0])
 cfg = Config.from_dict(snakemake.config)

@@ -12,13 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from proganomaly import calibration, stats, threshold
+from proganomaly.calibration import errors as calibration
+from proganomaly.calibration import stats, threshold
+from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import Config
-from proganomaly.geojson import read_polygons
+from proganomaly.data.geojson import read_polygons
+from proganomaly.data.patch_labels import extent_lookup, union_of
+from proganomaly.data.records import count_examples, make_dataset, read_manifest
 from proganomaly.model.io import load_trained
-from proganomaly.patch_labels import extent_lookup, union_of
-from proganomaly.records import count_examples, make_dataset, read_manifest
-from proganomaly.runlog import Progress, provenance, setup_logging, write_json
 
 log = setup_logging(snakemake.log[0])
 cfg = Config.from_dict(snakemake.config)

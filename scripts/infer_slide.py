@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from proganomaly import inference, kde, runlog, stitching
+from proganomaly.common import runlog
 from proganomaly.config import Config, load_config
+from proganomaly.detector import inference
+from proganomaly.maps import kde, stitching
 
 
 def main(
@@ -30,7 +32,7 @@ def main(
     log_path=None,
 ):
     log = runlog.setup_logging(log_path)
-    from proganomaly.slide import open_slide, read_patch
+    from proganomaly.data.slide import open_slide, read_patch
 
     table = inference.check_patch_table(pd.read_parquet(patches_path), str(patches_path))
     detector = inference.load_detector(model_path)

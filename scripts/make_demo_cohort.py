@@ -16,11 +16,11 @@ import numpy as np
 import skimage.data
 from matplotlib.patches import Rectangle
 
+from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import Config
-from proganomaly.demo import make_cohort, write_cohort
-from proganomaly.pyramid import count_tiles, level_shapes
-from proganomaly.runlog import Progress, provenance, setup_logging, write_json
-from proganomaly.slide import open_slide
+from proganomaly.data.slide import open_slide
+from proganomaly.demo.cohort import make_cohort, write_cohort
+from proganomaly.maps.pyramid import count_tiles, level_shapes
 
 COLORS = {"train": "tab:blue", "calibrate": "tab:green", "threshold": "tab:orange", "test": "tab:red"}
 

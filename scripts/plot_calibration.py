@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from proganomaly.plots import calibration, style
-from proganomaly.runlog import setup_logging
+from proganomaly.common.runlog import setup_logging
+from proganomaly.report import calibration, style
 
 log = setup_logging(snakemake.log[0])
 ed = json.loads(Path(snakemake.input.error_distribution).read_text())

@@ -2,8 +2,8 @@
 
 import pandas as pd
 
-from proganomaly.plots import evaluation, style
-from proganomaly.runlog import setup_logging
+from proganomaly.common.runlog import setup_logging
+from proganomaly.report import evaluation, style
 
 log = setup_logging(snakemake.log[0])
 name = snakemake.wildcards.evalset

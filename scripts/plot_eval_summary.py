@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from proganomaly.plots import evaluation, style, tables
-from proganomaly.runlog import setup_logging
+from proganomaly.common.runlog import setup_logging
+from proganomaly.report import evaluation, style, tables
 
 log = setup_logging(snakemake.log[0])
 names = list(snakemake.params.names)

@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
-from proganomaly.plots import qc, style, tables
-from proganomaly.records import read_manifest
-from proganomaly.runlog import setup_logging
-from proganomaly.sheet import read_slide_sheet
+from proganomaly.common.runlog import setup_logging
+from proganomaly.data.records import read_manifest
+from proganomaly.data.sheet import read_slide_sheet
+from proganomaly.report import qc, style, tables
 
 log = setup_logging(snakemake.log[0])
 sheet = read_slide_sheet(snakemake.input.sheet)

@@ -3,10 +3,10 @@
 import json
 from pathlib import Path
 
+from proganomaly.common.runlog import setup_logging
 from proganomaly.config import Config
-from proganomaly.geojson import read_polygons
-from proganomaly.plots import slides, style
-from proganomaly.runlog import setup_logging
+from proganomaly.data.geojson import read_polygons
+from proganomaly.report import slides, style
 
 
 def operating_point(metrics: dict) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from proganomaly.common.runlog import setup_logging
 from proganomaly.config import Config
-from proganomaly.plots import style, training
-from proganomaly.runlog import setup_logging
+from proganomaly.report import style, training
 
 log = setup_logging(snakemake.log[0])
 cfg = Config.from_dict(snakemake.config)

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from proganomaly import eval_io, metrics
+from proganomaly.common.runlog import provenance, setup_logging, write_json
 from proganomaly.config import Config
-from proganomaly.runlog import provenance, setup_logging, write_json
+from proganomaly.evaluation import inputs as eval_io
+from proganomaly.evaluation import metrics
 
 log = setup_logging(snakemake.log[0])
 config = Config.from_dict(snakemake.config)

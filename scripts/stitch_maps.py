@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from proganomaly import pyramid, runlog, slidemaps
+from proganomaly.common import runlog
 from proganomaly.config import Config, load_config
+from proganomaly.maps import pyramid, slidemaps
 
 
 def main(canvas_dir, qc_path, tissue_path, maps_dir, overview_dir, maps_json, config, raw_config, log_path=None):

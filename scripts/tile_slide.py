@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from proganomaly.common.runlog import provenance, setup_logging, write_json
 from proganomaly.config import Config
-from proganomaly.runlog import provenance, setup_logging, write_json
-from proganomaly.slide import SlideError, open_slide
-from proganomaly.tiling import TilingError, render_overlay, tile_slide
+from proganomaly.data.slide import SlideError, open_slide
+from proganomaly.data.tiling import TilingError, render_overlay, tile_slide
 
 
 def save_png(path, image: np.ndarray) -> None:

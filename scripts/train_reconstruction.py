@@ -15,8 +15,9 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(threads))
 os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(min(2, threads)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
-from proganomaly import records, runlog  # noqa: E402
+from proganomaly.common import runlog  # noqa: E402
 from proganomaly.config import Config  # noqa: E402
+from proganomaly.data import records  # noqa: E402
 
 log = runlog.setup_logging(snakemake.log[0])
 logging.getLogger("absl").setLevel(logging.WARNING)  # one line per checkpoint shard otherwise

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import Config
-from proganomaly.records import build_manifest, sha256_file, write_slide_records
-from proganomaly.runlog import Progress, provenance, setup_logging, write_json
-from proganomaly.slide import open_slide
+from proganomaly.data.records import build_manifest, sha256_file, write_slide_records
+from proganomaly.data.slide import open_slide
 
 log = setup_logging(snakemake.log[0])
 cfg = Config.from_dict(snakemake.config)

@@ -12,9 +12,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from proganomaly import slide as slide_module
-from proganomaly.sheet import SheetError, read_slide_sheet
-from proganomaly.slide import SlideError, open_slide
+from proganomaly.data import slide as slide_module
+from proganomaly.data.sheet import SheetError, read_slide_sheet
+from proganomaly.data.slide import SlideError, open_slide
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -49,7 +49,7 @@ def no_decoding(monkeypatch):
     monkeypatch.setattr(tifffile.TiffPage, "asarray", forbidden)
 
 
-# --- caught when the sheet is parsed (proganomaly.sheet, called from common.smk) ---
+# --- caught when the sheet is parsed (proganomaly.data.sheet, called from common.smk) ---
 
 
 def test_missing_file_is_caught_at_parse_time(tmp_path):

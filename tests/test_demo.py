@@ -15,9 +15,9 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.draw import polygon2mask
 
-from proganomaly import demo
 from proganomaly.config import Config, validate_config
-from proganomaly.geojson import read_polygons
+from proganomaly.data.geojson import read_polygons
+from proganomaly.demo import cohort as demo
 
 DEFAULTS = Config.from_dict(validate_config({})).demo
 SEED = 20210702

@@ -22,9 +22,9 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from proganomaly import geometry, metrics
 from proganomaly.config import validate_config
-from proganomaly.evaluation import GridSpec, Region, cell_areas, evaluate_grid, predicted_polygons
+from proganomaly.evaluation import geometry, metrics
+from proganomaly.evaluation.grid import GridSpec, Region, cell_areas, evaluate_grid, predicted_polygons
 
 AREAS = ["true_positive", "false_positive", "false_negative", "true_negative"]
 
@@ -329,7 +329,7 @@ def test_rule_scripts_end_to_end(tmp_path):
 def test_mask_image_annotation_matches_geojson(tmp_path):
     from PIL import Image
 
-    from proganomaly import eval_io
+    from proganomaly.evaluation import inputs as eval_io
 
     mask = np.zeros((16, 20), np.uint8)
     mask[4:10, 5:12] = 255
@@ -344,7 +344,7 @@ def test_mask_image_annotation_matches_geojson(tmp_path):
 
 
 def test_map_shape_mismatch_is_a_clear_error(tmp_path):
-    from proganomaly import eval_io
+    from proganomaly.evaluation import inputs as eval_io
 
     tifffile.imwrite(tmp_path / "kde.tif", np.zeros((4, 5), np.float32))
     with pytest.raises(eval_io.EvaluationInputError, match=r"kde.tif.*\(4, 5\).*\(5, 4\)"):

@@ -11,7 +11,9 @@ import tensorflow as tf
 from scipy.spatial.distance import mahalanobis
 
 from fresh_python import run_fresh_python
-from proganomaly import calibration, export, stats
+from proganomaly.calibration import errors as calibration
+from proganomaly.calibration import stats
+from proganomaly.detector import export
 from test_stats import StandIn, random_patches
 
 SIZE = 8
@@ -74,7 +76,7 @@ def test_fresh_process_gives_in_memory_outputs(saved, tmp_path):
     code = textwrap.dedent(
         f"""
         import sys, numpy as np
-        from proganomaly.export import load_detector
+        from proganomaly.detector.export import load_detector
         out = load_detector({str(path)!r})(np.load({str(tmp_path / "in.npy")!r}))
         assert "test_stats" not in sys.modules  # self-contained: the stand-in's code is not needed
         np.savez({str(tmp_path / "out.npz")!r}, **out)
@@ -142,8 +144,8 @@ def test_served_flags_match_the_fitted_supervised_threshold(tmp_path):
     """τ chosen on labelled pixels flags, in the exported model, exactly the pixels counted when it was chosen."""
     import shapely
 
-    from proganomaly import threshold
-    from proganomaly.patch_labels import union_of
+    from proganomaly.calibration import threshold
+    from proganomaly.data.patch_labels import union_of
 
     model = StandIn(SIZE, seed=4)
     gauss = fitted(model, seed=4)

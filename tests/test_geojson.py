@@ -6,7 +6,7 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Polygon, box, mapping
 
-from proganomaly.geojson import GeoJSONError, read_polygons, write_polygons
+from proganomaly.data.geojson import GeoJSONError, read_polygons, write_polygons
 
 
 def write(path, features):

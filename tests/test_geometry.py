@@ -7,7 +7,7 @@ import shapely
 from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from proganomaly import geometry
+from proganomaly.evaluation import geometry
 
 
 def pixel_union(mask, x0=0, y0=0):

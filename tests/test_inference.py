@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proganomaly import inference, stitching
+from proganomaly.detector import inference
+from proganomaly.maps import stitching
 
 S = 8
 TAU = 40.0

@@ -8,9 +8,9 @@ from scipy import ndimage
 from skimage.morphology import remove_small_objects
 from sklearn.neighbors import KernelDensity
 
-from proganomaly import kde
-from proganomaly.colormap import TURBO, apply_turbo
-from proganomaly.stitching import DiskArray
+from proganomaly.maps import kde
+from proganomaly.maps.colormap import TURBO, apply_turbo
+from proganomaly.maps.stitching import DiskArray
 
 
 def _pixel_centres(h, w):

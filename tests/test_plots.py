@@ -11,8 +11,8 @@ import shapely
 from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
 
-from proganomaly import stats, threshold
-from proganomaly.plots import calibration, evaluation, qc, slides, software, style, tables, training
+from proganomaly.calibration import stats, threshold
+from proganomaly.report import calibration, evaluation, qc, slides, software, style, tables, training
 
 RNG = np.random.default_rng(7)
 
@@ -345,7 +345,7 @@ def test_heldout_figure():
 
 
 def test_read_map_picks_a_pyramid_level(tmp_path):
-    from proganomaly.pyramid import write_pyramid
+    from proganomaly.maps.pyramid import write_pyramid
 
     image = RNG.random((600, 1000)).astype(np.float32)
     write_pyramid(tmp_path / "m.tif", image, 1.0, tile=128, compression="deflate")

@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from skimage.transform import downscale_local_mean
 
-from proganomaly.pyramid import PyramidError, count_tiles, downscale2, level_shapes, write_pyramid
+from proganomaly.maps.pyramid import PyramidError, count_tiles, downscale2, level_shapes, write_pyramid
 
 
 def reference_halve(image: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from skimage.transform import downscale_local_mean
 
-from proganomaly.records import (
+from proganomaly.data.records import (
     RecordsError,
     build_manifest,
     count_examples,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from proganomaly.sheet import SheetError, read_slide_sheet
+from proganomaly.data.sheet import SheetError, read_slide_sheet
 
 HEADER = "slide_id\tpath\tmpp\tsplit\tannotations\n"
 

@@ -1,11 +1,11 @@
-"""proganomaly.slide: lazy regions, thumbnails and mpp, against full decodes of synthetic pyramids."""
+"""proganomaly.data.slide: lazy regions, thumbnails and mpp, against full decodes of synthetic pyramids."""
 
 import numpy as np
 import pytest
 import tifffile
 from skimage.transform import downscale_local_mean
 
-from proganomaly.slide import SlideError, area_resize, area_weights, open_slide, read_patch
+from proganomaly.data.slide import SlideError, area_resize, area_weights, open_slide, read_patch
 
 
 def smooth_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

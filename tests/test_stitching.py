@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from proganomaly import stitching
-from proganomaly.slidemaps import MAP_NAMES, KdeParams, write_slide_maps
+from proganomaly.maps import stitching
+from proganomaly.maps.slidemaps import MAP_NAMES, KdeParams, write_slide_maps
 
 
 def _reference(patches, width_l0, height_l0, ds):

@@ -6,8 +6,9 @@ import shapely
 import tensorflow as tf
 from sklearn.metrics import fbeta_score
 
-from proganomaly import calibration, stats, threshold
-from proganomaly.patch_labels import LabelError, extents_of, patch_labels, union_of
+from proganomaly.calibration import errors as calibration
+from proganomaly.calibration import stats, threshold
+from proganomaly.data.patch_labels import LabelError, extents_of, patch_labels, union_of
 from test_stats import StandIn, random_patches
 
 

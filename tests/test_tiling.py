@@ -1,4 +1,4 @@
-"""proganomaly.tiling: grid geometry against hand-computed cases, tissue fractions against brute force."""
+"""proganomaly.data.tiling: grid geometry against hand-computed cases, tissue fractions against brute force."""
 
 import json
 
@@ -8,8 +8,8 @@ import pytest
 import tifffile
 
 from proganomaly.config import TilingConfig, TissueConfig
-from proganomaly.slide import open_slide
-from proganomaly.tiling import (
+from proganomaly.data.slide import open_slide
+from proganomaly.data.tiling import (
     PATCH_COLUMNS,
     TilingError,
     coverage,

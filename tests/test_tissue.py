@@ -1,4 +1,4 @@
-"""proganomaly.tissue: saturation, thresholds and morphology against skimage/scipy references and known shapes."""
+"""proganomaly.data.tissue: saturation, thresholds and morphology against skimage/scipy references and known shapes."""
 
 import numpy as np
 import pytest
@@ -6,8 +6,8 @@ from skimage.color import rgb2hsv
 from skimage.filters import threshold_otsu
 from skimage.morphology import remove_small_objects as sk_remove_small_objects
 
-from proganomaly.slide import open_slide
-from proganomaly.tissue import (
+from proganomaly.data.slide import open_slide
+from proganomaly.data.tissue import (
     choose_threshold,
     close_mask,
     detect_tissue,

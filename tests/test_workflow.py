@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from proganomaly.records import count_examples, make_dataset, verify_manifest
+from proganomaly.data.records import count_examples, make_dataset, verify_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

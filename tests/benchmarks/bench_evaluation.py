@@ -21,8 +21,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-from proganomaly import geometry
-from proganomaly.evaluation import GridSpec, Region, evaluate_grid
+from proganomaly.evaluation import geometry
+from proganomaly.evaluation.grid import GridSpec, Region, evaluate_grid
 
 THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(26))
 DILATIONS = (1, 1.1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 20, 25, 30)

@@ -29,8 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf
 
-from proganomaly import export
 from proganomaly.config import Config, validate_config
+from proganomaly.detector import export
 from proganomaly.model.io import TrainedModel
 from proganomaly.model.networks import build_networks, num_blocks
 

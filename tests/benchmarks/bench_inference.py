@@ -1,7 +1,7 @@
 """Inference throughput on the demo test slide: patches/s and the time split between reading, model and writing.
 
 Model: results/export/saved_model when it exists; otherwise the anchor GANomaly generator (proganomaly.model.networks,
-config defaults) with random weights, exported through proganomaly.export.save_detector (same signature, same serving
+config defaults) with random weights, exported through proganomaly.detector.export.save_detector (same signature, same serving
 code; only the weights are untrained). Without a GPU the anchor's filter counts are divided by --width-divisor
 (default 8; the paper's 512-filter blocks cost ~25 GFLOP per 64-px patch, minutes per run on a shared CPU); the
 printed header says which model ran. Patches: results/tiles/demo_test.patches.parquet when it exists, otherwise
@@ -24,9 +24,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from proganomaly import inference, stitching  # noqa: E402
 from proganomaly.config import load_config  # noqa: E402
-from proganomaly.slide import open_slide, read_patch  # noqa: E402
+from proganomaly.data.slide import open_slide, read_patch  # noqa: E402
+from proganomaly.detector import inference  # noqa: E402
+from proganomaly.maps import stitching  # noqa: E402
 
 SLIDE = ROOT / "results/demo/demo_test.tif"
 EXPORT = ROOT / "results/export/saved_model"
@@ -56,7 +57,7 @@ class _Anchor:
 def model_path(tmp: Path, config, divisor: int) -> tuple[Path, str]:
     if (EXPORT / "saved_model.pb").exists():
         return EXPORT, "real export (results/export/saved_model)"
-    from proganomaly.export import save_detector
+    from proganomaly.detector.export import save_detector
 
     path = tmp / "saved_model"
     gaussian = {"mean": np.zeros(3), "precision": np.eye(3) * 10.0}

@@ -25,7 +25,7 @@ CHILD = r"""
 import json, resource, sys, time, tracemalloc
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from proganomaly.pyramid import write_pyramid
+from proganomaly.maps.pyramid import write_pyramid
 
 size, compression, workers, out = int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5]
 rng = np.random.default_rng(0)

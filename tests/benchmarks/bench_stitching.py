@@ -24,7 +24,9 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {scripts!r})
-from proganomaly import inference, stitching, slidemaps
+from proganomaly.detector import inference
+from proganomaly.maps import stitching
+from proganomaly.maps import slidemaps
 
 stage, work, size, ds, patch_l0, s = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), 1024, 64
 t0 = time.perf_counter()

@@ -84,8 +84,8 @@ CHILD = r"""
 import json, resource, sys, tempfile, time
 sys.path.insert(0, {scripts!r})
 from proganomaly.config import load_config
-from proganomaly.slide import open_slide
-from proganomaly.tiling import tile_slide
+from proganomaly.data.slide import open_slide
+from proganomaly.data.tiling import tile_slide
 cfg = load_config({config!r})
 out = {{}}
 t0 = time.perf_counter()
@@ -97,7 +97,7 @@ with open_slide({slide!r}) as slide:
     if {records}:
         t1 = time.perf_counter()
         import tensorflow  # imported up front so that its start-up (~10 s) is not counted as writing time
-        from proganomaly.records import write_slide_records
+        from proganomaly.data.records import write_slide_records
         out["tf_import_s"] = time.perf_counter() - t1
         sizes = cfg.records.resolutions(cfg.tiling.patch_size_px)
         with tempfile.TemporaryDirectory() as tmp:

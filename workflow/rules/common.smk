@@ -7,7 +7,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir).parent / "scripts"))
 
 from proganomaly.config import Config, validate_config
-from proganomaly.sheet import read_slide_sheet, records_for_validation
+from proganomaly.data.sheet import read_slide_sheet, records_for_validation
 
 # One validation, at parse time, before any job: defaults come from the schema.
 validate_config(config)

@@ -2,7 +2,7 @@
 # the stitched maps, KDE heat map and report overviews (stitch_maps, CPU). The canvases between the two are sums and
 # covered area at the map downsample, on disk; re-running stitch_maps (e.g. new KDE settings) needs no GPU.
 
-from proganomaly.slidemaps import MAP_NAMES
+from proganomaly.maps.slidemaps import MAP_NAMES
 
 
 rule infer_slide:

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from proganomaly.common.runlog import Progress
 from proganomaly.config import ModelConfig, TrainingConfig
 from proganomaly.model import io as model_io
 from proganomaly.model.masks import mask_images
 from proganomaly.model.networks import Networks, build_networks, num_blocks
-from proganomaly.runlog import Progress
 from proganomaly.training import samples as S
 from proganomaly.training.checkpoint import CheckpointStore
 from proganomaly.training.losslog import CsvLog

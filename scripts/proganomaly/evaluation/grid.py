@@ -15,7 +15,7 @@ import pandas as pd
 import shapely
 from shapely.geometry.base import BaseGeometry
 
-from proganomaly import geometry
+from proganomaly.evaluation import geometry
 
 log = logging.getLogger(__name__)
 

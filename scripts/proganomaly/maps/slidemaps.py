@@ -17,7 +17,7 @@ from . import kde as kdelib
 from . import stitching
 from .colormap import apply_turbo
 
-log = logging.getLogger("proganomaly.slidemaps")
+log = logging.getLogger("proganomaly.maps.slidemaps")
 
 RGB_MAPS = ("thumbnail", "reconstruction", "kde_color")
 MASK_MAPS = ("tissue", "coverage")

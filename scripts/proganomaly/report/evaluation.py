@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from proganomaly.plots import style
+from proganomaly.report import style
 
 AREAS = ("true_positive", "false_positive", "false_negative", "true_negative")
 METRIC_LABELS = {"f1": "F1 score", "iou": "IoU (Jaccard)", "precision": "precision", "recall": "recall"}

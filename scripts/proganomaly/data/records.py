@@ -147,7 +147,7 @@ def write_records(
 
 def write_slide_records(slide, patches, out_dir, sizes, shard_max_examples, patch_px, on_patch=None) -> dict:
     """Read every patch of a patch table from an open slide (area-resampled to patch_px) and write its records."""
-    from proganomaly.slide import read_patch
+    from proganomaly.data.slide import read_patch
 
     slide_ids = patches["slide_id"].unique() if len(patches) else []
     if len(slide_ids) > 1:

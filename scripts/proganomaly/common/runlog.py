@@ -71,7 +71,7 @@ def versions(packages=_PACKAGES) -> dict[str, str]:
 
 
 def git_commit(repo: str | Path | None = None) -> str | None:
-    repo = Path(repo or Path(__file__).resolve().parents[2])
+    repo = Path(repo or Path(__file__).resolve().parents[3])
     try:
         out = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from proganomaly.plots import style
+from proganomaly.report import style
 
 SPLIT_ORDER = ("train", "calibrate", "threshold", "test")
 

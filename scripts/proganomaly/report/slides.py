@@ -13,7 +13,7 @@ import matplotlib.colors as mcolors
 import numpy as np
 import shapely
 
-from proganomaly.plots import style
+from proganomaly.report import style
 
 
 def read_map(path: str | Path, max_px: int = 1200) -> np.ndarray:

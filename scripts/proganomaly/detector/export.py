@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from proganomaly import stats
-from proganomaly.calibration import reconstruction_error
+from proganomaly.calibration import stats
+from proganomaly.calibration.errors import reconstruction_error
 
 OUTPUTS = ("reconstruction", "anomaly_map", "mahalanobis_d2", "flags", "flagged_count", "flagged_fraction")
 BERG_OUTPUTS = ("latent_norm",)
@@ -188,7 +188,7 @@ def model_card(
     *, config: dict, metadata: dict, model_files: dict, manifests: dict, error_distribution: dict, threshold: dict
 ) -> dict:
     """What the export is and was made from: files with sha256, statistics, τ and the serving interface."""
-    from proganomaly.records import sha256_file
+    from proganomaly.data.records import sha256_file
 
     def files(paths):
         return [{"path": str(p), "sha256": sha256_file(p)} for p in paths]
@@ -203,7 +203,7 @@ def model_card(
             "outputs": metadata["outputs"],
             "value_range": metadata["value_range"],
             "jit_compile": metadata["jit_compile"],
-            "loader": "proganomaly.export.load_detector(path) checks shape and dtype",
+            "loader": "proganomaly.detector.export.load_detector(path) checks shape and dtype",
         },
         "model_files": {name: files([p])[0] for name, p in model_files.items()},
         "data_manifests": {split: files(paths) for split, paths in manifests.items()},

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from proganomaly import stats
+from proganomaly.calibration import stats
 
 # Errors |x − G(x)| of images in [-1, 1] lie in [0, 2] unless the linear output overshoots; overshoots land in the
 # open last bin. d² spans many decades, hence log bins.
@@ -178,7 +178,7 @@ def collect_d2(
 
 def make_labeller(lookup: dict, geoms: dict, size: int):
     """labeller for `collect_d2`: patches of slides in `geoms` (slide_id → prepared union) are labelled."""
-    from proganomaly.patch_labels import extents_of, patch_labels
+    from proganomaly.data.patch_labels import extents_of, patch_labels
 
     def labeller(slide_ids, xs, ys):
         ids = np.asarray([s.decode() if isinstance(s, bytes) else str(s) for s in slide_ids])

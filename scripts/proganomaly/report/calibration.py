@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from proganomaly.plots import style
+from proganomaly.report import style
 
 
 def histogram_arrays(record: dict) -> tuple[np.ndarray, np.ndarray]:

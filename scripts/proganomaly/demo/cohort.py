@@ -332,8 +332,8 @@ def write_cohort(
     paths maps file names (``demo_test.tif``, ``demo_test.geojson``) to output paths, so the rule's declared outputs
     are the only places written.
     """
-    from proganomaly.geojson import write_polygons
-    from proganomaly.pyramid import write_pyramid
+    from proganomaly.data.geojson import write_polygons
+    from proganomaly.maps.pyramid import write_pyramid
 
     records = []
     for item in cohort:

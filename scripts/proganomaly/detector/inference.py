@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import stitching
+from proganomaly.maps import stitching
 
-log = logging.getLogger("proganomaly.inference")
+log = logging.getLogger("proganomaly.detector.inference")
 
 REQUIRED_OUTPUTS = ("reconstruction", "anomaly_map", "mahalanobis_d2", "flags")
 PATCH_COLUMNS = ("x", "y", "width", "height")

@@ -15,8 +15,8 @@ import tifffile
 from PIL import Image
 from shapely.geometry.base import BaseGeometry
 
-from proganomaly import geometry
-from proganomaly.geojson import read_polygons
+from proganomaly.data.geojson import read_polygons
+from proganomaly.evaluation import geometry
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 

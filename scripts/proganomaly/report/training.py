@@ -14,7 +14,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from proganomaly.plots import style
+from proganomaly.report import style
 
 X_CANDIDATES = ("images", "images_seen", "global_images", "kimg", "global_step", "step")
 PHASE_CANDIDATES = ("phase_name", "phase", "growth", "phase_index")

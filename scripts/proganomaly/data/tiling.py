@@ -14,8 +14,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from proganomaly.slide import Slide
-from proganomaly.tissue import detect_tissue, outline_overlay
+from proganomaly.data.slide import Slide
+from proganomaly.data.tissue import detect_tissue, outline_overlay
 
 PATCH_COLUMNS = {
     "slide_id": "str",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from proganomaly.stats import Moments, StatsError, covariance
+from proganomaly.calibration.stats import Moments, StatsError, covariance
 
 
 def unsupervised_tau(d2_moments: Moments, k: float) -> dict:
