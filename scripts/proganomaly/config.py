@@ -248,6 +248,7 @@ class StitchingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationConfig:
+    scorer: str
     border_px: int
     batch_size: int
     error_histogram_bins: int
