@@ -1,21 +1,23 @@
 """Rule evaluate_slide: threshold × dilation grid, pixel-level AUROC/AP and QuPath GeoJSON for one annotated slide."""
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from proganomaly.common.io import atomic_path
+from proganomaly.common.raster import rasterize
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
-from proganomaly.config import Config
-from proganomaly.data.geojson import write_polygons
+from proganomaly.config import from_params
+from proganomaly.data.geojson import predicted_class, write_polygons
 from proganomaly.evaluation import geometry, metrics
 from proganomaly.evaluation import inputs as eval_io
 from proganomaly.evaluation.grid import GridSpec, Region, evaluate_grid, predicted_polygons
+from proganomaly.maps.zonal import mean_inside
 
 log = setup_logging(snakemake.log[0])
 t_start = time.perf_counter()
-config = Config.from_dict(snakemake.config)
+config = from_params(snakemake.params, snakemake.rule)
 ev = config.evaluation
 slide = snakemake.wildcards.slide
 inp, out = snakemake.input, snakemake.output
@@ -71,15 +73,16 @@ else:
     log.warning("%s: %s is undefined in every cell (no annotation or prediction in tissue); no polygons exported", slide, op["source"])  # fmt: skip
     polys = []
 op["num_polygons"] = len(polys)
-areas = [{"area_um2": p.area * mpp**2, "area_px": p.area} for p in polys]
+means = mean_inside(kde, polys, ds)
+areas = [{"area_um2": p.area * mpp**2, "area_px": p.area, "mean_kde": m} for p, m in zip(polys, means, strict=True)]
 write_polygons(
-    out.geojson, polys, name=ev.class_name, color=ev.class_color, measurements=areas,
+    out.geojson, polys, name=predicted_class(ev.class_name), color=ev.class_color, measurements=areas,
     slide_id=slide, coordinates="level-0 px", operating_point=op, mpp=mpp, provenance=provenance(slide=slide),
 )  # fmt: skip
 
 # Pixel level: every tissue pixel of the map grid (pixel-centre rule), or a seeded subsample of them.
 tissue_mask = geometry.boxes_mask(patches["x"], patches["y"], patches["width"], patches["height"], shape, ds)
-labels_map = geometry.rasterize(annotation, shape, ds)
+labels_map = rasterize(annotation, shape, ds)
 flat = np.flatnonzero(tissue_mask)
 pick = flat[metrics.sample_pixels(len(flat), ev.max_pixels, config.seed, slide)]
 sample = pd.DataFrame({"label": labels_map.ravel()[pick]})
@@ -89,9 +92,8 @@ for name in ("mahalanobis_d2", "anomaly_map"):
     sample[name] = eval_io.read_map(inp[name], shape).ravel()[pick]
 sample["weight"] = len(flat) / max(len(pick), 1)
 sample.insert(0, "slide_id", slide)
-tmp = out.pixels + ".tmp"
-sample.to_parquet(tmp, index=False)
-Path(tmp).replace(out.pixels)
+with atomic_path(out.pixels) as tmp:
+    sample.to_parquet(tmp, index=False)
 pixel = {
     name: metrics.pixel_scores(sample["label"], sample[name], curve_points=ev.curve_points)
     for name in ("mahalanobis_d2", "anomaly_map", "kde")
@@ -122,7 +124,7 @@ write_json(
             **pixel,
         },
         "seconds": {"grid": grid_seconds, "total": time.perf_counter() - t_start},
-        "provenance": provenance({"evaluation": snakemake.config["evaluation"], "seed": config.seed}, slide=slide),
+        "provenance": provenance(config.to_dict(), slide=slide),
     },
 )
 log.info(

@@ -2,15 +2,14 @@
 
 import json
 
+from proganomaly.common.io import write_text
 from proganomaly.common.runlog import git_commit, setup_logging
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.report.software import config_yaml
-from proganomaly.report.style import write_text
 
 log = setup_logging(snakemake.log[0])
-Config.from_dict(snakemake.config)  # fails here, naming the key, if the config does not type-check
-# A JSON round trip turns the config into plain dicts and lists (snakemake may hand over its own mapping types).
-config = json.loads(json.dumps(dict(snakemake.config), default=str))
+# Typing fails here, naming the key, if the config does not type-check; the JSON round trip gives plain YAML types.
+config = json.loads(json.dumps(from_params(snakemake.params, snakemake.rule).to_dict(), default=str))
 header = (
     "# proganomaly configuration as this run used it: config/config.yaml, --config/--configfile overrides and the\n"
     f"# schema defaults (workflow/schemas/config.schema.yaml). Commit: {git_commit()}"

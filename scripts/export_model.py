@@ -4,28 +4,37 @@ import json
 from pathlib import Path
 
 from proganomaly.common.runlog import provenance, setup_logging, write_json
-from proganomaly.config import Config
-from proganomaly.detector.export import load_detector, model_card, save_detector
+from proganomaly.config import from_params
+from proganomaly.detector.card import model_card
+from proganomaly.detector.export import save_detector
+from proganomaly.detector.load import load_detector
 from proganomaly.model.io import load_trained
+from proganomaly.scoring import check_scorer, scorer_from_record
 
 log = setup_logging(snakemake.log[0])
-cfg = Config.from_dict(snakemake.config)
+cfg = from_params(snakemake.params, snakemake.rule)
 ed = json.loads(Path(snakemake.input.error_distribution).read_text())
 th = json.loads(Path(snakemake.input.threshold).read_text())
 trained = load_trained(Path(snakemake.input.model_json).parent)
-if int(trained.patch_size) != ed["patch_size_px"]:
+if int(trained.patch_size_px) != ed["patch_size_px"]:
     raise SystemExit(
-        f"{snakemake.input.error_distribution} is for {ed['patch_size_px']} px; the model is {trained.patch_size} px"
+        f"{snakemake.input.error_distribution} is for {ed['patch_size_px']} px; the model is {trained.patch_size_px} px"
     )
 
-meta = save_detector(trained, ed, th["tau"], snakemake.output.saved_model, jit_compile=cfg.export.jit_compile)
+check_scorer(ed.get("scorer"), th.get("scorer"), snakemake.input.threshold)  # τ is on this Gaussian's d²
+scorer = scorer_from_record(ed, trained, expected=th["scorer"], source=snakemake.input.error_distribution)
+meta = save_detector(scorer, ed, th["tau"], snakemake.output.saved_model, jit_compile=cfg.export.jit_compile)
 detector = load_detector(snakemake.output.saved_model)  # fails here, not in inference, if it does not load
 log.info(
-    "exported %s: %d px, outputs %s, τ = %.6g", trained.architecture, detector.patch_size, detector.outputs, meta["tau"]
+    "exported %s: %d px, outputs %s, τ = %.6g",
+    trained.architecture,
+    detector.patch_size_px,
+    detector.outputs,
+    meta["tau"],
 )
 
 card = model_card(
-    config=snakemake.config,
+    config=cfg.to_dict(),
     metadata=meta,
     model_files={"generator_weights": snakemake.input.weights, "model_json": snakemake.input.model_json},
     manifests={"calibrate": list(snakemake.input.calibrate), "threshold": list(snakemake.input.threshold_manifests)},

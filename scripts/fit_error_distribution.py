@@ -10,35 +10,32 @@ from pathlib import Path
 
 import numpy as np
 
-from proganomaly.calibration import errors as calibration
-from proganomaly.calibration import stats
+from proganomaly.calibration import errors, stats
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.data.records import count_examples, make_dataset
 from proganomaly.model.io import load_trained
+from proganomaly.scoring import make_scorer
 
 log = setup_logging(snakemake.log[0])
-cfg = Config.from_dict(snakemake.config)
+cfg = from_params(snakemake.params, snakemake.rule)
 manifests = list(snakemake.input.manifests)
 if not manifests:
     raise SystemExit("no slide of split 'calibrate' in the slide sheet: add one (config/slides.tsv) to fit the errors")
 model_dir = Path(snakemake.input.model_json).parent
 trained = load_trained(model_dir)
-size = int(trained.patch_size)
-if not 0 <= 2 * cfg.calibration.border_px < size:
-    raise SystemExit(
-        f"calibration.border_px={cfg.calibration.border_px} leaves no interior in {size}-px patches: lower it"
-    )
+size = int(trained.patch_size_px)
+scorer = make_scorer(cfg.calibration.scorer, trained)
 n_patches = count_examples(manifests, size)  # also fails early, naming the manifest, when a resolution is missing
 if n_patches == 0:
     raise SystemExit(f"the calibrate slides {manifests} have no tissue patches; check their tiling QC")
 batch = cfg.calibration.batch_size
 log.info("%s model (%d px) over %d calibrate patches in batches of %d", trained.architecture, size, n_patches, batch)
 
-edges = stats.linear_edges(*calibration.ERROR_RANGE, cfg.calibration.error_histogram_bins)
+edges = stats.linear_edges(*scorer.histogram_range, cfg.calibration.error_histogram_bins)
 progress = Progress(math.ceil(n_patches / batch), "fit_error_distribution", "batches", logger=log)
-moments, counts = calibration.fit_error_distribution(
-    trained.reconstruct,
+moments, counts = errors.fit_error_distribution(
+    scorer,
     make_dataset(manifests, size, batch_size=batch),
     edges,
     progress=progress,
@@ -54,21 +51,23 @@ log.info("mean %s, covariance diagonal %s", np.round(gauss["mean"], 5), np.round
 write_json(
     snakemake.output.json,
     {
-        "definition": "e = |x - G(x)| per pixel and RGB channel, x = uint8 / 127.5 - 1, G in inference mode",
+        "definition": scorer.definition,
+        "scorer": scorer.name,
+        "scorer_state": scorer.state,
         "architecture": trained.architecture,
         "patch_size_px": size,
         "n_patches": n_patches,
         "n_pixels": moments.n,
-        "channels": ["R", "G", "B"],
+        "channels": list(scorer.channels),
         "mean": gauss["mean"],
         "covariance": gauss["covariance"],
         "covariance_kind": "sample (ddof = 1), float64 Chan merges over batches",
         "precision": gauss["precision"],
         "cholesky": gauss["cholesky"],
         "precision_cholesky": gauss["precision_cholesky"],
-        "histograms": {ch: stats.histogram_record(counts[i], edges) for i, ch in enumerate("RGB")},
+        "histograms": {ch: stats.histogram_record(counts[i], edges) for i, ch in enumerate(scorer.channels)},
         "provenance": provenance(
-            {k: snakemake.config[k] for k in ("calibration", "tiling", "seed")},
+            cfg.to_dict(),
             inputs={"model_dir": str(model_dir), "manifests": manifests},
         ),
     },

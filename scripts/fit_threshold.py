@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 
-from proganomaly.calibration import errors as calibration
-from proganomaly.calibration import stats, threshold
+from proganomaly.calibration import errors, stats, threshold
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.data.geojson import read_polygons
 from proganomaly.data.patch_labels import extent_lookup, union_of
 from proganomaly.data.records import count_examples, make_dataset, read_manifest
 from proganomaly.model.io import load_trained
+from proganomaly.scoring import scorer_from_record
 
 log = setup_logging(snakemake.log[0])
-cfg = Config.from_dict(snakemake.config)
+cfg = from_params(snakemake.params, snakemake.rule)
 cc = cfg.calibration
 manifests = list(snakemake.input.manifests)
 annotations = dict(zip(snakemake.params.annotated, snakemake.input.annotations, strict=True))
@@ -37,9 +37,8 @@ if cc.threshold_method == "supervised" and not annotations:
 ed = json.loads(Path(snakemake.input.error_distribution).read_text())
 gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"])}
 trained = load_trained(Path(snakemake.input.model_json).parent)
-size = int(trained.patch_size)
-if not 0 <= 2 * cc.border_px < size:
-    raise SystemExit(f"calibration.border_px={cc.border_px} leaves no interior in {size}-px patches: lower it")
+size = int(trained.patch_size_px)
+scorer = scorer_from_record(ed, trained, expected=cc.scorer, source=snakemake.input.error_distribution)
 if size != ed["patch_size_px"]:
     raise SystemExit(
         f"{snakemake.input.error_distribution} was fitted at {ed['patch_size_px']} px, the model is {size} px"
@@ -57,15 +56,15 @@ if annotations:
     for r in repairs:
         log.warning(r)
     tables = {read_manifest(m)["slide_id"]: t for m, t in zip(manifests, snakemake.input.patch_tables, strict=True)}
-    labeller = calibration.make_labeller(extent_lookup({s: tables[s] for s in geoms}), geoms, size)
+    labeller = errors.make_labeller(extent_lookup({s: tables[s] for s in geoms}), geoms, size)
 
 n_patches = count_examples(manifests, size)
 if n_patches == 0:
     raise SystemExit(f"the threshold slides {manifests} have no tissue patches; check their tiling QC")
-edges = stats.log_edges(*calibration.D2_RANGE, cc.d2_bins_per_decade)
+edges = stats.log_edges(*errors.D2_RANGE, cc.d2_bins_per_decade)
 progress = Progress(math.ceil(n_patches / cc.batch_size), "fit_threshold", "batches", logger=log)
-out = calibration.collect_d2(
-    trained.reconstruct,
+out = errors.collect_d2(
+    scorer,
     make_dataset(manifests, size, batch_size=cc.batch_size, with_meta=True),
     gauss,
     edges,
@@ -84,6 +83,7 @@ unsup["flagged_fraction_note"] = "upper bound within one d2 bin: pixels in the b
 log.info("unsupervised τ = %.6g (mean %.6g + %g · std %.6g)", unsup["tau"], unsup["mean"], cc.k_std, unsup["std"])
 result = {
     "definition": "a pixel is flagged when d2 > tau; d2 = (e - mean)^T precision (e - mean) with the fitted Gaussian",
+    "scorer": scorer.name,
     "n_patches": n_patches,
     "n_pixels": out["moments"].n,
     "unsupervised": unsup,
@@ -121,7 +121,7 @@ chosen = result[cc.threshold_method]
 result["method"] = cc.threshold_method
 result["tau"] = float(np.float32(chosen["tau"]))
 result["provenance"] = provenance(
-    {k: snakemake.config[k] for k in ("calibration", "tiling", "seed")},
+    cfg.to_dict(),
     inputs={
         "error_distribution": snakemake.input.error_distribution,
         "manifests": manifests,

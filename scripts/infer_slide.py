@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 
 from proganomaly.common import runlog
-from proganomaly.config import Config, load_config
-from proganomaly.detector import inference
-from proganomaly.maps import kde, stitching
+from proganomaly.common.io import atomic_path
+from proganomaly.config import from_params, load_config
+from proganomaly.detector.load import load_detector
+from proganomaly.maps import inference, kde, stitching
 
 
 def main(
@@ -35,7 +36,7 @@ def main(
     from proganomaly.data.slide import open_slide, read_patch
 
     table = inference.check_patch_table(pd.read_parquet(patches_path), str(patches_path))
-    detector = inference.load_detector(model_path)
+    detector = load_detector(model_path)
     channels = dict(inference.CANVAS_MAPS)
     patch_kde = None
     if config.stitching.kde.method == "patch":
@@ -54,7 +55,7 @@ def main(
         grid = stitching.MapGrid(int(width), int(height), config.stitching.downsample, float(slide.mpp))
         log.info(
             "%s: %d patches of %d px (model), level 0 %d×%d, maps %d×%d at downsample %d",
-            slide_id, len(table), detector.patch_px, width, height, grid.width, grid.height, grid.downsample,
+            slide_id, len(table), detector.patch_size_px, width, height, grid.width, grid.height, grid.downsample,
         )  # fmt: skip
         canvas = stitching.create_canvas(
             out_canvas, grid, channels, extra={"slide_id": slide_id, "patches": len(table)}
@@ -65,18 +66,15 @@ def main(
             prefetch_batches=config.inference.prefetch_batches, read_patch=read_patch, patch_kde=patch_kde,
             progress=progress.update, border_px=config.calibration.border_px,
         )  # fmt: skip
-    out_patches = Path(out_patches)
-    out_patches.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_patches.with_name(out_patches.name + ".tmp")
-    result.to_parquet(tmp, index=False)
-    tmp.replace(out_patches)
+    with atomic_path(out_patches) as tmp:
+        result.to_parquet(tmp, index=False)
     rate = len(table) / timings["wall_s"] if timings["wall_s"] else float("nan")
     log.info("%s: %.1f patches/s; timings %s", slide_id, rate, {k: round(v, 2) for k, v in timings.items()})
     runlog.write_json(
         out_json,
         runlog.provenance(
             raw_config, slide_id=slide_id, slide_file=str(slide_path), saved_model=str(model_path),
-            patch_px=detector.patch_px, patches=len(table), map_grid=grid.__dict__, timings=timings,
+            patch_size_px=detector.patch_size_px, patches=len(table), map_grid=grid.__dict__, timings=timings,
             patches_per_s=rate,
         ),
     )  # fmt: skip
@@ -96,5 +94,5 @@ else:
     main(
         snakemake.wildcards.slide, snakemake.input.slide, snakemake.input.patches, snakemake.input.model,
         snakemake.output.patches, snakemake.output.canvas, snakemake.output.json, snakemake.params.mpp,
-        Config.from_dict(snakemake.config), snakemake.config, snakemake.log[0],
+        (cfg := from_params(snakemake.params, snakemake.rule)), cfg.to_dict(), snakemake.log[0],
     )  # fmt: skip

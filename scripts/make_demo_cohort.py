@@ -16,8 +16,9 @@ import numpy as np
 import skimage.data
 from matplotlib.patches import Rectangle
 
+from proganomaly.common.io import atomic_path
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.data.slide import open_slide
 from proganomaly.demo.cohort import make_cohort, write_cohort
 from proganomaly.maps.pyramid import count_tiles, level_shapes
@@ -47,15 +48,13 @@ def overview(path, slide: np.ndarray, cohort: list[dict]) -> None:
         sub.set_title(f"{r.slide_id} ({r.split}, {r.width}×{r.height} px, {len(item['polygons'])} foreign)", fontsize=9)
         sub.set_xticks([])
         sub.set_yticks([])
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path, ".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    tmp.replace(path)
 
 
 log = setup_logging(snakemake.log[0])
-config = Config.from_dict(snakemake.config)
+config = from_params(snakemake.params, snakemake.rule)
 demo = config.demo
 with open_slide(snakemake.input.slide, mpp=None) as slide:
     width, height = slide.dimensions

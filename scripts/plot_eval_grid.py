@@ -3,6 +3,7 @@
 import pandas as pd
 
 from proganomaly.common.runlog import setup_logging
+from proganomaly.evaluation.metrics import cell_metrics
 from proganomaly.report import evaluation, style
 
 log = setup_logging(snakemake.log[0])
@@ -10,7 +11,7 @@ name = snakemake.wildcards.evalset
 grid = pd.read_parquet(snakemake.input.grid)
 # The evaluation stage's own F1 / IoU columns are used when present (the pooled grid computes them from µm² sums).
 if not {"f1", "iou"} <= set(grid.columns):
-    grid = evaluation.with_metrics(grid)
+    grid = cell_metrics(grid)
 title = "All evaluated slides pooled (areas summed)" if name == "pooled" else f"Slide {name}"
 style.save(evaluation.plot_grid_heatmaps(grid, title), snakemake.output[0])
 log.info("%s: %d cells, best F1 %.4f", name, len(grid), grid["f1"].max())

@@ -1,11 +1,11 @@
 """Rule plot_eval_summary: pixel-level ROC and precision–recall curves and the metrics table of the evaluated slides."""
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from proganomaly.common.io import atomic_path, write_text
 from proganomaly.common.runlog import setup_logging
 from proganomaly.report import evaluation, style, tables
 
@@ -18,15 +18,14 @@ style.save(evaluation.plot_pixel_curves(metrics), snakemake.output.curves)
 
 summary = evaluation.metrics_summary(metrics)
 best = evaluation.best_rows(grids)
-tmp = snakemake.output.csv + ".tmp"
-summary.to_csv(tmp, index=False)
-os.replace(tmp, snakemake.output.csv)
+with atomic_path(snakemake.output.csv) as tmp:
+    summary.to_csv(tmp, index=False)
 note = (
     "Reported: the evaluation stage's metrics.json (best grid cells by F1 and IoU with their threshold and dilation, "
     "the exported operating point, pixel-level AUROC and average precision of each score map). Best cell by F1: "
-    "precision, recall, F1, IoU and false-positive rate recomputed here from that cell's confusion areas (level-0 px², "
-    "clipped to tissue), as a check."
+    "precision, recall, F1, IoU and false-positive rate of that cell by the evaluation stage's metrics, from its "
+    "confusion areas (µm², clipped to tissue; pooled over slides the same way as metrics.json)."
 )
 page = tables.page("Evaluation metrics", [("Reported metrics", summary), ("Best cell per slide (by F1)", best)], note)
-style.write_text(snakemake.output.table, page)
+write_text(snakemake.output.table, page)
 log.info("metrics of %s", names)

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from proganomaly.common.io import write_text
 from proganomaly.common.runlog import setup_logging
 from proganomaly.data.records import read_manifest
 from proganomaly.data.sheet import read_slide_sheet
@@ -26,5 +27,5 @@ note = (
     "its thumbnail; patches kept are grid cells with at least the configured tissue fraction."
 )
 page = tables.page("Slides and splits", [("Per split", qc.split_summary(table)), ("Per slide", table)], note)
-style.write_text(snakemake.output.table, page)
+write_text(snakemake.output.table, page)
 log.info("plotted %d slides, %d manifests", len(table), len(manifests))

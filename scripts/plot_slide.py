@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from proganomaly.common.runlog import setup_logging
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.data.geojson import read_polygons
 from proganomaly.report import slides, style
 
@@ -21,7 +21,7 @@ def operating_point(metrics: dict) -> str:
 
 
 log = setup_logging(snakemake.log[0])
-cfg = Config.from_dict(snakemake.config)
+cfg = from_params(snakemake.params, snakemake.rule)
 slide_id = snakemake.wildcards.slide
 meta = json.loads(Path(snakemake.input.maps).read_text())
 th = json.loads(Path(snakemake.input.threshold).read_text())

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 
 from proganomaly.common.runlog import setup_logging
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.report import style, training
 
 log = setup_logging(snakemake.log[0])
-cfg = Config.from_dict(snakemake.config)
+cfg = from_params(snakemake.params, snakemake.rule)
 loss_log = pd.read_csv(snakemake.input.loss_log)
 if loss_log.empty:
     raise SystemExit(f"{snakemake.input.loss_log} has no rows: did training log any step (training.log_every_steps)?")

@@ -5,12 +5,12 @@ from pathlib import Path
 import pandas as pd
 
 from proganomaly.common.runlog import provenance, setup_logging, write_json
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.evaluation import inputs as eval_io
 from proganomaly.evaluation import metrics
 
 log = setup_logging(snakemake.log[0])
-config = Config.from_dict(snakemake.config)
+config = from_params(snakemake.params, snakemake.rule)
 ev = config.evaluation
 inp, out = snakemake.input, snakemake.output
 
@@ -48,7 +48,7 @@ write_json(
         "pixel": {"sampled_pixels": len(pixels), **pixel},
         "per_slide": summary,
         "provenance": provenance(
-            {"evaluation": snakemake.config["evaluation"], "seed": config.seed},
+            config.to_dict(),
             inputs=[str(Path(p)) for p in inp.grids],
         ),
     },

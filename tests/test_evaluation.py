@@ -1,8 +1,11 @@
 """The threshold × dilation grid, metrics, pooling, pixel scores and the two rule scripts end to end."""
 
+import functools
 import json
 import runpy
+import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -22,10 +25,11 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from proganomaly.config import validate_config
+from proganomaly.config import config_params, validate_config
 from proganomaly.evaluation import geometry, metrics
 from proganomaly.evaluation.grid import GridSpec, Region, cell_areas, evaluate_grid, predicted_polygons
 
+ROOT = Path(__file__).resolve().parents[1]
 AREAS = ["true_positive", "false_positive", "false_negative", "true_negative"]
 
 
@@ -271,8 +275,19 @@ def write_slide(root, slide, seed):
     )
 
 
+@functools.cache
+def rule_config_keys() -> dict[str, list[str]]:
+    """The config paths each rule passes as params, as Snakemake parses the workflow."""
+    out = subprocess.run(
+        [sys.executable, "tests/slurm/workflow_rules.py"], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
+    return {rule["name"]: rule["config_keys"] for rule in json.loads(out)}
+
+
 def run_script(name, inputs, outputs, config, log, wildcards=None):
-    snake = SimpleNamespace(input=inputs, output=outputs, config=config, log=[str(log)], wildcards=wildcards)
+    """Run a rule script as Snakemake would: it sees only the config its rule lists in params."""
+    params = config_params(config, *rule_config_keys()[name])
+    snake = SimpleNamespace(input=inputs, output=outputs, params=params, rule=name, log=[str(log)], wildcards=wildcards)
     stderr = sys.stderr
     try:
         runpy.run_path(f"scripts/{name}.py", init_globals={"snakemake": snake})
@@ -304,7 +319,7 @@ def test_rule_scripts_end_to_end(tmp_path):
     gj = json.loads(open(outs["s1"].geojson).read())
     assert gj["type"] == "FeatureCollection" and gj["features"]
     props = gj["features"][0]["properties"]
-    assert props["objectType"] == "annotation" and props["classification"]["name"] == "Anomaly"
+    assert props["objectType"] == "annotation" and props["classification"]["name"] == "Anomaly (predicted)"
     best = grid.loc[grid.f1.idxmax()]
     exported = sum(shapely.geometry.shape(f["geometry"]).area for f in gj["features"])
     assert exported == pytest.approx(best.true_positive + best.false_positive)

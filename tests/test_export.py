@@ -11,17 +11,17 @@ import tensorflow as tf
 from scipy.spatial.distance import mahalanobis
 
 from fresh_python import run_fresh_python
-from proganomaly.calibration import errors as calibration
-from proganomaly.calibration import stats
-from proganomaly.detector import export
-from test_stats import StandIn, random_patches
+from proganomaly.calibration import errors, stats
+from proganomaly.detector import export, load
+from proganomaly.detector.card import model_card
+from test_stats import StandIn, random_patches, rgb
 
 SIZE = 8
 
 
 def fitted(model, seed=0):
     images = random_patches(12, SIZE, seed=seed)
-    e = calibration.reconstruction_error(model.reconstruct, tf.constant(images))[2].numpy()
+    e = rgb(model)(tf.constant(images)).numpy()
     return stats.gaussian_fit(stats.moments_of(e.reshape(-1, 3)))
 
 
@@ -29,17 +29,20 @@ def fitted(model, seed=0):
 def saved(tmp_path_factory):
     module = StandIn(SIZE)
     # a plain, untracked holder: the export must find the variables through what reconstruct reads
-    model = types.SimpleNamespace(architecture="ganomaly", patch_size=SIZE, reconstruct=module.reconstruct)
+    model = types.SimpleNamespace(
+        architecture="ganomaly", patch_size_px=SIZE, reconstruct=module.reconstruct, extra_outputs=(),
+        served_extras=lambda x: {},
+    )  # fmt: skip
     gauss = fitted(model)
     path = tmp_path_factory.mktemp("export") / "saved_model"
-    meta = export.save_detector(model, gauss, 4.0, path, jit_compile=True)  # the XLA path; others test plain
+    meta = export.save_detector(rgb(model), gauss, 4.0, path, jit_compile=True)  # the XLA path; others test plain
     return model, gauss, path, meta
 
 
 def test_outputs_match_numpy_references(saved):
     model, gauss, path, meta = saved
-    det = export.load_detector(path)
-    assert det.patch_size == SIZE and det.outputs == export.OUTPUTS
+    det = load.load_detector(path)
+    assert det.patch_size_px == SIZE and det.outputs == load.OUTPUTS
     images = random_patches(5, SIZE, seed=9)
     out = det(images)
     x = images.astype(np.float64) / 127.5 - 1
@@ -58,11 +61,12 @@ def test_outputs_match_numpy_references(saved):
     recon = np.clip(np.round((xhat + 1) * 127.5), 0, 255)
     assert out["reconstruction"].dtype == np.uint8
     assert np.abs(out["reconstruction"].astype(int) - recon).max() <= 1  # float32 vs float64 rounding
-    assert meta["tau"] == 4.0 and (path / export.METADATA_FILE).is_file()
+    assert meta["tau"] == 4.0 and (path / load.METADATA_FILE).is_file()
+    assert meta["scorer"] == "rgb_error" and meta["patch_size_px"] == SIZE
 
 
 def test_batches_split_give_the_same_outputs(saved):
-    det = export.load_detector(saved[2])
+    det = load.load_detector(saved[2])
     images = random_patches(7, SIZE, seed=3)
     whole, split = det(images), det(images, batch_size=3)
     for k in det.outputs:
@@ -76,7 +80,7 @@ def test_fresh_process_gives_in_memory_outputs(saved, tmp_path):
     code = textwrap.dedent(
         f"""
         import sys, numpy as np
-        from proganomaly.detector.export import load_detector
+        from proganomaly.detector.load import load_detector
         out = load_detector({str(path)!r})(np.load({str(tmp_path / "in.npy")!r}))
         assert "test_stats" not in sys.modules  # self-contained: the stand-in's code is not needed
         np.savez({str(tmp_path / "out.npz")!r}, **out)
@@ -84,20 +88,20 @@ def test_fresh_process_gives_in_memory_outputs(saved, tmp_path):
     )
     run_fresh_python(code)
     fresh = np.load(tmp_path / "out.npz")
-    memory = export.build_module(model, gauss, 4.0, jit_compile=True).serve(tf.constant(images))
-    assert set(fresh.files) == set(export.OUTPUTS)
-    for k in export.OUTPUTS:
+    memory = export.build_module(rgb(model), gauss, 4.0, jit_compile=True).serve(tf.constant(images))
+    assert set(fresh.files) == set(load.OUTPUTS)
+    for k in load.OUTPUTS:
         np.testing.assert_allclose(fresh[k], memory[k].numpy(), rtol=1e-6, atol=1e-6, err_msg=k)
 
 
 def test_wrong_size_or_dtype_is_a_clear_error(saved):
     path = saved[2]
-    det = export.load_detector(path)
-    with pytest.raises(export.DetectorError, match=r"shape \(N, 8, 8, 3\), got \(2, 16, 16, 3\)"):
+    det = load.load_detector(path)
+    with pytest.raises(load.DetectorError, match=r"shape \(N, 8, 8, 3\), got \(2, 16, 16, 3\)"):
         det(np.zeros((2, 16, 16, 3), np.uint8))
-    with pytest.raises(export.DetectorError, match=r"must be uint8.*got dtype float32"):
+    with pytest.raises(load.DetectorError, match=r"must be uint8.*got dtype float32"):
         det(np.zeros((2, SIZE, SIZE, 3), np.float32))
-    with pytest.raises(export.DetectorError, match=r"got \(8, 8, 3\)"):
+    with pytest.raises(load.DetectorError, match=r"got \(8, 8, 3\)"):
         det(np.zeros((SIZE, SIZE, 3), np.uint8))
     # the signature itself rejects what the wrapper would: no silent resizing or casting
     fn = tf.saved_model.load(str(path)).signatures["serving_default"]
@@ -105,15 +109,15 @@ def test_wrong_size_or_dtype_is_a_clear_error(saved):
         fn(patches=tf.zeros((1, 16, 16, 3), tf.uint8))
     with pytest.raises((ValueError, TypeError, tf.errors.InvalidArgumentError)):
         fn(patches=tf.zeros((1, SIZE, SIZE, 3), tf.float32))
-    with pytest.raises(export.DetectorError, match="not a SavedModel"):
-        export.load_detector(path.parent / "nothing")
+    with pytest.raises(load.DetectorError, match="not a SavedModel"):
+        load.load_detector(path.parent / "nothing")
 
 
 def test_berg_exports_latent_norm(tmp_path):
     model = StandIn(SIZE, architecture="berg", seed=1)
-    export.save_detector(model, fitted(model, seed=1), 2.0, tmp_path / "berg", jit_compile=False)
-    det = export.load_detector(tmp_path / "berg")
-    assert det.outputs == (*export.OUTPUTS, "latent_norm")
+    export.save_detector(rgb(model), fitted(model, seed=1), 2.0, tmp_path / "berg", jit_compile=False)
+    det = load.load_detector(tmp_path / "berg")
+    assert det.outputs == (*load.OUTPUTS, "latent_norm")
     images = random_patches(3, SIZE, seed=2)
     z = model.encode(tf.constant(images.astype(np.float32) / 127.5 - 1)).numpy()
     np.testing.assert_allclose(det(images)["latent_norm"], np.linalg.norm(z, axis=1), rtol=1e-5)
@@ -125,7 +129,7 @@ def test_model_card_records_checksums_and_statistics(saved, tmp_path):
     weights.write_bytes(b"weights")
     manifest.write_text("{}")
     ed = {"n_pixels": 10, "mean": gauss["mean"].tolist(), "covariance": gauss["covariance"].tolist()}
-    card = export.model_card(
+    card = model_card(
         config={"seed": 1},
         metadata=meta,
         model_files={"weights": weights},
@@ -154,13 +158,13 @@ def test_served_flags_match_the_fitted_supervised_threshold(tmp_path):
     meta = {"image": images, "slide_id": np.array([b"s"] * 6), "x": xs, "y": np.zeros(6, np.int64)}
     ds = tf.data.Dataset.from_tensor_slices(meta).batch(6)
     lookup = {("s", int(x), 0): (SIZE, SIZE) for x in xs}
-    labeller = calibration.make_labeller(lookup, {"s": union_of([shapely.box(5, 0, 30, 5)])}, SIZE)
-    out = calibration.collect_d2(
-        model.reconstruct, ds, gauss, stats.log_edges(1e-3, 1e3, 10), labeller=labeller, max_exact_pixels=10**6
+    labeller = errors.make_labeller(lookup, {"s": union_of([shapely.box(5, 0, 30, 5)])}, SIZE)
+    out = errors.collect_d2(
+        rgb(model), ds, gauss, stats.log_edges(1e-3, 1e3, 10), labeller=labeller, max_exact_pixels=10**6
     )
     best = threshold.best_threshold(threshold.fbeta_curve_exact(out["d2"], out["labels"], 0.05), 0.05, "exact")
-    export.save_detector(model, gauss, best["tau"], tmp_path / "sm", jit_compile=False)
-    flags = export.load_detector(tmp_path / "sm")(images)["flags"].ravel().astype(bool)
+    export.save_detector(rgb(model), gauss, best["tau"], tmp_path / "sm", jit_compile=False)
+    flags = load.load_detector(tmp_path / "sm")(images)["flags"].ravel().astype(bool)
     assert flags.sum() == best["tp"] + best["fp"]
     assert (flags & out["labels"]).sum() == best["tp"]
 
@@ -169,7 +173,7 @@ def test_real_model_from_disk_exports_and_serves_its_reconstruction(tmp_path):
     """The issue-3 model (proganomaly.model): saved, loaded with load_trained, exported, loaded back and served."""
     from proganomaly.config import Config, validate_config
     from proganomaly.model import io
-    from proganomaly.model.networks import build_networks
+    from proganomaly.model.architectures import build_networks
 
     raw = validate_config({"model": {"filters": [[16, 16], [8, 8], [8, 8]], "latent_size": 32}})
     cfg = Config.from_dict(raw).model
@@ -178,12 +182,10 @@ def test_real_model_from_disk_exports_and_serves_its_reconstruction(tmp_path):
     trained = io.load_trained(tmp_path)
     images = random_patches(4, 16, seed=7)
     edges = stats.linear_edges(0, 2, 16)
-    moments, _ = calibration.fit_error_distribution(
-        trained.reconstruct, tf.data.Dataset.from_tensor_slices(images).batch(3), edges
-    )
+    moments, _ = errors.fit_error_distribution(rgb(trained), tf.data.Dataset.from_tensor_slices(images).batch(3), edges)
     gauss = stats.gaussian_fit(moments)
-    export.save_detector(trained, gauss, 3.0, tmp_path / "sm", jit_compile=False)  # XLA is covered above
-    served = export.load_detector(tmp_path / "sm")(images)  # a fresh process is tested above with the stand-in
+    export.save_detector(rgb(trained), gauss, 3.0, tmp_path / "sm", jit_compile=False)  # XLA is covered above
+    served = load.load_detector(tmp_path / "sm")(images)  # a fresh process is tested above with the stand-in
     x = images.astype(np.float32) * np.float32(1 / 127.5) - 1
     e = np.abs(x - trained.reconstruct(tf.constant(x)).numpy())
     np.testing.assert_allclose(served["anomaly_map"], e, rtol=1e-4, atol=1e-5)

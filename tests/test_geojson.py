@@ -111,3 +111,81 @@ def test_malformed_documents(tmp_path):
 def test_measurement_count_must_match(tmp_path):
     with pytest.raises(ValueError, match="1 measurement records for 2 geometries"):
         write_polygons(tmp_path / "m.geojson", [box(0, 0, 1, 1), box(1, 1, 2, 2)], measurements=[{}])
+
+
+def test_features_carry_deterministic_uuid_ids_and_reruns_are_byte_identical(tmp_path):
+    import uuid
+
+    geoms = [box(0, 0, 1, 1), Polygon(), box(2, 2, 3, 3)]
+    first, second = tmp_path / "a.geojson", tmp_path / "b.geojson"
+    write_polygons(first, geoms, slide_id="s1")
+    write_polygons(second, geoms, slide_id="s1")
+    assert first.read_bytes() == second.read_bytes()
+    ids = [f["id"] for f in json.loads(first.read_text())["features"]]
+    assert len(set(ids)) == 2 and all(uuid.UUID(i).version == 5 for i in ids)
+    write_polygons(second, geoms, slide_id="s2")
+    assert not set(ids) & {f["id"] for f in json.loads(second.read_text())["features"]}
+
+
+def test_tiles_are_qupath_tiles_with_scores_as_measurements(tmp_path):
+    import pandas as pd
+
+    from proganomaly.data.geojson import write_tiles
+
+    patches = pd.DataFrame(
+        {"slide_id": "s", "x": [0, 48], "y": [96, 96], "width": [64, 64], "height": [64, 64],
+         "flagged_fraction": [0.25, 0.0], "mean_d2": [3.5, 1.0], "max_d2": [9.0, float("nan")], "score": [0.4, 0.1]}
+    )  # fmt: skip
+    path = tmp_path / "tiles.geojson"
+    write_tiles(path, patches, "s")
+    doc = json.loads(path.read_text())  # strict JSON: the NaN became null
+    assert doc["proganomaly"] == {"slide_id": "s", "coordinates": "level-0 px"}
+    first = doc["features"][0]
+    assert first["properties"]["objectType"] == "tile" and "classification" not in first["properties"]
+    assert first["properties"]["measurements"] == {
+        "flagged_fraction": 0.25,
+        "mean_d2": 3.5,
+        "max_d2": 9.0,
+        "score": 0.4,
+    }
+    assert shapely.geometry.shape(first["geometry"]).equals(box(0, 96, 64, 160))
+    assert doc["features"][1]["properties"]["measurements"]["max_d2"] is None
+    assert "NaN" not in path.read_text()
+
+
+def test_predicted_polygons_get_a_class_of_their_own_and_their_mean_score():
+    import numpy as np
+
+    from proganomaly.data.geojson import predicted_class
+    from proganomaly.maps.zonal import mean_inside
+
+    assert predicted_class("Anomaly") == "Anomaly (predicted)"
+    values = np.zeros((10, 10), np.float32)
+    values[2:4, 2:6] = 1.0
+    values[3, 5] = np.nan
+    # ds 2: map pixel (r, c) has its centre at level-0 (2c + 1, 2r + 1)
+    means = mean_inside(values, [box(4, 4, 12, 8), box(0, 0, 8, 4), box(40, 40, 50, 50)], 2.0)
+    assert means[0] == 1.0  # the NaN pixel is left out
+    assert means[1] == 0.0
+    assert means[2] != means[2]  # outside the map: NaN
+
+
+def test_sheet_parses_every_annotation_file_before_any_job(tmp_path):
+    from proganomaly.data.sheet import SheetError, read_slide_sheet
+
+    slide = tmp_path / "s.tif"
+    slide.write_bytes(b"II*\x00")
+    good = write(tmp_path / "good.geojson", [feat(box(0, 0, 1, 1))])
+    bad = write(tmp_path / "bad.geojson", [feat(box(0, 0, 1, 1)), {"type": "Feature", "geometry": None}])
+    sheet = tmp_path / "sheet.tsv"
+    rows = [("a", good), ("b", bad)]
+    sheet.write_text("slide_id\tpath\tsplit\tannotations\n" + "".join(f"{s}\t{slide}\ttest\t{a}\n" for s, a in rows))
+    with pytest.raises(SheetError) as err:
+        read_slide_sheet(sheet)
+    message = str(err.value)
+    assert (
+        "slide 'b'" in message and "bad.geojson: feature 1" in message and "missing or malformed 'geometry'" in message
+    )
+    assert "slide 'a'" not in message
+    sheet.write_text("slide_id\tpath\tsplit\tannotations\n" + f"a\t{slide}\ttest\t{good}\n")
+    assert read_slide_sheet(sheet).loc["a", "annotations"] == str(good)

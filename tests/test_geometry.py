@@ -7,6 +7,7 @@ import shapely
 from shapely import affinity
 from shapely.geometry import MultiPolygon, Polygon, box
 
+from proganomaly.common.raster import rasterize
 from proganomaly.evaluation import geometry
 
 
@@ -48,7 +49,7 @@ def test_random_masks_match_pixel_union(seed):
     assert len(polys) >= ndi.label(mask)[1]
     union = shapely.union_all(polys)
     assert union.symmetric_difference(pixel_union(mask, 5, -3)).area == 0
-    back = geometry.rasterize(affinity.translate(union, -5, 3), mask.shape)
+    back = rasterize(affinity.translate(union, -5, 3), mask.shape)
     np.testing.assert_array_equal(back, mask)
 
 
@@ -135,8 +136,21 @@ def test_rasterize_uses_pixel_centres_with_holes_overlaps_and_downsample():
             other = Polygon(rng.uniform(20, 70, (7, 2))).convex_hull  # overlaps: a union, not an XOR
             parts = [Polygon(outer.exterior.coords, [hole.exterior.coords]), other]
             shape = (int(64 / ds), int(72 / ds))
-            got = geometry.rasterize(MultiPolygon(parts), shape, ds)
+            got = rasterize(MultiPolygon(parts), shape, ds)
             np.testing.assert_array_equal(got, centres_inside(shapely.union_all(parts), shape, ds))
+
+
+def test_rasterize_with_origin_and_rectangular_pixels_matches_contains_xy():
+    """The patch-label case: a window at (x0, y0) whose pixels are w/S × h/S level-0 px."""
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        poly = Polygon(rng.uniform(100, 200, (9, 2))).convex_hull
+        x0, y0, sx, sy = 90.0, 110.0, 100 / 16, 96 / 16
+        got = rasterize(poly, (16, 16), (sx, sy), (x0, y0))
+        cc, rr = np.meshgrid(np.arange(16), np.arange(16))
+        want = shapely.contains_xy(poly, x0 + (cc + 0.5) * sx, y0 + (rr + 0.5) * sy)
+        np.testing.assert_array_equal(got, want)
+        assert got.any()
 
 
 def test_boxes_mask_matches_half_open_centre_rule():

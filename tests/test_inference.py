@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from proganomaly.detector import inference
-from proganomaly.maps import stitching
+from proganomaly.detector.load import REQUIRED_OUTPUTS, DetectorError, load_detector
+from proganomaly.maps import inference, stitching
 
 S = 8
 TAU = 40.0
@@ -69,11 +69,11 @@ def _table(coords, size):
 
 
 def test_load_detector_reads_the_contract(saved_model, tmp_path):
-    det = inference.load_detector(saved_model)
-    assert det.patch_px == S
-    assert set(inference.REQUIRED_OUTPUTS) <= set(det.outputs)
-    with pytest.raises(inference.InferenceError, match="export_model"):
-        inference.load_detector(tmp_path / "nothing")
+    det = load_detector(saved_model)
+    assert det.patch_size_px == S
+    assert set(REQUIRED_OUTPUTS) <= set(det.outputs)
+    with pytest.raises(DetectorError, match="export_model"):
+        load_detector(tmp_path / "nothing")
 
 
 def test_patch_table_errors_name_the_file():
@@ -91,7 +91,7 @@ def test_run_inference_scores_and_stitches(saved_model, tmp_path, ds, size):
     stride = size * 3 // 4  # overlapping patches
     coords = [(x, y) for y in range(0, 50 - size + 1, stride) for x in range(0, 70, stride)]  # last column crosses
     table = inference.check_patch_table(_table(coords, size), "t")
-    det = inference.load_detector(saved_model)
+    det = load_detector(saved_model)
     grid = stitching.MapGrid(70, 50, ds, slide.mpp)
     canvas = stitching.create_canvas(tmp_path / "c", grid, inference.CANVAS_MAPS)
     result, timings = inference.run_inference(
@@ -99,7 +99,7 @@ def test_run_inference_scores_and_stitches(saved_model, tmp_path, ds, size):
     )
     # Per-patch table against the detector called directly on the same patches.
     batch = np.stack([read_patch(slide, x, y, size, S) for x, y in zip(table.x, table.y, strict=True)])
-    direct = det.call(batch)
+    direct = det(batch)
     assert result["slide_id"].eq("s1").all() and len(result) == len(table)
     np.testing.assert_array_equal(result[["x", "y"]].to_numpy(), table[["x", "y"]].to_numpy())
     d2 = direct["mahalanobis_d2"].reshape(len(batch), -1)
@@ -124,7 +124,7 @@ def test_run_inference_scores_and_stitches(saved_model, tmp_path, ds, size):
 
 
 def test_zero_patches_warn_and_give_an_empty_table(saved_model, tmp_path, caplog):
-    det = inference.load_detector(saved_model)
+    det = load_detector(saved_model)
     canvas = stitching.create_canvas(tmp_path / "c", stitching.MapGrid(20, 20, 1, 0.5), inference.CANVAS_MAPS)
     with caplog.at_level(logging.WARNING, logger="proganomaly"):
         result, _ = inference.run_inference(

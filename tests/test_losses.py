@@ -9,7 +9,8 @@ import tensorflow as tf
 
 from proganomaly.config import AdamConfig, Config, validate_config
 from proganomaly.model import losses as LS
-from proganomaly.model.networks import Phase, build_networks
+from proganomaly.model.architectures import build_networks
+from proganomaly.model.networks import Phase
 from proganomaly.training.optim import Adam
 from proganomaly.training.steps import make_replica_step
 
@@ -55,7 +56,7 @@ def test_critic_loss_composition_and_global_batch_scaling():
     rng = np.random.default_rng(1)
     real, fake = rng.normal(size=(4, 2, 2, 3)).astype(np.float32), rng.normal(size=(4, 2, 2, 3)).astype(np.float32)
     w = rng.normal(size=(1, 2, 2, 3)).astype(np.float32)
-    weights = tiny().model.loss_weights.discriminator
+    weights = tiny().model.loss_weights.ganomaly.discriminator
     u = np.full(4, 0.3, np.float32)
     kw = {"gp_coefficient": 10.0, "gp_target": 1.0, "epsilon_drift": 0.001}
     full = LS.critic_losses(linear_critic(w), real, {"D_of_G_of_x": fake}, weights, u, global_batch=4, **kw)
@@ -105,7 +106,7 @@ def run_step(cfg, seed=0):
 
 
 def weights(**gen):
-    return {"generator": gen}
+    return {"ganomaly": {"generator": gen}}
 
 
 @pytest.mark.parametrize(
@@ -119,7 +120,7 @@ def weights(**gen):
 def test_ganomaly_terms_follow_their_weights(gen, present, absent):
     out = run_step(tiny(loss_weights=weights(**gen)))
     assert all(k in out for k in present) and not any(k in out for k in absent)
-    wg = dataclasses.asdict(tiny(loss_weights=weights(**gen)).model.loss_weights.generator)
+    wg = dataclasses.asdict(tiny(loss_weights=weights(**gen)).model.loss_weights.ganomaly.generator)
     want = -wg["D_of_G_of_x"] * out.get("D(G(x))_for_generator", 0.0)
     want += sum(wg[k] * out[k] for k in ("x_minus_G_of_x_l1", "x_minus_G_of_x_l2") if k in out)
     assert out["generator_total_loss"] == pytest.approx(want, rel=1e-5, abs=1e-6)
@@ -129,18 +130,20 @@ def test_ganomaly_encoder_terms_and_critic_toggles():
     cfg = tiny(
         create_encoder=True,
         loss_weights={
-            "generator": {"Ge_of_x_minus_E_of_G_of_x_l1": 0.5},
-            "encoder": {"Ge_of_x_minus_E_of_G_of_x_l2": 1.0},
+            "ganomaly": {
+                "generator": {"Ge_of_x_minus_E_of_G_of_x_l1": 0.5},
+                "encoder": {"Ge_of_x_minus_E_of_G_of_x_l2": 1.0},
+            }
         },
     )
     out = run_step(cfg)
     assert {"Ge_of_x_minus_E_of_G_of_x_l1", "Ge_of_x_minus_E_of_G_of_x_l2", "encoder_total_loss"} <= set(out)
     assert out["encoder_total_loss"] == pytest.approx(out["Ge_of_x_minus_E_of_G_of_x_l2"], rel=1e-5)
-    no_critic = run_step(tiny(loss_weights={"discriminator": {"D_of_G_of_x": 0.0}}))
+    no_critic = run_step(tiny(loss_weights={"ganomaly": {"discriminator": {"D_of_G_of_x": 0.0}}}))
     assert "D(G(x))_gradient_penalty" not in no_critic and no_critic["discriminator_total_loss"] == 0.0
     no_gp = run_step(tiny(gradient_penalty_coefficient=0.0))
     assert no_gp["D(G(x))_gradient_penalty"] == 0.0
-    reg = run_step(tiny(loss_weights={"generator": {"kernel_l2": 0.01}}))
+    reg = run_step(tiny(loss_weights={"ganomaly": {"generator": {"kernel_l2": 0.01}}}))
     assert reg["generator_reg_loss"] > 0
 
 
@@ -157,7 +160,7 @@ def test_berg_terms_follow_their_weights(key):
     zero = {f"{k}_{n}": 0.0 for k in BERG_KEYS for n in ("l1", "l2")}
     gen = {**zero, f"{key}_l2": 1.0, "D_of_G_of_E_of_x": 0.5}
     enc = {**zero, f"{key}_l1": 1.0}
-    cfg = tiny(architecture="berg", create_encoder=True, loss_weights={"generator": gen, "encoder": enc})
+    cfg = tiny(architecture="berg", create_encoder=True, loss_weights={"berg": {"generator": gen, "encoder": enc}})
     out = run_step(cfg)
     terms = {k for k in out if any(k.startswith(b) for b in BERG_KEYS)}
     assert terms == {f"{key}_l1", f"{key}_l2"}

@@ -1,14 +1,19 @@
 """Network shapes at every growth phase, fade-in endpoints, the channel plan, and config checks."""
 
 import copy
+import json
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from proganomaly.config import Config, validate_config
+from proganomaly.model import io as model_io
 from proganomaly.model import layers as L
-from proganomaly.model.networks import Phase, build_networks, num_blocks, phases
+from proganomaly.model.architectures import ARCHITECTURES, architecture, build_networks
+from proganomaly.model.networks import Phase, num_blocks, phases
+from proganomaly.training.optim import build_optimizers
+from proganomaly.training.steps import STEP_KEYS, loss_fields, make_replica_step
 
 
 def tiny(patch=16, **model):
@@ -107,3 +112,44 @@ def test_paper_sized_plan_builds_lazily_enough():
     cfg = Config.from_dict(validate_config({"tiling": {"patch_size_px": 1024}}))
     assert num_blocks(1024) == 9 and len(cfg.model.filters) == 9
     assert cfg.model.filters[4] == [256, 256] and cfg.model.kernel_sizes[0] == [4, 3]
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_meets_the_contract(name, tmp_path):
+    """What training, calibration, export and inference use, for every registered architecture alike."""
+    cfg = tiny(16, architecture=name, create_encoder=True)
+    nets = build_networks(cfg.model, 16, seed=1)
+    assert nets.name == name and isinstance(nets, architecture(name))
+    x = tf.random.uniform((3, 16, 16, 3), -1, 1, seed=1)
+    block = nets.blocks - 1
+    assert nets.reconstruct(x, block).shape == (3, 16, 16, 3)
+    assert nets.encode(x, block).shape == (3, 12)
+    extras = nets.served_extras(x, block)
+    assert tuple(extras) == nets.extra_outputs and all(v.shape == (3,) for v in extras.values())
+    assert set(nets.terms.values()) and set(nets.fakes.values()) <= set(nets.recipes) | {"x"}
+    # every tensor a loss term names can be made from x by the recipes
+    names = {n for pair in nets.terms.values() for n in pair} | set(nets.fakes.values())
+    assert names <= set(nets.recipes) | {"x"}
+    assert set(nets.inference_modules()) <= set(nets.modules()) and "critic" not in nets.inference_modules()
+    # the saved weights rebuild the inference view exactly
+    model_io.save_weights(nets, tmp_path / model_io.WEIGHTS)
+    (tmp_path / model_io.MODEL_JSON).write_text(json.dumps(model_io.model_record(cfg.model, 16, 1)))
+    loaded = model_io.load_trained(tmp_path)
+    assert loaded.architecture == name and loaded.extra_outputs == nets.extra_outputs
+    np.testing.assert_array_equal(loaded.reconstruct(x).numpy(), nets.reconstruct(x, block).numpy())
+    for k, v in loaded.served_extras(x).items():
+        np.testing.assert_array_equal(v.numpy(), extras[k].numpy())
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_every_architecture_trains_a_step_with_its_logged_fields(name):
+    weights = {"berg": {"encoder": {"x_minus_G_of_E_of_x_l1": 1.0}}} if name == "berg" else {}
+    cfg = tiny(8, architecture=name, create_encoder=name == "berg", loss_weights=weights)
+    nets = build_networks(cfg.model, 8, seed=1)
+    opts = build_optimizers(nets, cfg.training.optimizers)
+    step = make_replica_step(nets, opts, Phase(2), seed=0, global_batch=4)
+    images = tf.cast(tf.random.stateless_uniform((4, 8, 8, 3), (1, 2), 0, 255, tf.int32), tf.uint8)
+    out = step(images, tf.constant(0, tf.int64), tf.constant(1.0))
+    fields = loss_fields(nets, opts["encoder"] is not None)
+    assert set(out) <= set(fields) and all(np.isfinite(float(v)) for v in out.values())
+    assert [f for f in fields if f not in STEP_KEYS and f not in out] == []

@@ -12,6 +12,7 @@ from PIL import Image
 from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
 
 from proganomaly.calibration import stats, threshold
+from proganomaly.evaluation import metrics
 from proganomaly.report import calibration, evaluation, qc, slides, software, style, tables, training
 
 RNG = np.random.default_rng(7)
@@ -195,7 +196,7 @@ def pixel_grid(thresholds=(0.2, 0.4, 0.6, 0.8), dilations=(1.0, 1.5, 2.0), n=400
 
 def test_metrics_match_sklearn():
     grid, truth, masks = pixel_grid()
-    m = evaluation.with_metrics(grid)
+    m = metrics.cell_metrics(grid)
     for row in m.itertuples():
         pred = masks[(row.threshold, row.dilation)]
         assert row.f1 == pytest.approx(f1_score(truth, pred))
@@ -207,18 +208,18 @@ def test_metrics_match_sklearn():
 
 
 def test_undefined_metrics_are_nan():
-    g = pd.DataFrame([{"threshold": 0.5, "dilation": 1.0, **dict.fromkeys(evaluation.AREAS, 0.0)}])
-    m = evaluation.with_metrics(g)
+    g = pd.DataFrame([{"threshold": 0.5, "dilation": 1.0, **dict.fromkeys(metrics.AREAS, 0.0)}])
+    m = metrics.cell_metrics(g)
     assert np.isnan(m[["precision", "recall", "f1", "iou", "fpr"]].to_numpy()).all()
     assert evaluation.best_cell(evaluation.metric_matrix(m, "f1")) is None
     with pytest.raises(ValueError, match="true_positive"):
-        evaluation.with_metrics(g.drop(columns="true_positive"))
+        metrics.cell_metrics(g.drop(columns="true_positive"))
 
 
 def test_grid_heatmap_marks_the_argmax():
     grid, _, _ = pixel_grid()
     fig = evaluation.plot_grid_heatmaps(grid, "Slide s")
-    m = evaluation.with_metrics(grid)
+    m = metrics.cell_metrics(grid)
     for ax, metric in zip(fig.axes[:2:], ("f1", "iou"), strict=True):
         matrix = m.pivot(index="threshold", columns="dilation", values=metric).to_numpy()
         r, c = np.unravel_index(np.nanargmax(matrix), matrix.shape)
@@ -232,8 +233,12 @@ def test_grid_heatmap_marks_the_argmax():
 def test_pooled_sums_areas():
     g1, _, _ = pixel_grid()
     g2, _, _ = pixel_grid()
-    pooled = evaluation.pooled({"a": g1, "b": g2})
+    pooled = metrics.pool_grids(
+        [metrics.with_metrics(g.assign(num_polygons=1, tissue_area=1e4), mpp=0.5) for g in (g1, g2)]
+    )
     np.testing.assert_allclose(pooled["true_positive"], g1["true_positive"] + g2["true_positive"])
+    # the report plots the pooled grid's own metrics: µm² sums, the same cells as metrics.json
+    np.testing.assert_allclose(metrics.cell_metrics(pooled)["f1"], pooled["f1"])
     tp, fp, fn = (pooled[c] for c in ("true_positive", "false_positive", "false_negative"))
     np.testing.assert_allclose(pooled["f1"], 2 * tp / (2 * tp + fp + fn))
 
@@ -241,7 +246,7 @@ def test_pooled_sums_areas():
 def test_best_rows_and_flatten():
     grid, _, _ = pixel_grid()
     best = evaluation.best_rows({"s": grid})
-    m = evaluation.with_metrics(grid)
+    m = metrics.cell_metrics(grid)
     assert best["f1"].iloc[0] == m["f1"].max()
     flat = evaluation.flatten_metrics({"best": {"f1": 0.5, "threshold": 0.2}, "provenance": {"x": 1}, "n": 3})
     assert flat == {"best.f1": 0.5, "best.threshold": 0.2, "n": 3}

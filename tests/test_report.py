@@ -2,7 +2,6 @@
 headless Chromium (main page and item pages screenshotted into results/test_report/)."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from system_packages import ensure_apt
 from test_workflow import ROOT, demo_run, snakemake  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -35,21 +35,7 @@ FLAGS = [
 
 def chromium() -> str:
     """Debian's chromium, apt-installed when missing and running as root; skip only where it cannot exist."""
-    for name in ("chromium", "chromium-browser"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False, timeout=600)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
-            env=env,
-            check=False,
-            timeout=900,
-        )
-        if shutil.which("chromium"):
-            return shutil.which("chromium")
-    pytest.skip("Chromium is not installed and cannot be installed here (not root or no apt-get)")
+    return ensure_apt("chromium", lambda: shutil.which("chromium") or shutil.which("chromium-browser"))
 
 
 def run_chromium(*args: str, timeout: int = 180) -> str:

@@ -5,57 +5,47 @@ A scratch copy of the workflow gets placeholder outputs for its default target, 
 Each case then changes one thing and reads the jobs that `snakemake --dry-run` plans:
 
 - nothing changed, or a slide file touched without changing it: nothing reruns;
-- a stage parameter changed: exactly the jobs `--forcerun <rule>` gives (the rule that reads it and everything
-  downstream), and nothing upstream;
+- a config key changed: exactly the jobs `--forcerun` gives for the rules whose params hold that key (read from the
+  parsed workflow, tests/slurm/workflow_rules.py) and everything downstream of them, and nothing upstream. Every
+  leaf key of the schema is tried with a new valid value chosen from its schema; keys with the same readers are
+  changed together in one dry run, to keep the test fast;
 - a test slide added to the sheet: only that slide's jobs, plus jobs that pool over slides.
-
-The lists at the top grow with the workflow: add a parameter with the rule that must rerun for it.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import jsonschema
 import pandas as pd
 import pytest
 import yaml
+from snakemake.utils import update_config
+
+from proganomaly.config import Config, ConfigError, check_cross_keys, validate_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "slurm"))
 import wfrun
 
 pytestmark = pytest.mark.slow
 
-# (config key path, a new value, the first rule that must rerun; everything downstream of it reruns too)
-PARAMETER_CHANGES = (
-    (("tiling", "min_tissue_fraction"), 0.3, "tile_slide"),
-    (("records", "shard_max_examples"), 7, "write_records"),
-    (("calibration", "k_std"), 2.5, "fit_threshold"),
-    (("stitching", "kde", "bandwidth_um"), 40.0, "stitch_maps"),
-    (("evaluation", "dilations"), [1, 2, 4], "evaluate_slide"),
-)
-# The resolved config is itself a report item, so any config change rewrites it (and the `all` target job).
-ALWAYS = (("export_config", {}),)
-# What the issue names explicitly: a calibration change leaves training and tiling alone; a grid change reruns only
-# the grid (per slide and pooled) and the report.
-NEVER_FOR = {
-    "fit_threshold": ("tile_slide", "write_records", "train_reconstruction", "fit_error_distribution"),
-    "evaluate_slide": (
-        "tile_slide",
-        "write_records",
-        "train_reconstruction",
-        "fit_threshold",
-        "infer_slide",
-        "stitch_maps",
-    ),
-}
+SCHEMA = yaml.safe_load((wfrun.ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+# Sections whose every key must be tried; every other section needs at least one.
+EVERY_KEY = ("calibration", "stitching", "evaluation")
 # Rules that must never rerun for a changed stage parameter or an added test slide (the demo data), and rules that
 # a test slide must not rerun (it is neither trained nor calibrated on).
 UPSTREAM = ("fetch_demo_slide", "make_demo_cohort")
 TRAINING_SIDE = ("train_reconstruction", "fit_error_distribution", "fit_threshold", "export_model")
 EXTRA = "tests/config/rerun_change.yaml"
+# Placeholder contents that parse-time checks accept (the sheet check reads the annotation GeoJSONs).
+PLACEHOLDER = {".geojson": '{"type": "FeatureCollection", "features": []}\n', ".json": "{}\n"}
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+# The slide sheet is an input file, not a parameter: test_adding_a_test_slide_runs_only_its_branch covers it.
+NOT_PARAMETERS = ("slides",)
 
 
 def planned(workdir: Path, *args: str) -> list[tuple[str, dict[str, str]]]:
@@ -101,7 +91,7 @@ def make_placeholders(workdir: Path, rules: dict[str, dict]) -> None:
             (path / "placeholder").write_text("x")
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"placeholder {path.name}\n")
+            path.write_text(PLACEHOLDER.get(path.suffix, f"placeholder {path.name}\n"))
     wfrun.snakemake(workdir, "--cores", "1", "--touch", "--forceall", timeout_s=600)
 
 
@@ -124,28 +114,147 @@ def test_touching_a_slide_without_change_reruns_nothing(built):
     assert planned(workdir) == []
 
 
-@pytest.mark.parametrize(("key", "value", "first_rule"), PARAMETER_CHANGES, ids=lambda v: str(v))
-def test_parameter_change_reruns_its_rule_and_what_follows(built, key, value, first_rule):
-    workdir, rules = built["workdir"], built["rules"]
-    if first_rule not in rules:
-        pytest.fail(f"{first_rule} is listed in PARAMETER_CHANGES but is not a rule of the workflow")
-    change: dict = value
-    for part in reversed(key):
-        change = {part: change}
-    (workdir / EXTRA).write_text(yaml.safe_dump(change))
+def schema_leaves(node: dict = SCHEMA, path: str = "") -> dict[str, dict]:
+    """Every leaf key of the schema (dotted path) with its sub-schema."""
+    if node.get("type") == "object" and "properties" in node:
+        out = {}
+        for key, sub in node["properties"].items():
+            out.update(schema_leaves(sub, f"{path}.{key}" if path else key))
+        return out
+    return {path: node}
+
+
+def get(config: dict, path: str):
+    for key in path.split("."):
+        config = config[key]
+    return config
+
+
+def nested(path: str, value) -> dict:
+    for key in reversed(path.split(".")):
+        value = {key: value}
+    return value
+
+
+def candidates(schema: dict, value) -> list:
+    """New values to try for a key, valid or not: the schema and the cross-key checks pick among them."""
+    types = schema.get("type")
+    types = types if isinstance(types, list) else [types]
+    if value is None:
+        return [v for t, v in (("number", 1.0), ("array", ["changed"])) if t in types]
+    if isinstance(value, bool):
+        out = [not value]
+    elif "enum" in schema:
+        out = [e for e in schema["enum"] if e != value]
+    elif isinstance(value, str):
+        out = [value + "_changed"]
+    elif isinstance(value, int):
+        out = [value + 1, value - 1, value * 2, value // 2]
+    elif isinstance(value, float):
+        out = [value * 0.5, value * 2, value + 1.0] if value else [0.5, 1.0]
+    else:
+        spare = [e for e in schema.get("items", {}).get("enum", []) if e not in value]
+        out = [value[::-1], value[:-1], value + spare[:1], value + value[-1:]]
+    return out + ([None] if "null" in types else [])
+
+
+def is_valid(config: dict) -> bool:
+    """The config (defaults already filled) passes the schema and the cross-key checks."""
+    if not VALIDATOR.is_valid(config):
+        return False
     try:
-        changed = planned(workdir, "--configfile", wfrun.TEST_CONFIG.as_posix(), EXTRA)
-    finally:
-        (workdir / EXTRA).unlink()
-    forced = planned(workdir, "--forcerun", first_rule) + list(ALWAYS)
-    ran = sorted(changed, key=repr)
-    assert {r for r, _ in ran} >= {first_rule}, f"changing {'.'.join(key)} reran {ran}, not {first_rule}"
-    assert not {r for r, _ in ran} & set(NEVER_FOR.get(first_rule, ())), f"{'.'.join(key)} reran {ran}"
-    assert ran == sorted(forced, key=repr), (
-        f"changing {'.'.join(key)} reran {ran}; {first_rule} and its dependents are {forced}"
+        check_cross_keys(Config.from_dict(config))
+    except ConfigError:
+        return False
+    return True
+
+
+def base_config(workdir: Path) -> dict:
+    config: dict = {}
+    for rel in ("config/config.yaml", wfrun.TEST_CONFIG):
+        update_config(config, yaml.safe_load((workdir / rel).read_text()) or {})
+    return validate_config(config)
+
+
+def batches(base: dict, readers: dict[str, frozenset]) -> list[tuple[frozenset, dict[str, object]]]:
+    """Keys with the same readers, each with a new value, grouped so that every group's config stays valid.
+
+    Two passes, so that a key valid only together with another (model.architecture berg needs create_encoder)
+    finds it already changed in its group.
+    """
+    out: list[tuple[frozenset, dict]] = []
+    placed: set[str] = set()
+    for _ in range(2):
+        for key, sub in schema_leaves().items():
+            if key in placed or key in NOT_PARAMETERS:
+                continue
+            group = readers[key]
+            for batch_readers, changes in out:
+                if batch_readers == group and _try(base, changes, key, sub):
+                    break
+            else:
+                changes = {}
+                if not _try(base, changes, key, sub):
+                    continue
+                out.append((group, changes))
+            placed.add(key)
+    return out
+
+
+def _try(base: dict, changes: dict, key: str, sub: dict) -> bool:
+    """Add key with its first new value that keeps base + changes valid; False when none does."""
+    for value in candidates(sub, get(base, key)):
+        config = copy.deepcopy(base)
+        for path, new in {**changes, key: value}.items():
+            update_config(config, nested(path, new))
+        if value != get(base, key) and is_valid(config):
+            changes[key] = value
+            return True
+    return False
+
+
+def test_each_config_key_reruns_exactly_its_readers_and_what_follows(built):
+    workdir, rules = built["workdir"], built["rules"]
+    leaves = schema_leaves()
+    readers = {key: frozenset(name for name, r in rules.items() if key in r["config_keys"]) for key in leaves}
+    forced: dict[frozenset, list] = {}
+    tried, failures = set(), []
+    for group, changes in batches(base_config(workdir), readers):
+        change: dict = {}
+        for path, value in changes.items():
+            update_config(change, nested(path, value))
+        (workdir / EXTRA).write_text(yaml.safe_dump(change))
+        try:
+            ran = sorted(planned(workdir, "--configfile", wfrun.TEST_CONFIG.as_posix(), EXTRA), key=repr)
+        finally:
+            (workdir / EXTRA).unlink()
+        if group not in forced:
+            forced[group] = sorted(planned(workdir, "--forcerun", *sorted(group)), key=repr)
+        if ran != forced[group]:
+            failures.append(
+                f"changing {sorted(changes)} reran {ran}; their readers {sorted(group)} give {forced[group]}"
+            )
+        tried |= set(changes)
+    assert not failures, "\n".join(failures)
+    untried = sorted(k for k in leaves if k not in tried and k.split(".")[0] in EVERY_KEY)
+    assert not untried, f"no valid new value found for {untried}"
+    sections = {k.split(".")[0] for k in leaves} - set(NOT_PARAMETERS)
+    assert sections == {k.split(".")[0] for k in tried}, (
+        f"sections never changed: {sections - {k.split('.')[0] for k in tried}}"
     )
-    # (the --forcerun comparison already rules out anything upstream, e.g. training for a calibration change)
-    assert not {r for r, _ in ran} & set(UPSTREAM), f"changing {'.'.join(key)} rebuilt the demo data: {ran}"
+
+
+def test_issue_cases_are_read_where_used(built):
+    """The rules that must (and must not) see a key, as the issue found them."""
+    rules = built["rules"]
+
+    def readers(key):
+        return {name for name, r in rules.items() if key in r["config_keys"]} - {"export_config"}
+
+    assert readers("calibration.border_px") == {"fit_error_distribution", "fit_threshold", "infer_slide"}
+    assert readers("demo.mpp") == {"fetch_demo_slide"}
+    assert not readers("calibration.k_std") & {"fit_error_distribution", "train_reconstruction", "tile_slide"}
+    assert readers("evaluation.dilations") == {"evaluate_slide"}
 
 
 def test_adding_a_test_slide_runs_only_its_branch(built):

@@ -33,7 +33,7 @@ import wfrun
 
 ROOT = wfrun.ROOT
 SCRIPTS = ROOT / "tests" / "slurm"
-PROFILE = ROOT / "slurm" / "profile.yaml"
+PROFILE = ROOT / "slurm" / "config.yaml"
 CLUSTER_DIR = Path(os.environ.get("PROGANOMALY_SLURM_DIR", "/tmp/proganomaly-slurm"))
 MODES = os.environ.get("PROGANOMALY_SLURM_MODES", "none,slurmdbd").split(",")
 # Stages each mode runs through Slurm: the whole chain once (without accounting, the fragile path), and with
@@ -46,7 +46,7 @@ FAST_POLL = ("--slurm-init-seconds-before-status-checks", "4", "--seconds-betwee
 
 # ---------------------------------------------------------------------------------------------------- helpers
 def slide_ids(workdir: Path) -> list[str]:
-    sheet = yaml.safe_load((workdir / "config" / "config.yaml").read_text())["slides"]
+    sheet = yaml.safe_load((workdir / "config" / "config.yaml").read_text()).get("slides", "config/slides.tsv")
     return list(pd.read_csv(workdir / sheet, sep="\t", dtype=str)["slide_id"])
 
 
@@ -349,7 +349,7 @@ def test_profile_names_only_existing_rules(parsed_rules):
     """Snakemake ignores set-resources for unknown rules silently, so a typo would drop a GPU request unnoticed."""
     rules = parsed_rules
     unknown = sorted(set(load_profile().get("set-resources", {})) - set(rules))
-    assert not unknown, f"slurm/profile.yaml sets resources for rules the workflow does not have: {unknown}"
+    assert not unknown, f"slurm/config.yaml sets resources for rules the workflow does not have: {unknown}"
 
 
 def test_gpu_rules_get_the_gpu_partition(parsed_rules):

@@ -1,6 +1,7 @@
 """Streaming moments, Gaussian fit, Mahalanobis distances and histograms against numpy/scipy references."""
 
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -8,17 +9,21 @@ import tensorflow as tf
 from scipy.spatial.distance import mahalanobis
 
 from fresh_python import run_fresh_python
-from proganomaly.calibration import errors as calibration
-from proganomaly.calibration import stats
+from proganomaly.calibration import errors, stats
+from proganomaly.scoring import make_scorer
 
 
 class StandIn(tf.Module):
-    """Tiny stand-in with the TrainedModel interface (tests only): one 3×3 conv + tanh, and a linear encoder."""
+    """Tiny stand-in with the TrainedModel interface (tests only): one 3×3 conv + tanh, and a linear encoder.
+
+    architecture="berg" stands in for a model with an extra served output (the latent norm).
+    """
 
     def __init__(self, size: int, architecture: str = "ganomaly", seed: int = 0):
         super().__init__()
         rng = np.random.default_rng(seed)
-        self.architecture, self.patch_size = architecture, size
+        self.architecture, self.patch_size_px = architecture, size
+        self.extra_outputs = ("latent_norm",) if architecture == "berg" else ()
         self.kernel = tf.Variable(rng.normal(0, 0.3, (3, 3, 3, 3)).astype(np.float32))
         self.bias = tf.Variable(rng.normal(0, 0.1, 3).astype(np.float32))
         self.latent = tf.Variable(rng.normal(0, 0.05, (size * size * 3, 8)).astype(np.float32))
@@ -28,6 +33,18 @@ class StandIn(tf.Module):
 
     def encode(self, x):
         return tf.matmul(tf.reshape(x, (tf.shape(x)[0], -1)), self.latent)
+
+    def served_extras(self, x):
+        if not self.extra_outputs:
+            return {}
+        return {"latent_norm": tf.norm(self.encode(x), axis=-1)}
+
+
+def rgb(model):
+    """The rgb_error scorer of a model (or of a bare reconstruct function)."""
+    if callable(model) and not hasattr(model, "reconstruct"):
+        model = types.SimpleNamespace(reconstruct=model)
+    return make_scorer("rgb_error", model)
 
 
 def random_patches(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -136,8 +153,8 @@ def test_border_pixels_are_left_out_of_the_statistics_and_d2():
     images = random_patches(9, 8)
     edges = stats.linear_edges(0, 2, 64)
     ds = tf.data.Dataset.from_tensor_slices(images).batch(4)
-    m, _ = calibration.fit_error_distribution(reconstruct, ds, edges, border_px=2)
-    e = calibration.reconstruction_error(reconstruct, tf.constant(images))[2].numpy()[:, 2:6, 2:6].reshape(-1, 3)
+    m, _ = errors.fit_error_distribution(rgb(reconstruct), ds, edges, border_px=2)
+    e = rgb(reconstruct)(tf.constant(images)).numpy()[:, 2:6, 2:6].reshape(-1, 3)
     assert m.n == 9 * 4 * 4
     np.testing.assert_allclose(stats.covariance(m), np.cov(e, rowvar=False), rtol=1e-10)
     gauss = stats.gaussian_fit(m)
@@ -150,8 +167,8 @@ def test_border_pixels_are_left_out_of_the_statistics_and_d2():
         labels[:, 0, :] = True  # a border row that must not count
         return labels, np.ones(len(xs), bool)
 
-    out = calibration.collect_d2(reconstruct, ds2, gauss, stats.log_edges(1e-3, 1e3, 10), labeller=labeller,
-                                 max_exact_pixels=10_000, border_px=2)  # fmt: skip
+    out = errors.collect_d2(rgb(reconstruct), ds2, gauss, stats.log_edges(1e-3, 1e3, 10), labeller=labeller,
+                            max_exact_pixels=10_000, border_px=2)  # fmt: skip
     assert out["moments"].n == 9 * 16 and out["n_labelled"] == 9 * 16
     assert out["labels"].sum() == 9
     d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])
@@ -167,8 +184,8 @@ def test_fit_error_distribution_streams_exactly(batch):
     images = random_patches(23, 8)
     edges = stats.linear_edges(0, 2, 64)
     ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
-    m, counts = calibration.fit_error_distribution(reconstruct, ds, edges)
-    e = calibration.reconstruction_error(reconstruct, tf.constant(images))[2].numpy().reshape(-1, 3)
+    m, counts = errors.fit_error_distribution(rgb(reconstruct), ds, edges)
+    e = rgb(reconstruct)(tf.constant(images)).numpy().reshape(-1, 3)
     assert m.n == 23 * 64
     np.testing.assert_allclose(stats.covariance(m), np.cov(e, rowvar=False), rtol=1e-10)
     np.testing.assert_allclose(m.mean, e.astype(np.float64).mean(axis=0), rtol=1e-10)
@@ -183,14 +200,16 @@ def test_moments_merge_across_replicas():
         import numpy as np, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from proganomaly.calibration import errors as calibration
-        from proganomaly.calibration import stats
+        import types
+        from proganomaly.calibration import errors, stats
+        from proganomaly.scoring import make_scorer
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (22, 4, 4, 3), dtype=np.uint8)
         f = lambda x: tf.tanh(x * 0.7 + 0.2)
         ds = tf.data.Dataset.from_tensor_slices(images).batch(6)
-        m, _ = calibration.fit_error_distribution(f, ds, stats.linear_edges(0, 2, 8), strategy=strategy)
+        scorer = make_scorer("rgb_error", types.SimpleNamespace(reconstruct=f))
+        m, _ = errors.fit_error_distribution(scorer, ds, stats.linear_edges(0, 2, 8), strategy=strategy)
         e = np.abs(images / 127.5 - 1 - np.tanh((images / 127.5 - 1) * 0.7 + 0.2)).reshape(-1, 3)
         assert m.n == e.shape[0], (m.n, e.shape)
         np.testing.assert_allclose(stats.covariance(m), np.cov(e, rowvar=False), rtol=1e-5)
@@ -206,8 +225,8 @@ def test_xla_compiled_error_step_agrees():
     edges = stats.linear_edges(0, 2, 32)
     model = StandIn(8)
     ds = tf.data.Dataset.from_tensor_slices(images).batch(4)
-    plain, c_plain = calibration.fit_error_distribution(model.reconstruct, ds, edges)
-    xla, c_xla = calibration.fit_error_distribution(model.reconstruct, ds, edges, jit_compile=True)
+    plain, c_plain = errors.fit_error_distribution(rgb(model), ds, edges)
+    xla, c_xla = errors.fit_error_distribution(rgb(model), ds, edges, jit_compile=True)
     assert xla.n == plain.n
     np.testing.assert_allclose(stats.covariance(xla), stats.covariance(plain), rtol=1e-5)
     assert np.abs(c_xla - c_plain).sum() <= 4  # a value on a bin edge may round to the other side

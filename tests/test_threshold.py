@@ -6,10 +6,9 @@ import shapely
 import tensorflow as tf
 from sklearn.metrics import fbeta_score
 
-from proganomaly.calibration import errors as calibration
-from proganomaly.calibration import stats, threshold
+from proganomaly.calibration import errors, stats, threshold
 from proganomaly.data.patch_labels import LabelError, extents_of, patch_labels, union_of
-from test_stats import StandIn, random_patches
+from test_stats import StandIn, random_patches, rgb
 
 
 def brute_force_f(d2, labels, t, beta):
@@ -110,20 +109,20 @@ def test_collect_d2_with_labels_matches_direct_computation():
     slides = np.array([b"a"] * 6 + [b"b"] * 4)  # b is not annotated: it counts for the unsupervised τ only
     xs, ys = np.arange(10) * 8, np.zeros(10, np.int64)
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "slide_id": slides, "x": xs, "y": ys}).batch(3)
-    errors = calibration.reconstruction_error(model.reconstruct, tf.constant(images))[2].numpy()
-    gauss = stats.gaussian_fit(stats.moments_of(errors.reshape(-1, 3)))
+    e = rgb(model)(tf.constant(images)).numpy()
+    gauss = stats.gaussian_fit(stats.moments_of(e.reshape(-1, 3)))
     geom = union_of([shapely.box(10, 2, 30, 6)])
     lookup = {(s.decode(), int(x), 0): (8, 8) for s, x in zip(slides, xs, strict=True)}
     edges = stats.log_edges(1e-3, 1e3, 10)
-    out = calibration.collect_d2(
-        model.reconstruct,
+    out = errors.collect_d2(
+        rgb(model),
         ds,
         gauss,
         edges,
         max_exact_pixels=10**6,
-        labeller=calibration.make_labeller(lookup, {"a": geom}, 8),
+        labeller=errors.make_labeller(lookup, {"a": geom}, 8),
     )
-    d2 = stats.mahalanobis_d2(errors, gauss["mean"], gauss["precision"])
+    d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])
     assert out["moments"].n == d2.size
     np.testing.assert_allclose(out["moments"].mean[0], d2.mean(), rtol=1e-4)
     labels = patch_labels(geom, xs[:6], ys[:6], [8] * 6, [8] * 6, 8)
@@ -132,14 +131,14 @@ def test_collect_d2_with_labels_matches_direct_computation():
     np.testing.assert_allclose(out["d2"], d2[:6].ravel(), rtol=1e-4, atol=1e-4)
     assert out["n_labelled"] == 6 * 64 and out["pos_counts"].sum() == labels.sum()
     assert out["counts"].sum() == 10 * 64
-    capped = calibration.collect_d2(
-        model.reconstruct,
+    capped = errors.collect_d2(
+        rgb(model),
         ds,
         gauss,
         edges,
         max_exact_pixels=100,
-        labeller=calibration.make_labeller(lookup, {"a": geom}, 8),
+        labeller=errors.make_labeller(lookup, {"a": geom}, 8),
     )
     assert "d2" not in capped and capped["pos_counts"].sum() == labels.sum()
-    xla = calibration.collect_d2(model.reconstruct, ds, gauss, edges, jit_compile=True)
+    xla = errors.collect_d2(rgb(model), ds, gauss, edges, jit_compile=True)
     np.testing.assert_allclose(xla["moments"].mean, out["moments"].mean, rtol=1e-5)

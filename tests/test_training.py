@@ -18,8 +18,9 @@ import tensorflow as tf
 from proganomaly.config import Config, validate_config
 from proganomaly.model import io as model_io
 from proganomaly.training.checkpoint import CheckpointStore
-from proganomaly.training.loop import NonFiniteLoss, RunSpec, Trainer, fingerprint
+from proganomaly.training.loop import NonFiniteLoss, Trainer
 from proganomaly.training.schedule import plan
+from proganomaly.training.spec import RunSpec, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -123,7 +124,7 @@ def test_short_run_learns_and_writes_every_output(tmp_path):
     ]  # fmt: skip
     # the saved generator reproduces the trained one in inference mode
     loaded = model_io.load_trained(tmp_path)
-    assert loaded.architecture == "ganomaly" and loaded.patch_size == 8
+    assert loaded.architecture == "ganomaly" and loaded.patch_size_px == 8
     x = tf.constant(HELDOUT, tf.float32) / 127.5 - 1
     np.testing.assert_allclose(loaded.reconstruct(x), trainer.nets.generate(x, 1, False)[1], atol=1e-6)
     assert loaded.encode(x).shape == (16, 16)
@@ -178,7 +179,8 @@ HELPER = textwrap.dedent(
     sys.path.insert(0, {tests!r})
     import tensorflow as tf
     import test_training as T
-    from proganomaly.training.loop import Trainer, enable_determinism
+    from proganomaly.training.loop import Trainer
+    from proganomaly.training.spec import enable_determinism
 
     enable_determinism(3)
 

@@ -31,8 +31,10 @@ import tensorflow as tf
 
 from proganomaly.config import Config, validate_config
 from proganomaly.detector import export
+from proganomaly.model.architectures import build_networks
 from proganomaly.model.io import TrainedModel
-from proganomaly.model.networks import build_networks, num_blocks
+from proganomaly.model.networks import num_blocks
+from proganomaly.scoring import make_scorer
 
 ANCHOR_FILTERS = [[64, 64], [64, 64], [64, 64], [32, 32], [16, 16]]
 
@@ -60,7 +62,7 @@ def original_d2(e, mean, precision):
 
 def original_like_module(gen, gauss: dict, tau: float):
     """The original's served outputs (float32 [-1, 1] input, no XLA), for a like-for-like baseline."""
-    s = gen.patch_size
+    s = gen.patch_size_px
     mod = tf.Module()
 
     @tf.function(input_signature=[tf.TensorSpec((None, s, s, 3), tf.float32, name="query_images")])
@@ -111,7 +113,7 @@ def bench_size(size: int, batches: list[int], min_calls: int, min_s: float, work
     tf.saved_model.save(orig, str(workdir / f"orig{size}"), signatures={"serving_default": orig.serve})
     variants["original-like"] = (tf.saved_model.load(str(workdir / f"orig{size}")), "query_images", np.float32)
     for name, jit in (("ours", False), ("ours+xla", True)):
-        export.save_detector(gen, gauss, 5.0, workdir / f"{name}{size}", jit_compile=jit)
+        export.save_detector(make_scorer("rgb_error", gen), gauss, 5.0, workdir / f"{name}{size}", jit_compile=jit)
         variants[name] = (tf.saved_model.load(str(workdir / f"{name}{size}")), "patches", np.uint8)
     rng = np.random.default_rng(0)
     rows = []

@@ -26,32 +26,26 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from proganomaly.config import load_config  # noqa: E402
 from proganomaly.data.slide import open_slide, read_patch  # noqa: E402
-from proganomaly.detector import inference  # noqa: E402
-from proganomaly.maps import stitching  # noqa: E402
+from proganomaly.detector.load import load_detector  # noqa: E402
+from proganomaly.maps import inference, stitching  # noqa: E402
+from proganomaly.scoring import make_scorer  # noqa: E402
 
 SLIDE = ROOT / "results/demo/demo_test.tif"
 EXPORT = ROOT / "results/export/saved_model"
 TILES = ROOT / "results/tiles/demo_test.patches.parquet"
 
 
-class _Anchor:
-    """The trained-model interface that export.save_detector needs, around randomly initialised networks."""
+def _anchor(config, divisor: int):
+    """The trained-model view that export.save_detector needs, around randomly initialised networks."""
+    import dataclasses
 
-    def __init__(self, config, divisor: int):
-        import dataclasses
+    from proganomaly.model.architectures import build_networks
+    from proganomaly.model.io import TrainedModel
 
-        from proganomaly.model.networks import build_networks
-
-        self.architecture = config.model.architecture
-        self.patch_size = config.tiling.patch_size_px
-        filters = [[max(1, f // divisor) for f in block] for block in config.model.filters]
-        model_cfg = dataclasses.replace(config.model, filters=filters)
-        nets = build_networks(model_cfg, self.patch_size, config.seed)
-        self.ge, self.decoder = nets.ge, nets.decoder
-        self._nets = nets
-
-    def reconstruct(self, x):
-        return self._nets.generate(x, self._nets.blocks - 1, False)[1]
+    size = config.tiling.patch_size_px
+    filters = [[max(1, f // divisor) for f in block] for block in config.model.filters]
+    model_cfg = dataclasses.replace(config.model, filters=filters)
+    return TrainedModel(build_networks(model_cfg, size, config.seed), size)
 
 
 def model_path(tmp: Path, config, divisor: int) -> tuple[Path, str]:
@@ -61,7 +55,7 @@ def model_path(tmp: Path, config, divisor: int) -> tuple[Path, str]:
 
     path = tmp / "saved_model"
     gaussian = {"mean": np.zeros(3), "precision": np.eye(3) * 10.0}
-    save_detector(_Anchor(config, divisor), gaussian, tau=5.0, path=path, jit_compile=False)
+    save_detector(make_scorer("rgb_error", _anchor(config, divisor)), gaussian, tau=5.0, path=path, jit_compile=False)
     return path, f"anchor {config.model.architecture} generator, random weights, filters / {divisor} (no real export)"
 
 
@@ -90,9 +84,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, open_slide(SLIDE) as slide:
         tmp = Path(tmp)
         path, which = model_path(tmp, config, args.width_divisor)
-        det = inference.load_detector(path)
-        table, source = patch_table(slide, det.patch_px)
-        det.call(np.zeros((args.batch_size, det.patch_px, det.patch_px, 3), np.uint8))  # trace once, untimed
+        det = load_detector(path)
+        table, source = patch_table(slide, det.patch_size_px)
+        det(np.zeros((args.batch_size, det.patch_size_px, det.patch_size_px, 3), np.uint8))  # trace once, untimed
         grid = stitching.MapGrid(*slide.dimensions, 1, slide.mpp)
         rows = []
         for prefetch in (0, 2):
@@ -109,7 +103,7 @@ def main() -> None:
             }
             rows.append((prefetch, med))
     print(f"slide: {SLIDE.relative_to(ROOT)} {slide.dimensions}, patches: {len(table)} from {source}")
-    print(f"model: {which}, patch {det.patch_px} px, batch {args.batch_size}; medians of {args.repeats} runs")
+    print(f"model: {which}, patch {det.patch_size_px} px, batch {args.batch_size}; medians of {args.repeats} runs")
     print(f"{'prefetch':>8} {'wall s':>8} {'patch/s':>8} {'read s':>8} {'wait s':>8} {'model s':>8} {'write s':>8}")
     for prefetch, m in rows:
         rate = len(table) / m["wall_s"]

@@ -24,7 +24,7 @@ CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 sys.path.insert(0, {scripts!r})
-from proganomaly.detector import inference
+from proganomaly.maps import inference
 from proganomaly.maps import stitching
 from proganomaly.maps import slidemaps
 

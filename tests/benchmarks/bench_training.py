@@ -43,9 +43,11 @@ def build(variant: str, res: int, batch: int = 16):
 
     from proganomaly.config import Config, validate_config
     from proganomaly.model import losses as LS
-    from proganomaly.model.networks import Phase, build_networks
+    from proganomaly.model.architectures import build_networks
+    from proganomaly.model.networks import Phase
+    from proganomaly.training.forward import PURPOSES, Forward, step_seeds
     from proganomaly.training.optim import Adam
-    from proganomaly.training.steps import Forward, make_train_step, step_seeds
+    from proganomaly.training.steps import make_train_step
 
     cfg = Config.from_dict(validate_config(json.loads(json.dumps(ANCHOR))))
     nets = build_networks(cfg.model, 64, seed=1)
@@ -64,7 +66,7 @@ def build(variant: str, res: int, batch: int = 16):
 
         return pair, step
     m = cfg.model
-    w = m.loss_weights
+    w = m.architecture_loss_weights
 
     def all_losses(images, i):
         x = tf.cast(images, tf.float32) / 127.5 - 1
@@ -75,11 +77,11 @@ def build(variant: str, res: int, batch: int = 16):
         def critic(img):
             return nets.critic(img, phase.block, phase.transition, 1.0)[0]
 
-        u = tf.random.stateless_uniform((batch,), seeds[4])
+        u = tf.random.stateless_uniform((batch,), seeds[PURPOSES["gp_mix"]])
         d = LS.critic_losses(critic, x, {"D_of_G_of_x": fake}, w.discriminator, u, global_batch=batch,
                              gp_coefficient=m.gradient_penalty_coefficient, gp_target=m.gradient_penalty_target,
                              epsilon_drift=m.epsilon_drift)  # fmt: skip
-        terms = LS.distance_terms(fwd, [("x_minus_G_of_x", "l2")], global_batch=batch, normalize=True)
+        terms = LS.distance_terms(fwd, [("x_minus_G_of_x", "l2")], nets.terms, global_batch=batch, normalize=True)
         g = LS.network_total(terms, {"D_of_G_of_x": d["D(G(x))"]}, w.generator, 0.0)
         return d["discriminator_total_loss"], g
 

@@ -1,4 +1,4 @@
-"""Print the workflow's rules as JSON, as Snakemake itself parsed them: name, conda env file, threads, resources.
+"""Print the workflow's rules as JSON, as Snakemake itself parsed them: name, conda env, threads, resources, config.
 
 Usage (from the repository root): ``python tests/slurm/workflow_rules.py [--configfile FILE]``
 
@@ -28,6 +28,23 @@ def _plain(resource) -> int | float | str | None:
     return value if isinstance(value, int | float | str) else None
 
 
+def config_keys(params, config: dict) -> list[str]:
+    """Dotted paths of the config values a rule passes as params (those named after a top-level config key)."""
+    keys: list[str] = []
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                walk(item, f"{path}.{key}")
+        else:
+            keys.append(path)
+
+    for name, value in params.items():
+        if name in config and not callable(value):
+            walk(value, name)
+    return sorted(keys)
+
+
 def workflow_rules(snakefile: Path, configfiles: list[Path]) -> list[dict]:
     settings = ConfigSettings(configfiles=[p.resolve() for p in configfiles])
     with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
@@ -54,6 +71,7 @@ def workflow_rules(snakefile: Path, configfiles: list[Path]) -> list[dict]:
                     "local": rule.name in workflow._localrules or rule.norun,
                     "runs_code": not rule.norun,  # has shell/script/run/notebook/wrapper
                     "directories": [str(f) for f in rule.output if is_flagged(f, "directory")],
+                    "config_keys": config_keys(rule.params, workflow.config),
                 }
             )
         return rules

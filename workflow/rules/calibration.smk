@@ -23,7 +23,9 @@ rule fit_error_distribution:
         runtime=120,
         gpu=1,
     params:
-        cfg=cfg(
+        **config_params(
+            "calibration.scorer",
+            "calibration.border_px",
             "calibration.batch_size",
             "calibration.error_histogram_bins",
             "calibration.jit_compile",
@@ -57,8 +59,19 @@ rule fit_threshold:
         runtime=120,
         gpu=1,
     params:
+        **config_params(
+            "calibration.scorer",
+            "calibration.border_px",
+            "calibration.batch_size",
+            "calibration.d2_bins_per_decade",
+            "calibration.threshold_method",
+            "calibration.k_std",
+            "calibration.f_beta",
+            "calibration.supervised_max_exact_pixels",
+            "calibration.annotation_classes",
+            "calibration.jit_compile",
+        ),
         annotated=annotated_slides("threshold"),
-        cfg=cfg("calibration"),
     script:
         "../../scripts/fit_threshold.py"
 
@@ -87,6 +100,6 @@ rule export_model:
         runtime=30,
         gpu=1,
     params:
-        cfg=cfg("export"),
+        **config_params("export"),
     script:
         "../../scripts/export_model.py"

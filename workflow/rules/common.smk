@@ -1,30 +1,36 @@
+import dataclasses
 import re
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir).parent / "scripts"))
+# This file's own location, not workflow.basedir (the main Snakefile's, which is the user's when this workflow is
+# used as a module).
+WORKFLOW_DIR = Path(workflow.current_basedir).parent
+sys.path.insert(0, str(WORKFLOW_DIR.parent / "scripts"))
 
-from proganomaly.config import Config, validate_config
+from proganomaly.config import (
+    Config,
+    ConfigError,
+    KdeConfig,
+    check_cross_keys,
+    validate_config,
+)
+from proganomaly.config import config_params as _config_params
 from proganomaly.data.sheet import read_slide_sheet, records_for_validation
 
-# One validation, at parse time, before any job: defaults come from the schema.
+# One validation, at parse time, before any job: defaults come from the schema, and the constraints between keys
+# are checked here and nowhere else.
 validate_config(config)
 CONFIG = Config.from_dict(config)
+try:
+    check_cross_keys(CONFIG)
+except ConfigError as exc:
+    raise WorkflowError(f"config: {exc}") from None
 SLIDES = read_slide_sheet(config["slides"])
 for _row in records_for_validation(SLIDES):
     validate(_row, schema="../schemas/slides.schema.yaml")
-
-# Fails at parse time unless the patch size is a power-of-two multiple of records.min_size_px.
-CONFIG.records.resolutions(CONFIG.tiling.patch_size_px)
-_interior = CONFIG.tiling.patch_size_px - 2 * CONFIG.calibration.border_px
-if _interior <= 0 or CONFIG.tiling.stride_px > _interior:
-    raise WorkflowError(
-        f"config: tiling.stride_px={CONFIG.tiling.stride_px} must be at most tiling.patch_size_px - 2 * "
-        f"calibration.border_px = {_interior}, or the maps get uncovered gaps along patch edges; lower the stride "
-        "or the border"
-    )
 
 
 wildcard_constraints:
@@ -61,28 +67,30 @@ def manifests(*splits):
     return expand("results/records/{slide}.manifest.json", slide=slides_in(*splits))
 
 
-def cfg(*paths):
-    """Config values at dotted paths, for `params:`: a rule reruns exactly when a value it uses changes."""
-    out = {}
-    for path in paths:
-        value = config
-        for key in path.split("."):
-            value = value[key]
-        out[path] = value
-    return out
+def config_params(*paths):
+    """The config at these dotted paths, as a rule's params (`params: **config_params(...)`): its script sees these
+    keys and no other, and a job reruns exactly when one of them changes."""
+    return _config_params(config, *paths)
 
 
-def inference_cfg():
-    """What infer_slide reads: the per-patch KDE runs inside inference only when that method is chosen."""
+# Read by the per-patch KDE, which runs inside infer_slide only when it is the chosen method.
+PATCH_KDE_KEYS = [
+    f"stitching.kde.{f.name}"
+    for f in dataclasses.fields(KdeConfig)
+    if f.name.startswith("patch_")
+]
+
+
+def infer_slide_params():
     paths = [
         "inference",
         "stitching.downsample",
         "stitching.kde.method",
         "calibration.border_px",
     ]
-    if config["stitching"]["kde"]["method"] == "patch":
-        paths.append("stitching.kde")
-    return cfg(*paths)
+    if CONFIG.stitching.kde.method == "patch":
+        paths += PATCH_KDE_KEYS
+    return config_params(*paths)
 
 
 def get_final_output():
@@ -118,9 +126,7 @@ def threshold_annotations():
 
 
 # Report stage (report.smk): figures are targets only when some rule makes their inputs.
-ENV_FILES = sorted(
-    str(p) for p in (Path(workflow.basedir).parent / "envs").glob("*.yaml")
-)
+ENV_FILES = sorted(str(p) for p in (WORKFLOW_DIR.parent / "envs").glob("*.yaml"))
 
 
 def report_slides():

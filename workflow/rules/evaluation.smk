@@ -30,7 +30,24 @@ rule evaluate_slide:
         mem_mb=8000,
         runtime=60,
     params:
-        cfg=cfg("evaluation"),
+        **config_params(
+            "seed",
+            "evaluation.thresholds",
+            "evaluation.dilations",
+            "evaluation.dilation_mode",
+            "evaluation.dilation_origin",
+            "evaluation.contour_tolerance_px",
+            "evaluation.beta",
+            "evaluation.annotation_classes",
+            "evaluation.annotation_mask_downsample",
+            "evaluation.operating_point",
+            "evaluation.operating_threshold",
+            "evaluation.operating_dilation",
+            "evaluation.class_name",
+            "evaluation.class_color",
+            "evaluation.max_pixels",
+            "evaluation.curve_points",
+        ),
     script:
         "../../scripts/evaluate_slide.py"
 
@@ -61,6 +78,9 @@ rule pool_metrics:
         mem_mb=4000,
         runtime=20,
     params:
-        cfg=cfg("evaluation"),
+        # pool_splits chooses the pooled slides (the inputs), so the pooled metrics follow it.
+        **config_params(
+            "evaluation.pool_splits", "evaluation.beta", "evaluation.curve_points"
+        ),
     script:
         "../../scripts/pool_metrics.py"

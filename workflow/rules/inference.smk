@@ -2,7 +2,7 @@
 # the stitched maps, KDE heat map and report overviews (stitch_maps, CPU). The canvases between the two are sums and
 # covered area at the map downsample, on disk; re-running stitch_maps (e.g. new KDE settings) needs no GPU.
 
-from proganomaly.maps.slidemaps import MAP_NAMES
+from proganomaly.maps.slidemaps import FLOAT_MAPS, MAP_NAMES, RENDITION_SUFFIX
 
 
 rule infer_slide:
@@ -27,8 +27,8 @@ rule infer_slide:
         runtime=240,
         gpu=1,
     params:
+        **infer_slide_params(),
         mpp=slide_mpp,
-        cfg=inference_cfg(),
     script:
         "../../scripts/infer_slide.py"
 
@@ -39,8 +39,15 @@ rule stitch_maps:
         canvas="results/slides/{slide}/canvas",
         qc="results/tiles/{slide}.qc.json",
         tissue="results/tiles/{slide}.tissue.png",
+        patches="results/slides/{slide}/patches.parquet",
     output:
         maps=expand("results/slides/{{slide}}/maps/{name}.tif", name=MAP_NAMES),
+        renditions=expand(
+            "results/slides/{{slide}}/maps/{name}{suffix}",
+            name=FLOAT_MAPS,
+            suffix=RENDITION_SUFFIX,
+        ),
+        tiles="results/slides/{slide}/tiles.geojson",
         overviews=[
             report(
                 f"results/slides/{{slide}}/overview/{name}.png",
@@ -63,7 +70,17 @@ rule stitch_maps:
         mem_mb=3000,
         runtime=120,
     params:
-        cfg=cfg("stitching"),
+        **config_params(
+            "stitching.tile_px",
+            "stitching.rgb_compression",
+            "stitching.overview_max_px",
+            "stitching.work_tile_px",
+            "stitching.kde.method",
+            "stitching.kde.bandwidth_um",
+            "stitching.kde.truncate",
+            "stitching.kde.min_object_um2",
+            "stitching.kde.ceiling",
+        ),
     script:
         "../../scripts/stitch_maps.py"
 

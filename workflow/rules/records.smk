@@ -17,6 +17,6 @@ rule write_records:
         mem_mb=2000,
         runtime=120,
     params:
-        cfg=cfg("tiling.patch_size_px", "records"),
+        **config_params("tiling.patch_size_px", "records"),
     script:
         "../../scripts/write_records.py"

@@ -30,7 +30,7 @@ rule export_config:
         mem_mb=500,
         runtime=5,
     params:
-        cfg=config,
+        **config_params(*config),
     script:
         "../../scripts/export_config.py"
 
@@ -130,7 +130,7 @@ rule plot_training:
         mem_mb=2000,
         runtime=10,
     params:
-        cfg=cfg("report.loss_smoothing"),
+        **config_params("report.loss_smoothing"),
     script:
         "../../scripts/plot_training.py"
 
@@ -209,7 +209,7 @@ rule plot_slide:
         mem_mb=3000,
         runtime=10,
     params:
-        cfg=cfg("report.map_max_px"),
+        **config_params("report.map_max_px"),
     script:
         "../../scripts/plot_slide.py"
 

@@ -26,7 +26,7 @@ rule tile_slide:
         mem_mb=2000,
         runtime=30,
     params:
+        **config_params("tiling"),
         mpp=slide_mpp,
-        cfg=cfg("tiling"),
     script:
         "../../scripts/tile_slide.py"

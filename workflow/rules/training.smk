@@ -43,8 +43,6 @@ rule train_reconstruction:
         mem_mb=16000,
         runtime=2880,
     params:
-        model=lookup(dpath="model", within=config),
-        training=lookup(dpath="training", within=config),
-        seed=config["seed"],
+        **config_params("model", "training", "seed", "tiling.patch_size_px"),
     script:
         "../../scripts/train_reconstruction.py"

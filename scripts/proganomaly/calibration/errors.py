@@ -1,42 +1,19 @@
-"""Run the trained generator over patches: fit the error Gaussian (calibrate slides) and collect d² (threshold slides).
+"""Run a scorer over patches: fit the Gaussian of its per-pixel features (calibrate slides) and collect d² (threshold
+slides).
 
-The per-pixel quantities are computed by the same functions the SavedModel serves (`reconstruction_error`,
+The per-pixel quantities are computed by the same functions the SavedModel serves (the scorer's `features`,
 `stats.tf_mahalanobis_d2`), so τ fitted here flags what the exported model flags (bit for bit when both are
 compiled alike; XLA may round float32 differently, which moves only pixels within rounding of τ).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 
 from proganomaly.calibration import stats
 
-# Errors |x − G(x)| of images in [-1, 1] lie in [0, 2] unless the linear output overshoots; overshoots land in the
-# open last bin. d² spans many decades, hence log bins.
-ERROR_RANGE = (0.0, 2.0)
+# d² spans many decades, hence log bins.
 D2_RANGE = (1e-4, 1e8)
-
-
-def to_unit(images):
-    """uint8 [0, 255] → float32 [-1, 1] (x/127.5 − 1, as the original).
-
-    Written as a product with the reciprocal because graph optimisation rewrites a division by a constant that way:
-    eager and compiled code then give bit-identical inputs.
-    """
-    import tensorflow as tf
-
-    return tf.cast(images, tf.float32) * np.float32(1 / 127.5) - 1.0
-
-
-def reconstruction_error(reconstruct: Callable, images):
-    """(x, x̂, e = |x − x̂|) for a uint8 NHWC batch; x̂ is the model's raw (unclipped) inference-mode output."""
-    import tensorflow as tf
-
-    x = to_unit(images)
-    xhat = tf.cast(reconstruct(x), tf.float32)
-    return x, xhat, tf.abs(x - xhat)
 
 
 def interior(a, border_px: int):
@@ -55,22 +32,21 @@ def _replica_results(step, batch, strategy) -> list[tuple]:
     return [tuple(np.asarray(t[r]) for t in local) for r in range(len(local[0]))]
 
 
-def error_step(reconstruct: Callable, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
+def error_step(scorer, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
     import tensorflow as tf
 
     @tf.function(jit_compile=jit_compile)
     def step(images):
-        _, _, e = reconstruction_error(reconstruct, images)
-        e = interior(e, border_px)
+        e = interior(scorer(images), border_px)
         n, mean, m2 = stats.tf_batch_moments(e)
-        counts = tf.stack([stats.tf_bin_counts(e[..., c], edges) for c in range(3)])
+        counts = tf.stack([stats.tf_bin_counts(e[..., c], edges) for c in range(len(scorer.channels))])
         return n, mean, m2, counts
 
     return step
 
 
 def fit_error_distribution(
-    reconstruct: Callable,
+    scorer,
     dataset,
     edges: np.ndarray,
     *,
@@ -79,14 +55,17 @@ def fit_error_distribution(
     jit_compile: bool = False,
     border_px: int = 0,
 ) -> tuple[stats.Moments, np.ndarray]:
-    """Moments of the per-pixel RGB error over every pixel of every patch, and per-channel histogram counts.
+    """Moments of the scorer's per-pixel features over every pixel of every patch, and per-channel histogram counts.
 
-    With a tf.distribute strategy each replica's (n, mean, M2) is merged on the host, so no replica's shard is lost.
+    A scorer with its own state is fitted on the same patches first. With a tf.distribute strategy each replica's
+    (n, mean, M2) is merged on the host, so no replica's shard is lost.
     """
-    step = error_step(reconstruct, edges, jit_compile, border_px)
+    if scorer.needs_fit:
+        scorer.fit(dataset.as_numpy_iterator())
+    step = error_step(scorer, edges, jit_compile, border_px)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
-    parts, counts = [], np.zeros((3, len(edges) + 1), np.int64)
+    parts, counts = [], np.zeros((len(scorer.channels), len(edges) + 1), np.int64)
     for batch in dataset:
         for n, mean, m2, c in _replica_results(step, batch, strategy):
             if int(n):
@@ -99,13 +78,12 @@ def fit_error_distribution(
     return stats.merge_all(parts), counts
 
 
-def d2_step(reconstruct: Callable, gaussian: dict, jit_compile: bool = False, border_px: int = 0):
+def d2_step(scorer, gaussian: dict, jit_compile: bool = False, border_px: int = 0):
     import tensorflow as tf
 
     @tf.function(jit_compile=jit_compile)
     def core(images):
-        _, _, e = reconstruction_error(reconstruct, images)
-        e = interior(e, border_px)
+        e = interior(scorer(images), border_px)
         d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"])
         return (d2, *stats.tf_batch_moments(d2[..., None]))
 
@@ -117,7 +95,7 @@ def d2_step(reconstruct: Callable, gaussian: dict, jit_compile: bool = False, bo
 
 
 def collect_d2(
-    reconstruct: Callable,
+    scorer,
     dataset,
     gaussian: dict,
     edges: np.ndarray,
@@ -136,7 +114,7 @@ def collect_d2(
     labelled pixels and, while they number at most `max_exact_pixels`, the labelled d² values themselves (for the
     exact F-β optimum).
     """
-    step = d2_step(reconstruct, gaussian, jit_compile, border_px)
+    step = d2_step(scorer, gaussian, jit_compile, border_px)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
     n_bins = len(edges) + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,14 +36,18 @@ def atomic_path(path: str | Path, suffix: str = ".partial") -> Iterator[Path]:
     tmp.replace(path)
 
 
-def write_bytes(path: str | Path, data: bytes) -> None:
+def write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) -> None:
+    """Write `data` atomically; with fsync the bytes are on disk before the rename (survives a power cut too)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
 
 
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+def write_text(path: str | Path, text: str, *, fsync: bool = False) -> None:
+    write_bytes(path, text.encode(), fsync=fsync)
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -16,6 +16,19 @@ def to_unit(images):
     return tf.cast(images, tf.float32) * SCALE - 1.0
 
 
+def to_unit_by_division(images):
+    """uint8 → float32 [-1, 1] as training has always computed it: a true division by 127.5.
+
+    Differs from `to_unit` in the last bit for 111 of the 256 values; training keeps it so that trained weights stay
+    bit-identical, while calibration and serving use `to_unit` (which compiled graphs reproduce exactly).
+    """
+    if isinstance(images, np.ndarray):
+        return images.astype(np.float32) / 127.5 - 1.0
+    import tensorflow as tf
+
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
 def to_uint8_float(x):
     """[-1, 1] → [0, 255] float32, clipped, not rounded (for averaging before the final rounding)."""
     if isinstance(x, np.ndarray):

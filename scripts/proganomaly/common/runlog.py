@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import subprocess
@@ -10,6 +9,8 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+
+from proganomaly.common.io import write_json  # noqa: F401  (the rule scripts import it from here)
 
 log = logging.getLogger("proganomaly")
 
@@ -98,24 +99,3 @@ def provenance(config: dict | None = None, **extra) -> dict:
         record["config"] = config
     record.update(extra)
     return record
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    """Write JSON atomically, so an interrupted job never leaves a half-written result behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
-    tmp.replace(path)
-
-
-def _jsonable(obj):
-    import numpy as np
-
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

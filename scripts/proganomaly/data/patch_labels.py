@@ -13,6 +13,8 @@ import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
+from proganomaly.common.raster import rasterize
+
 
 class LabelError(ValueError):
     """Patches cannot be matched to their level-0 extent."""
@@ -25,13 +27,6 @@ def union_of(geoms: list[BaseGeometry]) -> BaseGeometry:
     return geom
 
 
-def pixel_centres(x: float, y: float, w: float, h: float, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Level-0 (X, Y) of the pixel centres of one patch, each (size, size)."""
-    cols = x + (np.arange(size) + 0.5) * (w / size)
-    rows = y + (np.arange(size) + 0.5) * (h / size)
-    return np.meshgrid(cols, rows)
-
-
 def patch_labels(geom: BaseGeometry, x, y, w, h, size: int) -> np.ndarray:
     """Boolean (N, size, size) labels of N patches given their top-left corners and level-0 extents."""
     x, y, w, h = (np.atleast_1d(np.asarray(v, np.float64)) for v in (x, y, w, h))
@@ -40,8 +35,7 @@ def patch_labels(geom: BaseGeometry, x, y, w, h, size: int) -> np.ndarray:
         return out
     boxes = shapely.box(x, y, x + w, y + h)
     for i in np.flatnonzero(shapely.intersects(geom, boxes)):
-        xs, ys = pixel_centres(x[i], y[i], w[i], h[i], size)
-        out[i] = shapely.contains_xy(geom, xs, ys)
+        out[i] = rasterize(geom, (size, size), (w[i] / size, h[i] / size), (x[i], y[i]))
     return out
 
 

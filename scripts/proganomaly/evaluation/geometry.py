@@ -1,4 +1,4 @@
-"""Masks to exact polygons, dilation, clipping to tissue, and rasterisation back to a grid.
+"""Masks to exact polygons, dilation, clipping to tissue, and boxes to a grid (polygons: `common.raster`).
 
 Coordinates: shapely x is the column, y the row. A mask pixel (r, c) is the unit square [c, c+1) × [r, r+1) in
 "pixel-edge" coordinates; multiply by the map's downsample to get level-0 px. Polygons made from masks follow the
@@ -248,47 +248,6 @@ def boxes_region(x, y, width, height) -> BaseGeometry:
         lambda xy: np.column_stack([xs[xy[:, 0].astype(np.int64)], ys[xy[:, 1].astype(np.int64)]]),
     )
     return shapely.union_all(out)
-
-
-def rasterize(geom: BaseGeometry, shape: tuple[int, int], downsample: float = 1.0) -> np.ndarray:
-    """Boolean mask on a map grid: pixel (r, c) is set when its centre ((c+½)·ds, (r+½)·ds) lies in `geom`.
-
-    An exact scanline fill (even-odd within each polygon, so holes are holes; OR across polygons, so overlapping
-    annotations do not cancel), vectorised over all edge crossings of a polygon.
-    """
-    h, w = shape
-    span_rows, span_c0, span_c1 = [], [], []
-    for poly in shapely.get_parts(geom):
-        if poly.geom_type != "Polygon" or poly.is_empty:
-            continue
-        rings = [np.asarray(poly.exterior.coords), *(np.asarray(r.coords) for r in poly.interiors)]
-        a = np.vstack([r[:-1] for r in rings])[:, :2] / downsample
-        b = np.vstack([r[1:] for r in rings])[:, :2] / downsample
-        lo, hi = np.minimum(a[:, 1], b[:, 1]), np.maximum(a[:, 1], b[:, 1])
-        # Rows whose centre line y = r + ½ crosses the edge, half-open [lo, hi) so a vertex counts once.
-        r0 = np.clip(np.ceil(lo - 0.5), 0, h).astype(np.int64)
-        r1 = np.clip(np.ceil(hi - 0.5), 0, h).astype(np.int64)
-        count = r1 - r0
-        total = int(count.sum())
-        if total == 0:
-            continue
-        edge = np.repeat(np.arange(len(a)), count)
-        rows = r0[edge] + (np.arange(total) - np.repeat(np.cumsum(count) - count, count))
-        t = (rows + 0.5 - a[edge, 1]) / (b[edge, 1] - a[edge, 1])
-        xs = a[edge, 0] + t * (b[edge, 0] - a[edge, 0])
-        order = np.lexsort((xs, rows))
-        rows, xs = rows[order], xs[order]
-        # Even-odd pairs of crossings are the spans; pixel c is inside [x_in, x_out) when x_in <= c + ½ < x_out.
-        span_rows.append(rows[0::2])
-        span_c0.append(np.clip(np.ceil(xs[0::2] - 0.5), 0, w).astype(np.int64))
-        span_c1.append(np.clip(np.ceil(xs[1::2] - 0.5), 0, w).astype(np.int64))
-    diff = np.zeros((h, w + 1), dtype=np.int32)
-    if span_rows:
-        # Spans of one polygon are disjoint, so a cover count > 0 is the union over polygons.
-        rows = np.concatenate(span_rows)
-        np.add.at(diff, (rows, np.concatenate(span_c0)), 1)
-        np.add.at(diff, (rows, np.concatenate(span_c1)), -1)
-    return diff.cumsum(axis=1, dtype=np.int32)[:, :w] > 0
 
 
 def boxes_mask(x, y, width, height, shape: tuple[int, int], downsample: float) -> np.ndarray:

@@ -15,6 +15,7 @@ import tifffile
 from PIL import Image
 from shapely.geometry.base import BaseGeometry
 
+from proganomaly.common.io import atomic_path
 from proganomaly.data.geojson import read_polygons
 from proganomaly.evaluation import geometry
 
@@ -106,11 +107,9 @@ def slide_width(qc: dict) -> float | None:
 
 def write_tables(df: pd.DataFrame, parquet: str | Path, csv: str | Path) -> None:
     """The same table as Parquet and CSV, each written atomically."""
-    for path, writer in ((Path(parquet), df.to_parquet), (Path(csv), df.to_csv)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        writer(tmp, index=False)
-        tmp.replace(path)
+    for path, writer in ((parquet, df.to_parquet), (csv, df.to_csv)):
+        with atomic_path(path) as tmp:
+            writer(tmp, index=False)
 
 
 def read_annotation(

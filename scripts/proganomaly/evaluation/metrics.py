@@ -1,4 +1,6 @@
-"""Metrics from confusion areas, best grid cells, pooling over slides, and pixel-level AUROC / AP.
+"""Metrics from confusion areas, best grid cells, pooling over slides, and pixel-level AUROC / AP: the one metrics
+layer (the report only selects and plots what is computed here). A new metric is one entry in `confusion_metrics`
+(and METRICS, to report it at the best cells).
 
 Every ratio whose denominator is zero is NaN (never a crash, never a silent 0): e.g. precision with no prediction,
 recall on a slide whose annotation lies outside the tissue.
@@ -89,6 +91,23 @@ def pool_grids(grids: list[pd.DataFrame], beta: float = 1.0) -> pd.DataFrame:
         pooled[name] = values
     pooled["beta"] = beta
     return pooled
+
+
+def cell_metrics(grid: pd.DataFrame, beta: float = 1.0) -> pd.DataFrame:
+    """The grid with its cells' metrics (and false-positive rate) recomputed from its confusion areas.
+
+    Areas in µm² are used when the grid has them (pooled grids, whose px² sums mix resolutions), else px².
+    """
+    missing = [c for c in ("threshold", "dilation", *AREAS) if c not in grid.columns]
+    if missing:
+        raise ValueError(f"grid table lacks column(s) {missing}; is it an evaluation grid.parquet?")
+    um2 = [f"{a}_um2" for a in AREAS]
+    tp, fp, fn, tn = (grid[c].to_numpy(np.float64) for c in (um2 if set(um2) <= set(grid.columns) else AREAS))
+    out = grid.copy()
+    for name, values in confusion_metrics(tp, fp, fn, tn, beta=beta).items():
+        out[name] = values
+    out["fpr"] = _ratio(fp, fp + tn)
+    return out
 
 
 def sample_pixels(n: int, max_pixels: int, seed: int, slide: str) -> np.ndarray:

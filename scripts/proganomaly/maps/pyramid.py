@@ -1,11 +1,19 @@
-"""Memory-bounded writer of tiled pyramidal TIFFs (level 0 plus 2× reduced levels as SubIFDs).
+"""Memory-bounded writer of tiled OME-TIFF pyramids (level 0 plus 2× reduced levels as SubIFDs).
 
 The image is read one tile at a time (a numpy array, a memmap or any array-like with ``.shape``, ``.dtype`` and
 slicing), so peak memory depends on the tile size, not on the image size. Each reduced level is the 2× area
 downscale of the previous one; it is built tile by tile while the previous level is written and kept in a
 temporary block file next to the output until its own turn comes. The block file is written and read with
-pwrite/pread rather than mapped, so a reduced level never counts towards the process's resident memory. QuPath, OpenSlide (generic tiled TIFF) and tifffile
-(``TiffFile.series[0].levels``) all read the result as one pyramid.
+pwrite/pread rather than mapped, so a reduced level never counts towards the process's resident memory.
+
+The file carries OME-XML (tifffile's OME writer): physical pixel size in µm, one channel name, and the reduced levels
+as SubIFDs, which is the OME-TIFF pyramid layout. Who reads which levels:
+
+- QuPath (Bio-Formats' OME-TIFF reader), tifffile (``TiffFile.series[0].levels``) and tiffslide: every level.
+- OpenSlide (and QuPath's OpenSlide reader) sees only level 0 of a SubIFD pyramid, and refuses float samples.
+
+Floats are stored without a TIFF predictor (Bio-Formats does not undo predictor 3); integers use predictor 2, which
+Bio-Formats, OpenSlide and libtiff all undo. Every level also keeps TIFF resolution tags (px/cm).
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ def level_shapes(height: int, width: int, tile: int = 256, levels: int | None = 
 def downscale2(block: np.ndarray) -> np.ndarray:
     """2× area downscale of an (h, w, c) block; an odd last row/column averages only the pixels that exist.
 
-    uint8 rounds half up with integer arithmetic (exact, platform independent). Floats average the non-NaN pixels of
+    uint8 and uint16 round half up with integer arithmetic (exact, platform independent). Floats average the non-NaN pixels of
     each 2×2 cell (NaN only where all four are NaN), so maps that mark "no data" with NaN keep their edges.
     """
     h, w = block.shape[:2]
@@ -60,11 +68,11 @@ def downscale2(block: np.ndarray) -> np.ndarray:
         block = np.pad(block, pad, mode="edge")
     # Four strided quarter-views added explicitly: several times faster than a reduce over a reshaped view.
     quads = (block[0::2, 0::2], block[1::2, 0::2], block[0::2, 1::2], block[1::2, 1::2])
-    if block.dtype == np.uint8:
-        total = quads[0].astype(np.uint16)
+    if block.dtype in (np.uint8, np.uint16):
+        total = quads[0].astype(np.uint32)
         for q in quads[1:]:
             total += q
-        return ((total + 2) >> 2).astype(np.uint8)
+        return ((total + 2) >> 2).astype(block.dtype)
     if np.issubdtype(block.dtype, np.floating):
         total = np.zeros(quads[0].shape, np.float64)
         count = np.zeros(quads[0].shape, np.uint8)
@@ -88,18 +96,21 @@ def write_pyramid(
     subsampling: tuple[int, int] = (2, 2),
     levels: int | None = None,
     description: str | None = None,
+    channel_name: str | None = None,
     maxworkers: int = 1,
     tmpdir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> list[tuple[int, int]]:
-    """Write `image` as a tiled pyramidal TIFF at `path` (atomically) and return the (height, width) of each level.
+    """Write `image` as a tiled OME-TIFF pyramid at `path` (atomically) and return the (height, width) of each level.
 
-    image: (H, W) or (H, W, C) array-like; uint8 with C in {1, 3} (RGB when C == 3), or float32 with C == 1.
-    mpp: µm per level-0 pixel; stored as px/cm (1e4/mpp, ResolutionUnit CENTIMETER), scaled for each level.
+    image: (H, W) or (H, W, C) array-like; uint8 with C in {1, 3} (RGB when C == 3), or uint16 / float32 with C == 1.
+    mpp: µm per level-0 pixel; stored as OME PhysicalSizeX/Y (µm) and as px/cm (1e4/mpp, ResolutionUnit CENTIMETER)
+    scaled for each level.
     compression: "jpeg" (uint8 only; `quality` 1–100; RGB is stored as YCbCr with chroma `subsampling`, (2, 2) =
     4:2:0 as scanners write, (1, 1) = 4:4:4 for colour fidelity) or lossless "deflate" / "zstd" (with the TIFF
-    predictor) / "none".
+    predictor 2 for integers, none for floats) / "none".
     levels: total number of levels including level 0; None halves until the image fits in one tile.
+    description, channel_name: the OME Image Description and the Channel Name (e.g. the map's name).
     tmpdir: where the temporary block files of the reduced levels go (default: next to `path`); they need about a third
     of the uncompressed level-0 size.
     progress: called with the number of tiles written, tile by tile (e.g. ``runlog.Progress.update``).
@@ -113,7 +124,6 @@ def write_pyramid(
         "tile": (tile, tile),
         "photometric": "rgb" if channels == 3 else "minisblack",
         "resolutionunit": "CENTIMETER",
-        "metadata": None,
         "maxworkers": maxworkers,
         "buffersize": max(1, maxworkers) * _TILES_PER_WORKER * tile * tile * channels * dtype.itemsize,
     }
@@ -122,14 +132,26 @@ def write_pyramid(
         if channels == 3:
             options["subsampling"] = tuple(subsampling)
     elif compression != "none":
-        options.update(compression=compression, predictor=True)
+        # Horizontal differencing (2) for integers; none for floats, whose predictor (3) Bio-Formats does not undo.
+        predictor = 2 if np.issubdtype(dtype, np.integer) else None
+        options.update(compression=compression, predictor=predictor)
+    ome = {
+        "axes": "YXS" if channels == 3 else "YX",
+        "Name": channel_name or path.name.split(".")[0],
+        "PhysicalSizeX": float(mpp),
+        "PhysicalSizeXUnit": "µm",
+        "PhysicalSizeY": float(mpp),
+        "PhysicalSizeYUnit": "µm",
+        **({"Description": description} if description else {}),
+        **({"Channel": {"Name": [channel_name]}} if channel_name else {}),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     stores: list[_BlockStore] = []
     try:
         with (
             tempfile.TemporaryDirectory(dir=tmpdir or path.parent, prefix=".pyramid-") as tmp,
-            tifffile.TiffWriter(partial, bigtiff=raw_bytes > 2**31 - 2**26) as tif,
+            tifffile.TiffWriter(partial, bigtiff=raw_bytes > 2**31 - 2**26, ome=True) as tif,
         ):
             source = image
             for level, (h, w) in enumerate(shapes):
@@ -146,7 +168,7 @@ def write_pyramid(
                     resolution=(px_per_cm, px_per_cm),
                     subifds=len(shapes) - 1 if level == 0 else None,
                     subfiletype=1 if level else None,
-                    description=description if level == 0 else None,
+                    metadata=ome if level == 0 else None,
                     **options,
                 )
                 source = nxt
@@ -229,10 +251,10 @@ def _check_image(image, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
     channels = shape[2] if len(shape) == 3 else 1
     if dtype == np.uint8 and channels in (1, 3):
         return shape, dtype, channels
-    if dtype == np.float32 and channels == 1:
+    if dtype in (np.float32, np.uint16) and channels == 1:
         return shape, dtype, channels
     raise PyramidError(
-        f"{path}: unsupported image {shape} {dtype}; write uint8 RGB (H, W, 3), uint8 or float32 single-channel "
+        f"{path}: unsupported image {shape} {dtype}; write uint8 RGB (H, W, 3), or uint8, uint16 or float32 single-channel "
         "(convert other types first, e.g. float64 maps with .astype(np.float32))"
     )
 

@@ -1,4 +1,6 @@
-"""Turn a slide's inference canvases into its maps: pyramidal TIFFs, PNG overviews and the KDE heat map.
+"""Turn a slide's inference canvases into its maps: OME-TIFF pyramids, PNG overviews and the KDE heat map.
+
+Float maps also get a uint16 rendition (``{name}.u16.tif``) for viewers that do not read float samples.
 
 Every step goes through band- or tile-sized pieces of on-disk arrays, so memory stays flat whatever the slide size.
 """
@@ -14,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from . import kde as kdelib
-from . import stitching
+from . import rendition, stitching
 from .colormap import apply_turbo
 
 log = logging.getLogger("proganomaly.maps.slidemaps")
@@ -33,6 +35,9 @@ MAP_NAMES = (
     "kde",
     "kde_color",
 )
+# Float maps whose values are fractions in [0, 1]; their uint16 renditions share one fixed scale.
+FRACTION_MAPS = ("flags", "kde")
+RENDITION_SUFFIX = ".u16.tif"
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ def write_slide_maps(
     work_tile_px: int = 1024,
     progress=None,
 ) -> dict:
-    """Write `maps_dir/{name}.tif` and `overview_dir/{name}.png` for every map; return the maps.json content."""
+    """Write `maps_dir/{name}.tif` and `overview_dir/{name}.png` for every map, and `maps_dir/{name}.u16.tif` for
+    every float map; return the maps.json content."""
     from .pyramid import write_pyramid
 
     canvas, meta = stitching.open_canvas(canvas_dir)
@@ -106,15 +112,25 @@ def write_slide_maps(
     arrays["kde_color"] = _colour(arrays["kde"], work / "kde_color.npy")
 
     display: dict[str, list[float]] = {}
+    renditions: dict[str, dict] = {}
     for name in MAP_NAMES:
         arr = arrays[name]
         compression = rgb_compression if name in RGB_MAPS or name in MASK_MAPS else "deflate"
         if compression == "jpeg" and name in MASK_MAPS:
             compression = "deflate"  # masks must stay exactly 0/255
+        description = f"proganomaly {name} map, downsample {grid.downsample} of level 0"
         write_pyramid(
             maps_dir / f"{name}.tif", arr, grid.map_mpp, tile=tile_px, compression=compression,
-            description=f"proganomaly {name} map, downsample {grid.downsample} of level 0", progress=progress,
+            description=description, channel_name=name, progress=progress,
         )  # fmt: skip
+        if name in FLOAT_MAPS:
+            scale = rendition.slide_scale(arr, name in FRACTION_MAPS, work_tile_px)
+            renditions[name] = {"file": f"{name}{RENDITION_SUFFIX}", "value_per_count": scale}
+            write_pyramid(
+                maps_dir / f"{name}{RENDITION_SUFFIX}", rendition.Quantised(arr, scale), grid.map_mpp, tile=tile_px,
+                compression="deflate", description=f"{description}; uint16 rendition: value = count x {scale!r}",
+                channel_name=name,
+            )  # fmt: skip
         small = stitching.overview(arr, overview_max_px)
         png, display[name] = _overview_png(name, small)
         Image.fromarray(png).save(overview_dir / f"{name}.png")
@@ -128,6 +144,7 @@ def write_slide_maps(
         "mpp": grid.map_mpp,
         "level0_mpp": grid.mpp,
         "maps": {name: f"{name}.tif" for name in MAP_NAMES},
+        "renditions": renditions,
         "pixel_convention": "map pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)",
         "kde": {
             "method": kde.method,

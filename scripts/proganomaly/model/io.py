@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from proganomaly.common.io import atomic_path
 from proganomaly.config import ModelConfig, _build
-from proganomaly.model.networks import Networks, build_networks
+from proganomaly.model.architectures import Architecture, build_networks
 
 FORMAT = "proganomaly-generator-v1"
 WEIGHTS = "generator.weights.h5"
@@ -26,31 +27,25 @@ def named_variables(module: tf.Module, prefix: str) -> dict[str, tf.Variable]:
     return out
 
 
-def inference_variables(nets: Networks) -> dict[str, tf.Variable]:
-    """The variables inference needs: the decoder, Ge (GANomaly) and E when built; not the critic."""
-    out = named_variables(nets.decoder, "decoder")
-    if nets.ge is not None:
-        out.update(named_variables(nets.ge, "ge"))
-    if nets.encoder is not None:
-        out.update(named_variables(nets.encoder, "encoder"))
+def inference_variables(nets: Architecture) -> dict[str, tf.Variable]:
+    """The variables inference needs (the architecture's inference modules; not the critic)."""
+    out = {}
+    for name, module in nets.inference_modules().items():
+        out.update(named_variables(module, name))
     return out
 
 
-def save_weights(nets: Networks, path: str | Path) -> None:
+def save_weights(nets: Architecture, path: str | Path) -> None:
     """Write the inference variables to an HDF5 file (atomically: temp file, then rename)."""
     import h5py
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as fh:
+    with atomic_path(path, ".tmp") as tmp, h5py.File(tmp, "w") as fh:
         fh.attrs["format"] = FORMAT
         for name, var in sorted(inference_variables(nets).items()):
             fh.create_dataset(name, data=var.numpy())
-    tmp.replace(path)
 
 
-def load_weights(nets: Networks, path: str | Path) -> None:
+def load_weights(nets: Architecture, path: str | Path) -> None:
     import h5py
 
     wanted = inference_variables(nets)
@@ -66,11 +61,11 @@ def load_weights(nets: Networks, path: str | Path) -> None:
         var.assign(stored[name])
 
 
-def model_record(cfg: ModelConfig, patch_size: int, seed: int, **extra) -> dict:
+def model_record(cfg: ModelConfig, patch_size_px: int, seed: int, **extra) -> dict:
     return {
         "format": FORMAT,
         "architecture": cfg.architecture,
-        "patch_size": int(patch_size),
+        "patch_size_px": int(patch_size_px),
         "seed": int(seed),
         "model": dataclasses.asdict(cfg),
         **extra,
@@ -78,28 +73,31 @@ def model_record(cfg: ModelConfig, patch_size: int, seed: int, **extra) -> dict:
 
 
 class TrainedModel(tf.Module):
-    """Inference view of a trained model at its final resolution: no masks, no noise; traceable methods."""
+    """Inference view of a trained model at its final resolution: no masks, no noise; traceable methods.
 
-    def __init__(self, nets: Networks, patch_size: int):
+    What calibration, scorers and export use: `reconstruct`, `encode`, `served_extras` (with `extra_outputs` naming
+    them), `architecture` and `patch_size_px`; `nets` and `block` for scorers that read a network's features.
+    """
+
+    def __init__(self, nets: Architecture, patch_size_px: int):
         super().__init__(name="trained_model")
         self.nets = nets
-        self.architecture = nets.cfg.architecture
-        self.patch_size = int(patch_size)
+        self.architecture = nets.name
+        self.extra_outputs = nets.extra_outputs
+        self.patch_size_px = int(patch_size_px)
         self.block = nets.blocks - 1
 
     def encode(self, x):
-        """float32 NHWC [-1, 1] → latent (N, latent_size): Ge(x) for GANomaly, E(x) for Berg."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        net = self.nets.ge if self.architecture == "ganomaly" else self.nets.encoder
-        return net(x, self.block, False)[0]
+        """float32 NHWC [-1, 1] → latent (N, latent_size)."""
+        return self.nets.encode(tf.convert_to_tensor(x, tf.float32), self.block)
 
     def reconstruct(self, x):
-        """float32 NHWC [-1, 1] → reconstruction: G(x) for GANomaly, G(E(x)) for Berg."""
-        x = tf.convert_to_tensor(x, tf.float32)
-        if self.architecture == "ganomaly":
-            return self.nets.generate(x, self.block, False)[1]
-        z = self.nets.encoder(x, self.block, False)[0]
-        return self.nets.decoder(z, self.block, False)
+        """float32 NHWC [-1, 1] → the raw (unclipped) reconstruction x̂."""
+        return self.nets.reconstruct(tf.convert_to_tensor(x, tf.float32), self.block)
+
+    def served_extras(self, x) -> dict:
+        """float32 NHWC [-1, 1] → the architecture's extra per-patch outputs (e.g. Berg's latent norm)."""
+        return self.nets.served_extras(tf.convert_to_tensor(x, tf.float32), self.block)
 
 
 def load_trained(model_dir: str | Path) -> TrainedModel:
@@ -111,13 +109,15 @@ def load_trained(model_dir: str | Path) -> TrainedModel:
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
+    if "patch_size_px" not in meta:
+        raise ValueError(f"{meta_path} has no 'patch_size_px' (written by an older version): retrain the model")
     cfg = _build(ModelConfig, meta["model"], "model.json:model")
-    nets = build_networks(cfg, meta["patch_size"], seed=0)
+    nets = build_networks(cfg, meta["patch_size_px"], seed=0)
     load_weights(nets, model_dir / WEIGHTS)
-    return TrainedModel(nets, meta["patch_size"])
+    return TrainedModel(nets, meta["patch_size_px"])
 
 
-def weights_array(nets: Networks) -> dict[str, np.ndarray]:
+def weights_array(nets: Architecture) -> dict[str, np.ndarray]:
     """All variables (critic included) as numpy arrays, for equality checks."""
     out = inference_variables(nets)
     out.update(named_variables(nets.critic, "critic"))

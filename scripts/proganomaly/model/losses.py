@@ -3,7 +3,8 @@
 Every per-example value is reduced with ``sum / global_batch`` so that under MirroredStrategy the per-replica losses
 (and their gradients) sum to the global-batch mean: this also scales the gradient penalty and drift correctly,
 where the original used a per-replica mean (multiplying them by the number of replicas). Terms whose weights are all
-zero are never computed. Term names follow the original's logged keys.
+zero are never computed. Term names follow the original's logged keys; which terms an architecture has is its
+module's business (`model.architectures`).
 """
 
 from __future__ import annotations
@@ -114,22 +115,6 @@ def _logged(key: str) -> str:
     return _LOGGED.get(key, key)
 
 
-# Image/latent distance terms per architecture: key → (tensor a, tensor b) names in the forward dict.
-GANOMALY_TERMS = {
-    "x_minus_G_of_x": ("x", "G_of_x"),
-    "Ge_of_x_minus_E_of_G_of_x": ("Ge_of_x", "E_of_G_of_x"),
-}
-BERG_TERMS = {
-    "z_minus_E_of_G_of_z": ("z", "E_of_G_of_z"),
-    "G_of_z_minus_G_of_E_of_G_of_z": ("G_of_z", "G_of_E_of_G_of_z"),
-    "E_of_x_minus_E_of_G_of_E_of_x": ("E_of_x", "E_of_G_of_E_of_x"),
-    "x_minus_G_of_E_of_x": ("x", "G_of_E_of_x"),
-}
-# Fake images a critic can be shown, per architecture: weight key → forward-dict name.
-GANOMALY_FAKES = {"D_of_G_of_x": "G_of_x"}
-BERG_FAKES = {"D_of_G_of_z": "G_of_z", "D_of_G_of_E_of_x": "G_of_E_of_x", "D_of_G_of_E_of_G_of_z": "G_of_E_of_G_of_z"}
-
-
 def wanted_terms(terms: dict, *weight_sets) -> list[tuple[str, str]]:
     """(term, 'l1'|'l2') pairs with a non-zero weight in any of the weight sets."""
     out = []
@@ -154,10 +139,9 @@ def network_total(terms: dict, adversarial: dict, weights, reg) -> tf.Tensor:
     return total
 
 
-def distance_terms(fwd: dict, wanted, *, global_batch: int, normalize: bool) -> dict:
-    """Reduced L1/L2 terms, named `{key}_{l1|l2}`, between the forward dict's tensors."""
+def distance_terms(fwd: dict, wanted, table: dict, *, global_batch: int, normalize: bool) -> dict:
+    """Reduced L1/L2 terms, named `{key}_{l1|l2}`, between the forward dict's tensors (`table`: key → (a, b))."""
     reduce = _reducer(global_batch)
-    table = {**GANOMALY_TERMS, **BERG_TERMS}
     out = {}
     for key, norm in wanted:
         a, b = table[key]

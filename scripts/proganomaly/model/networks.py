@@ -1,4 +1,6 @@
-"""The progressive networks: the vector→image decoder (Gd, Berg's G) and the image→vector encoders (D, E, Ge).
+"""The progressive building blocks: the vector→image decoder (Gd, Berg's G) and the image→vector encoders (D, E, Ge).
+
+Which of them a model holds, and how they are wired, is its architecture's business (`model.architectures`).
 
 Every network holds the layers of all blocks; a growth phase is just which of them a call wires in, selected by the
 Python ints ``block`` and ``transition`` (so each phase traces its own graph) and the tensor ``alpha``.
@@ -44,27 +46,16 @@ class Phase:
         return f"{self.resolution}px-{'fade' if self.transition else 'stable'}"
 
 
-def num_blocks(patch_size: int) -> int:
-    """Blocks B such that the last works at patch_size = 4·2^(B-1)."""
-    b = max(int(patch_size).bit_length() - 2, 1)
-    if 4 * 2 ** (b - 1) != patch_size:
-        raise ValueError(f"patch size {patch_size} is not 4 times a power of two (tiling.patch_size_px)")
+def num_blocks(patch_size_px: int) -> int:
+    """Blocks B such that the last works at patch_size_px = 4·2^(B-1)."""
+    b = max(int(patch_size_px).bit_length() - 2, 1)
+    if 4 * 2 ** (b - 1) != patch_size_px:
+        raise ValueError(f"patch size {patch_size_px} is not 4 times a power of two (tiling.patch_size_px)")
     return b
 
 
 def phases(blocks: int) -> list[Phase]:
     return [Phase(g) for g in range(2 * blocks - 1)]
-
-
-def check_config(cfg: ModelConfig, blocks: int) -> None:
-    """Per-block lists must cover every block; E is required by Berg."""
-    for key in ("filters", "kernel_sizes", "unet_skips"):
-        if len(getattr(cfg, key)) < blocks:
-            raise ValueError(
-                f"model.{key} has {len(getattr(cfg, key))} entries; {blocks} blocks need at least {blocks}"
-            )
-    if cfg.architecture == "berg" and not cfg.create_encoder:
-        raise ValueError("model.architecture 'berg' needs the encoder E: set model.create_encoder: true")
 
 
 def _seed(seed: int, net: int, layer: int) -> tuple[int, int]:
@@ -177,53 +168,3 @@ class ImageEncoder(tf.Module):
         h = self._act(self.convs[0][1](h))
         h = tf.reshape(h, (-1, h.shape[1] * h.shape[2] * h.shape[3]))
         return tf.cast(self.logits(h), tf.float32), skips
-
-
-@dataclasses.dataclass
-class Networks:
-    """The trained networks of one model: G (decoder, plus Ge for GANomaly), optional E, and the critic D."""
-
-    cfg: ModelConfig
-    blocks: int
-    decoder: Decoder
-    ge: ImageEncoder | None
-    encoder: ImageEncoder | None
-    critic: ImageEncoder
-
-    @property
-    def generator_modules(self) -> list[tf.Module]:
-        return [m for m in (self.ge, self.decoder) if m is not None]
-
-    @property
-    def generator_variables(self) -> list[tf.Variable]:
-        return [v for m in self.generator_modules for v in m.trainable_variables]
-
-    def generate(self, x, block: int, transition: bool, alpha=1.0, z_noise=None):
-        """GANomaly G: (z, x̂) = Gd(Ge(x) [+ noise], skips of Ge). Berg: x is z and the decoder alone runs."""
-        if self.ge is None:
-            return x, self.decoder(x, block, transition, alpha)
-        z, skips = self.ge(x, block, transition, alpha)
-        skips = [s if self.cfg.unet_skips[b] else None for b, s in enumerate(skips)]
-        z_in = z if z_noise is None else z + z_noise
-        return z, self.decoder(tf.cast(z_in, x.dtype), block, transition, alpha, skips)
-
-
-def build_networks(cfg: ModelConfig, patch_size: int, seed: int) -> Networks:
-    """Build every network of the configured architecture, with weights drawn deterministically from seed."""
-    blocks = num_blocks(patch_size)
-    check_config(cfg, blocks)
-    f = cfg.filters
-    ganomaly = cfg.architecture == "ganomaly"
-    stddev = cfg.minibatch_stddev
-    skip_channels = [0] * blocks
-    if ganomaly:
-        skip_channels = [(f[0][0] if b == 0 else f[b - 1][1]) if cfg.unet_skips[b] else 0 for b in range(blocks)]
-    decoder = Decoder(cfg, blocks, skip_channels, seed=seed, net=1, name="decoder")
-    ge = None
-    if ganomaly:
-        ge = ImageEncoder(cfg, blocks, cfg.latent_size, stddev=stddev.encoders, seed=seed, net=2, name="ge")
-    encoder = None
-    if cfg.create_encoder:
-        encoder = ImageEncoder(cfg, blocks, cfg.latent_size, stddev=stddev.encoders, seed=seed, net=3, name="encoder")
-    critic = ImageEncoder(cfg, blocks, 1, stddev=stddev.discriminator, seed=seed, net=4, name="critic")
-    return Networks(cfg, blocks, decoder, ge, encoder, critic)

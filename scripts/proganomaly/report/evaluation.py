@@ -1,8 +1,7 @@
 """Evaluation figures from the threshold × dilation grids (results/eval/{slide}/grid.parquet) and metrics.json.
 
-Metrics are computed from the grid's confusion areas (TP, FP, FN, TN, all clipped to tissue), so every figure
-follows from the documented columns alone: precision = TP/(TP+FP), recall = TP/(TP+FN), F1 = 2TP/(2TP+FP+FN),
-IoU = TP/(TP+FP+FN), false-positive rate = FP/(FP+TN). Undefined ratios (0/0) are NaN, never 0.
+Every number shown is the evaluation stage's (`evaluation.metrics`, computed from the grid's confusion areas, all
+clipped to tissue; undefined ratios are NaN, never 0): this module only selects and plots.
 """
 
 from __future__ import annotations
@@ -10,38 +9,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from proganomaly.evaluation.metrics import AREAS, cell_metrics
 from proganomaly.report import style
 
-AREAS = ("true_positive", "false_positive", "false_negative", "true_negative")
 METRIC_LABELS = {"f1": "F1 score", "iou": "IoU (Jaccard)", "precision": "precision", "recall": "recall"}
-
-
-def _ratio(num, den) -> np.ndarray:
-    num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def with_metrics(grid: pd.DataFrame) -> pd.DataFrame:
-    """The grid with precision, recall, f1, iou and fpr columns computed from its confusion areas."""
-    missing = [c for c in ("threshold", "dilation", *AREAS) if c not in grid.columns]
-    if missing:
-        raise ValueError(f"grid table lacks column(s) {missing}; is it an evaluation grid.parquet?")
-    tp, fp, fn, tn = (grid[c].to_numpy(np.float64) for c in AREAS)
-    out = grid.copy()
-    out["precision"] = _ratio(tp, tp + fp)
-    out["recall"] = _ratio(tp, tp + fn)
-    out["f1"] = _ratio(2 * tp, 2 * tp + fp + fn)
-    out["iou"] = _ratio(tp, tp + fp + fn)
-    out["fpr"] = _ratio(fp, fp + tn)
-    return out
-
-
-def pooled(grids: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """Areas summed over slides per (threshold, dilation) cell (micro-average), with metrics."""
-    cat = pd.concat(list(grids.values()), ignore_index=True)
-    summed = cat.groupby(["threshold", "dilation"], sort=True)[list(AREAS)].sum().reset_index()
-    return with_metrics(summed)
 
 
 def metric_matrix(grid: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -69,7 +40,7 @@ def _dilation_label(grid: pd.DataFrame) -> str:
 
 def plot_grid_heatmaps(grid: pd.DataFrame, title: str, metrics=("f1", "iou")):
     """One annotated heat map per metric over threshold × dilation; the best cell is outlined and starred."""
-    grid = grid if set(metrics) <= set(grid.columns) else with_metrics(grid)
+    grid = grid if set(metrics) <= set(grid.columns) else cell_metrics(grid)
     n_t, n_d = grid["threshold"].nunique(), grid["dilation"].nunique()
     fig, axes = style.subplots(1, len(metrics), panel=(1.4 + 0.62 * n_d, 1.3 + 0.36 * n_t))
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -101,7 +72,7 @@ def plot_grid_heatmaps(grid: pd.DataFrame, title: str, metrics=("f1", "iou")):
 
 def operating_dilation(grid: pd.DataFrame) -> float:
     """The dilation of the best-F1 cell (the curve family shown in ROC / PR); the smallest if F1 is undefined."""
-    m = metric_matrix(grid if "f1" in grid.columns else with_metrics(grid), "f1")
+    m = metric_matrix(grid if "f1" in grid.columns else cell_metrics(grid), "f1")
     best = best_cell(m)
     return float(m.columns[best[1]] if best else m.columns[0])
 
@@ -169,7 +140,7 @@ def best_rows(grids: dict[str, pd.DataFrame], metric: str = "f1") -> pd.DataFram
     """Per slide (and pooled) the cell maximising `metric`, with all metrics and areas at that cell."""
     rows = []
     for name, grid in grids.items():
-        g = with_metrics(grid).reset_index(drop=True)
+        g = cell_metrics(grid).reset_index(drop=True)
         values = g[metric].to_numpy(np.float64)
         if np.isfinite(values).any():
             rows.append({"slide": name, **g.iloc[int(np.nanargmax(values))].to_dict()})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +10,8 @@ matplotlib.use("Agg")  # rule jobs run headless; must precede pyplot
 
 import matplotlib.pyplot as plt
 import seaborn as sns
+
+from proganomaly.common.io import atomic_path
 
 DPI = 150
 # Colours for the two sides of every comparison: ground truth vs. prediction, normal vs. anomalous.
@@ -35,11 +36,9 @@ def subplots(nrows: int = 1, ncols: int = 1, *, panel: tuple[float, float] = (4.
 def save(fig, path: str | Path) -> Path:
     """Write a figure as PNG (or SVG by suffix) atomically, then free it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    fig.savefig(tmp)
+    with atomic_path(path, f".tmp{path.suffix}") as tmp:  # the suffix tells matplotlib the format
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -51,12 +50,3 @@ def message_figure(title: str, message: str):
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
     return fig
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import tensorflow as tf
+
+from proganomaly.common.io import write_text
 
 log = logging.getLogger("proganomaly.training")
 LATEST = "latest.json"
@@ -39,12 +40,7 @@ class CheckpointStore:
         prefix = str(self.dir / f"ckpt-{global_step:09d}")
         path = self.ckpt.write(prefix)
         info = {"fingerprint": self.fingerprint, "path": Path(path).name, "global_step": int(global_step), **extra}
-        tmp = self.dir / (LATEST + ".tmp")
-        with open(tmp, "w") as fh:
-            json.dump(info, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.dir / LATEST)
+        write_text(self.dir / LATEST, json.dumps(info), fsync=True)
         self._prune()
         return path
 
@@ -61,3 +57,42 @@ class CheckpointStore:
         for stale in names[: -self.keep]:
             for p in self.dir.glob(stale + ".*"):
                 p.unlink(missing_ok=True)
+
+
+COUNTERS = ("phase_index", "phase_iteration", "global_step", "images_seen", "nan_rollbacks")
+
+
+class Counters(dict):
+    """Where the run stands (plain ints), mirrored into int64 variables that the checkpoint holds."""
+
+    def __init__(self):
+        super().__init__(dict.fromkeys(COUNTERS, 0))
+        self.variables = {k: tf.Variable(0, dtype=tf.int64, trainable=False, name=k) for k in COUNTERS}
+
+    def to_variables(self) -> None:
+        for k, v in self.variables.items():
+            v.assign(self[k])
+
+    def from_variables(self) -> None:
+        self.update({k: int(v.numpy()) for k, v in self.variables.items()})
+
+
+class Checkpointer:
+    """Saves and restores the networks, optimisers and counters of a run as one checkpoint."""
+
+    def __init__(self, directory: str | Path, objects: dict, counters: Counters, fingerprint: str, keep: int):
+        self.counters = counters
+        self.store = CheckpointStore(directory, tf.train.Checkpoint(**objects, **counters.variables), fingerprint, keep)
+
+    def save(self) -> None:
+        c = self.counters
+        c.to_variables()
+        self.store.save(c["global_step"], phase_index=c["phase_index"], phase_iteration=c["phase_iteration"],
+                        images_seen=c["images_seen"])  # fmt: skip
+
+    def restore(self) -> bool:
+        """Load the last checkpoint into the objects and counters; False when there is none to resume."""
+        if self.store.restore() is None:
+            return False
+        self.counters.from_variables()
+        return True

@@ -42,3 +42,12 @@ class Adam(tf.Module):
             m = self.m[i].assign(b1 * self.m[i] + (1.0 - b1) * g)
             v = self.v[i].assign(b2 * self.v[i] + (1.0 - b2) * tf.square(g))
             var.assign_sub(lr_t * m / (tf.sqrt(v) + self.cfg.epsilon))
+
+
+def build_optimizers(nets, cfg) -> dict[str, Adam | None]:
+    """One Adam per variable group of the networks (`cfg`: model's optimizers config); None for a group not trained."""
+    groups = nets.variable_groups()
+    return {
+        name: Adam(groups[name], getattr(cfg, name), f"opt_{name}") if name in groups else None
+        for name in ("generator", "discriminator", "encoder")
+    }

@@ -5,11 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """[-1, 1] float → uint8 (clipped before the cast)."""
-    return np.clip(np.rint((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+from proganomaly.common.io import atomic_path
+from proganomaly.common.pixels import to_uint8
+from proganomaly.model.masks import mask_images
+from proganomaly.training.heldout import reconstruct
+from proganomaly.training.steps import to_float
 
 
 def grid(rows: list[np.ndarray], cell: int = 64, pad: int = 2) -> np.ndarray:
@@ -17,7 +19,7 @@ def grid(rows: list[np.ndarray], cell: int = 64, pad: int = 2) -> np.ndarray:
     n = max(len(r) for r in rows)
     out = np.full((len(rows) * (cell + pad) + pad, n * (cell + pad) + pad, 3), 255, np.uint8)
     for i, row in enumerate(rows):
-        for j, img in enumerate(to_uint8(row)):
+        for j, img in enumerate(to_uint8(np.asarray(row, np.float32))):
             f = max(cell // img.shape[0], 1)
             big = np.repeat(np.repeat(img, f, axis=0), f, axis=1)[:cell, :cell]
             y, x = pad + i * (cell + pad), pad + j * (cell + pad)
@@ -28,8 +30,33 @@ def grid(rows: list[np.ndarray], cell: int = 64, pad: int = 2) -> np.ndarray:
 def write_png(path: str | Path, image: np.ndarray) -> None:
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    Image.fromarray(image).save(tmp)
-    tmp.replace(path)
+    with atomic_path(path, ".tmp.png") as tmp:
+        Image.fromarray(image).save(tmp)
+
+
+def sample_rows(nets, x: np.ndarray, block: int, mask_cfg, seed: int) -> list[np.ndarray]:
+    """Rows of one grid: x and x̂; where the generator sees masked inputs also the masked x and its reconstruction."""
+    xf = to_float(tf.constant(x))
+    rows = [xf.numpy()]
+    if nets.masks_input and mask_cfg.percent > 0:
+        masked = mask_images(xf, tf.constant([seed, 0], tf.int64), percent=mask_cfg.percent,
+                             shift=mask_cfg.block_random_shift, fill=mask_cfg.fill)[0]  # fmt: skip
+        rows += [
+            masked.numpy(),
+            reconstruct(nets, x, block),
+            tf.cast(nets.reconstruct(masked, block), tf.float32).numpy(),
+        ]
+    else:
+        rows.append(reconstruct(nets, x, block))
+    return rows
+
+
+class SampleGrids:
+    """Writes one grid per phase into `directory`."""
+
+    def __init__(self, nets, mask_cfg, seed: int, directory: Path, cell: int):
+        self.nets, self.mask_cfg, self.seed, self.dir, self.cell = nets, mask_cfg, seed, Path(directory), cell
+
+    def write(self, x: np.ndarray, block: int, phase_index: int, phase_name: str) -> None:
+        rows = sample_rows(self.nets, x, block, self.mask_cfg, self.seed)
+        write_png(self.dir / f"phase{phase_index:02d}_{phase_name}.png", grid(rows, cell=self.cell))

@@ -3,114 +3,43 @@ batch, fused so that the generator's forward pass is computed once.
 
 The generator tape records G's forward pass; the critic update runs with that tape paused, and the generator loss
 then reads the *updated* critic, exactly as the original's D-step-then-G-step order, without recomputing G(x).
-Randomness (masks, noise, z, GP mixing) is stateless, keyed on (seed, global step, purpose[, replica]), so a resumed
-run draws the same numbers as an uninterrupted one.
+Which tensors and loss terms exist is the architecture's (`nets.terms`, `nets.fakes`, `nets.recipes`).
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
-from proganomaly.config import ModelConfig, NoiseConfig
+from proganomaly.common.pixels import to_unit_by_division
 from proganomaly.model import losses as LS
-from proganomaly.model.masks import mask_images
-from proganomaly.model.networks import Networks, Phase
+from proganomaly.model.networks import Phase
+from proganomaly.training.forward import PURPOSES, Forward, step_seeds
 
-MASK, Z_NOISE, FAKE_NOISE, GP_MIX, BERG_Z = 1, 2, 3, 4, 5
+STEP_KEYS = [
+    "D(x)", "epsilon_drift_penalty", "discriminator_reg_loss", "discriminator_total_loss",
+    "generator_reg_loss", "generator_total_loss", "encoder_reg_loss", "encoder_total_loss",
+]  # fmt: skip
 
 
 def to_float(images) -> tf.Tensor:
     """uint8 [0, 255] → float32 [-1, 1] (float input is taken as already scaled)."""
     if images.dtype == tf.uint8:
-        return tf.cast(images, tf.float32) / 127.5 - 1.0
+        return to_unit_by_division(images)
     return tf.cast(images, tf.float32)
 
 
-def noise(shape, cfg: NoiseConfig, seed):
-    """Training noise, or None when off. uniform01 reproduces the original's (non-zero-mean) U[0, 1)."""
-    kind = cfg.distribution
-    if kind == "none":
-        return None
-    if kind == "uniform":
-        return tf.random.stateless_uniform(shape, seed, minval=-cfg.scale, maxval=cfg.scale)
-    if kind == "normal":
-        return tf.random.stateless_normal(shape, seed, stddev=cfg.scale)
-    if kind == "uniform01":
-        return tf.random.stateless_uniform(shape, seed)
-    raise ValueError(f"unknown noise distribution {kind!r}")
-
-
-def step_seeds(seed: int, step) -> dict:
-    """One stateless seed per purpose, distinct per replica under a distribution strategy."""
-    base = tf.stack([tf.constant(seed, tf.int64), tf.cast(step, tf.int64)])
-    ctx = tf.distribute.get_replica_context()
-    if ctx is not None and ctx.num_replicas_in_sync > 1:
-        base = tf.random.experimental.stateless_fold_in(base, 1000 + tf.cast(ctx.replica_id_in_sync_group, tf.int64))
-    return {k: tf.random.experimental.stateless_fold_in(base, k) for k in (MASK, Z_NOISE, FAKE_NOISE, GP_MIX, BERG_Z)}
-
-
-class Forward:
-    """Lazily computed training-mode tensors of one batch (float32), keyed by the original's names."""
-
-    def __init__(self, nets: Networks, phase: Phase, alpha, x, seeds, compute_dtype):
-        self.nets, self.phase, self.alpha, self.seeds, self.cdt = nets, phase, alpha, seeds, compute_dtype
-        self.cfg: ModelConfig = nets.cfg
-        self.values = {"x": x}
-        self._fake_calls = 0
-
-    def __getitem__(self, name: str):
-        if name not in self.values:
-            if name in ("Ge_of_x", "G_of_x"):
-                self.values["Ge_of_x"], self.values["G_of_x"] = self._ganomaly()
-            else:
-                self.values[name] = self._RECIPES[name](self)
-        return self.values[name]
-
-    def _add_fake_noise(self, img):
-        self._fake_calls += 1
-        seed = tf.random.experimental.stateless_fold_in(self.seeds[FAKE_NOISE], self._fake_calls)
-        n = noise(tf.shape(img), self.cfg.fake_noise, seed)
-        return img if n is None else img + n
-
-    def _decode(self, z):
-        ph = self.phase
-        img = self.nets.decoder(tf.cast(z, self.cdt), ph.block, ph.transition, self.alpha)
-        return self._add_fake_noise(tf.cast(img, tf.float32))
-
-    def _encode(self, img):
-        ph = self.phase
-        return self.nets.encoder(tf.cast(img, self.cdt), ph.block, ph.transition, self.alpha)[0]
-
-    def _masked(self):
-        m = self.cfg.mask
-        if m.percent <= 0:
-            return self["x"]
-        return mask_images(self["x"], self.seeds[MASK], percent=m.percent, shift=m.block_random_shift, fill=m.fill)[0]
-
-    def _ganomaly(self):
-        ph, x = self.phase, self["x_masked"]
-        zn = noise((tf.shape(x)[0], self.cfg.latent_size), self.cfg.z_noise, self.seeds[Z_NOISE])
-        z, img = self.nets.generate(tf.cast(x, self.cdt), ph.block, ph.transition, self.alpha, zn)
-        return z, self._add_fake_noise(tf.cast(img, tf.float32))
-
-    def _z(self):
-        cfg = self.cfg
-        shape = (tf.shape(self["x"])[0], cfg.latent_size)
-        return tf.random.stateless_normal(
-            shape, self.seeds[BERG_Z], mean=cfg.berg_latent_mean, stddev=cfg.berg_latent_stddev
-        )
-
-    _RECIPES = {  # noqa: RUF012
-        "x_masked": _masked,
-        "E_of_G_of_x": lambda f: f._encode(f["G_of_x"]),
-        "z": _z,
-        "G_of_z": lambda f: f._decode(f["z"]),
-        "E_of_G_of_z": lambda f: f._encode(f["G_of_z"]),
-        "G_of_E_of_G_of_z": lambda f: f._decode(f["E_of_G_of_z"]),
-        "E_of_x": lambda f: f._encode(f["x"]),
-        "G_of_E_of_x": lambda f: f._decode(f["E_of_x"]),
-        "E_of_G_of_E_of_x": lambda f: f._encode(f["G_of_E_of_x"]),
-    }
+def loss_fields(nets, train_encoder: bool) -> list[str]:
+    """The keys a step returns for these networks and loss weights, in log-column order."""
+    w = nets.loss_weights()
+    enc = [w.encoder] if train_encoder else []
+    keys = [f"{k}_{n}" for k, n in LS.wanted_terms(nets.terms, w.generator, *enc)]
+    for k in nets.fakes:
+        name = LS._logged(k)
+        if getattr(w.discriminator, k):
+            keys += [name, f"{name}-D(x)", f"{name}_gradient_penalty", f"{name}_wgan_gp"]
+        if getattr(w.generator, k) or (enc and getattr(w.encoder, k, 0.0)):
+            keys.append(f"{name}_for_generator")
+    return STEP_KEYS + keys
 
 
 def _all_reduce(grads):
@@ -122,23 +51,18 @@ def _all_reduce(grads):
     return [None if g is None else next(summed) for g in grads]
 
 
-def make_replica_step(
-    nets: Networks, optimizers: dict, phase: Phase, *, seed: int, global_batch: int, compute_dtype=tf.float32
-):
+def make_replica_step(nets, optimizers: dict, phase: Phase, *, seed: int, global_batch: int, compute_dtype=tf.float32):
     """The per-replica step ``(images, global_step, alpha) → dict of losses``; wrap in tf.function / strategy.run.
 
     optimizers: {"generator": Adam, "discriminator": Adam, "encoder": Adam or None}.
     """
     cfg = nets.cfg
-    w = cfg.loss_weights
-    ganomaly = cfg.architecture == "ganomaly"
-    term_table = LS.GANOMALY_TERMS if ganomaly else LS.BERG_TERMS
-    fake_table = LS.GANOMALY_FAKES if ganomaly else LS.BERG_FAKES
+    w = nets.loss_weights()
     train_encoder = nets.encoder is not None and optimizers.get("encoder") is not None
     enc_weights = [w.encoder] if train_encoder else []
-    wanted = LS.wanted_terms(term_table, w.generator, *enc_weights)
-    d_fakes = [k for k in fake_table if getattr(w.discriminator, k)]
-    g_adv = [k for k in fake_table if getattr(w.generator, k) or (train_encoder and getattr(w.encoder, k, 0.0))]
+    wanted = LS.wanted_terms(nets.terms, w.generator, *enc_weights)
+    d_fakes = [k for k in nets.fakes if getattr(w.discriminator, k)]
+    g_adv = [k for k in nets.fakes if getattr(w.generator, k) or (train_encoder and getattr(w.encoder, k, 0.0))]
     g_vars = nets.generator_variables
     e_vars = list(nets.encoder.trainable_variables) if train_encoder else []
     d_vars = list(nets.critic.trainable_variables)
@@ -152,15 +76,14 @@ def make_replica_step(
         seeds = step_seeds(seed, global_step)
         with tf.GradientTape(persistent=train_encoder) as tape:
             fwd = Forward(nets, phase, alpha, x, seeds, compute_dtype)
-            if ganomaly:
-                fwd["G_of_x"]  # G(x̃) is the model being trained: it always runs
+            nets.train_forward(fwd)
             terms = LS.distance_terms(
-                fwd, wanted, global_batch=global_batch, normalize=cfg.normalize_reconstruction_losses
+                fwd, wanted, nets.terms, global_batch=global_batch, normalize=cfg.normalize_reconstruction_losses
             )
-            fakes = {k: fwd[fake_table[k]] for k in dict.fromkeys(d_fakes + g_adv)}
+            fakes = {k: fwd[nets.fakes[k]] for k in dict.fromkeys(d_fakes + g_adv)}
             with tape.stop_recording():
                 with tf.GradientTape() as d_tape:
-                    u = tf.random.stateless_uniform((tf.shape(x)[0],), seeds[GP_MIX])
+                    u = tf.random.stateless_uniform((tf.shape(x)[0],), seeds[PURPOSES["gp_mix"]])
                     reg_d = LS.kernel_penalty(d_vars, w.discriminator.kernel_l1, w.discriminator.kernel_l2)
                     out = LS.critic_losses(
                         critic, x, {k: tf.stop_gradient(fakes[k]) for k in d_fakes}, w.discriminator, u,

@@ -11,50 +11,24 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
+from proganomaly.common.pixels import to_uint8_float
+from proganomaly.detector.load import Detector
 from proganomaly.maps import stitching
 
-log = logging.getLogger("proganomaly.detector.inference")
+log = logging.getLogger("proganomaly.maps.inference")
 
-REQUIRED_OUTPUTS = ("reconstruction", "anomaly_map", "mahalanobis_d2", "flags")
 PATCH_COLUMNS = ("x", "y", "width", "height")
 # Maps stitched from every patch: name -> channels.
 CANVAS_MAPS = {"thumbnail": 3, "reconstruction": 3, "anomaly_map": 1, "mahalanobis_d2": 1, "flags": 1}
 
 
 class InferenceError(ValueError):
-    """Bad detector or patch table; the message names the file and the fix."""
-
-
-@dataclass
-class Detector:
-    """The serving signature of an exported SavedModel as a numpy-in, numpy-out callable."""
-
-    call: Callable[[np.ndarray], dict[str, np.ndarray]]
-    patch_px: int
-    outputs: tuple[str, ...]
-    keep: object = field(default=None, repr=False)  # the loaded SavedModel; the signature dies with it
-
-
-def load_detector(path: str | Path) -> Detector:
-    """Load `results/export/saved_model` through the export stage's checked loader and check our outputs exist."""
-    from .export import DetectorError
-    from .export import load_detector as load_export
-
-    try:
-        det = load_export(path)
-    except DetectorError as exc:
-        raise InferenceError(str(exc)) from None
-    missing = [name for name in REQUIRED_OUTPUTS if name not in det.outputs]
-    if missing:
-        raise InferenceError(f"{path}: serving_default lacks output(s) {missing}; it has {sorted(det.outputs)}")
-    return Detector(det, det.patch_size, tuple(det.outputs), keep=det)
+    """Bad patch table or detector output; the message names the file and the fix."""
 
 
 def check_patch_table(table: pd.DataFrame, source: str) -> pd.DataFrame:
@@ -106,7 +80,7 @@ def prefetch(items: Iterable, depth: int) -> Iterator:
         thread.join(timeout=5)
 
 
-def read_batches(slide, table: pd.DataFrame, patch_px: int, batch_size: int, read_patch) -> Iterator[tuple]:
+def read_batches(slide, table: pd.DataFrame, patch_size_px: int, batch_size: int, read_patch) -> Iterator[tuple]:
     """(first row, uint8 (n, S, S, 3) batch, seconds spent reading) for consecutive rows of the table.
 
     A patch whose level-0 extent is not square (width != height) is read as its width; the tiling stage writes
@@ -117,7 +91,7 @@ def read_batches(slide, table: pd.DataFrame, patch_px: int, batch_size: int, rea
         rows = table.iloc[start : start + batch_size]
         batch = np.stack(
             [
-                read_patch(slide, int(x), int(y), int(w), patch_px)
+                read_patch(slide, int(x), int(y), int(w), patch_size_px)
                 for x, y, w in zip(rows.x, rows.y, rows.width, strict=True)
             ]
         )
@@ -139,7 +113,7 @@ def _to_rgb255(a: np.ndarray) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype == np.uint8:
         return a.astype(np.float32)
-    return np.clip((a.astype(np.float32) + 1.0) * 127.5, 0.0, 255.0)
+    return to_uint8_float(a)
 
 
 def batch_maps(batch: np.ndarray, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -194,7 +168,7 @@ def run_inference(
     in the model and writing into the canvases, plus the wall time.
     """
     if read_patch is None:
-        from .slide import read_patch
+        from proganomaly.data.slide import read_patch
     columns = ["slide_id", "x", "y", "width", "height", "flagged_fraction", "mean_d2", "max_d2", "score"]
     timings = {"read_s": 0.0, "wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "wall_s": 0.0, "patches": len(table)}
     if len(table) == 0:
@@ -202,7 +176,7 @@ def run_inference(
         return pd.DataFrame({c: pd.Series(dtype="str" if c == "slide_id" else "float32") for c in columns}), timings
     wall0 = time.perf_counter()
     parts: list[dict[str, np.ndarray]] = []
-    batches = prefetch(read_batches(slide, table, detector.patch_px, batch_size, read_patch), prefetch_batches)
+    batches = prefetch(read_batches(slide, table, detector.patch_size_px, batch_size, read_patch), prefetch_batches)
     while True:
         t0 = time.perf_counter()
         item = next(batches, None)
@@ -212,7 +186,7 @@ def run_inference(
         start, batch, read_s = item
         timings["read_s"] += read_s
         t0 = time.perf_counter()
-        out = detector.call(batch)
+        out = detector(batch)
         timings["model_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         maps = batch_maps(batch, out)

@@ -1,24 +1,15 @@
-"""The typed view of the validated configuration.
+"""The typed sections of the configuration: one dataclass per mapping of the schema.
 
-Defaults live in ``workflow/schemas/config.schema.yaml`` only: the dataclasses below have no defaults, so a config
-that skipped validation fails loudly here instead of running with a second, divergent set of defaults.
+Types only: each key's default and meaning are in ``workflow/schemas/config.schema.yaml`` (tests/test_config.py checks
+that both name the same keys with the same types).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from pathlib import Path
-from typing import Any
 
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
-CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
-SLIDES_SCHEMA = SCHEMA_DIR / "slides.schema.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or of the wrong type; the message names its path."""
+from proganomaly.config.build import ConfigError, _build, validate_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +47,6 @@ class TilingConfig:
 class RecordsConfig:
     min_size_px: int
     shard_max_examples: int
-    downscale_method: str
 
     def resolutions(self, patch_size_px: int) -> list[int]:
         """Resolutions written for a patch size: min_size_px, 2·min_size_px, … patch_size_px."""
@@ -92,68 +82,55 @@ class NoiseConfig:
     scale: float
 
 
-@dataclasses.dataclass(frozen=True)
-class GeneratorLossWeights:
-    """Loss weights of G (both architectures' terms; each reads its own)."""
+def _weights(name: str, terms: str) -> type:
+    """A frozen dataclass of float loss-term weights: the terms differ per network and architecture, the type never
+    does, so the classes are made from their term lists (the schema holds each weight's default and meaning)."""
+    return dataclasses.make_dataclass(name, [(term, float) for term in terms.split()], frozen=True)
 
-    kernel_l1: float
-    kernel_l2: float
-    D_of_G_of_x: float
-    x_minus_G_of_x_l1: float
-    x_minus_G_of_x_l2: float
-    Ge_of_x_minus_E_of_G_of_x_l1: float
-    Ge_of_x_minus_E_of_G_of_x_l2: float
-    D_of_G_of_z: float
-    D_of_G_of_E_of_x: float
-    D_of_G_of_E_of_G_of_z: float
-    z_minus_E_of_G_of_z_l1: float
-    z_minus_E_of_G_of_z_l2: float
-    G_of_z_minus_G_of_E_of_G_of_z_l1: float
-    G_of_z_minus_G_of_E_of_G_of_z_l2: float
-    E_of_x_minus_E_of_G_of_E_of_x_l1: float
-    E_of_x_minus_E_of_G_of_E_of_x_l2: float
-    x_minus_G_of_E_of_x_l1: float
-    x_minus_G_of_E_of_x_l2: float
+
+GanomalyGeneratorWeights = _weights(
+    "GanomalyGeneratorWeights",
+    "kernel_l1 kernel_l2 D_of_G_of_x x_minus_G_of_x_l1 x_minus_G_of_x_l2 Ge_of_x_minus_E_of_G_of_x_l1 Ge_of_x_minus_E_of_G_of_x_l2",
+)
+GanomalyEncoderWeights = _weights(
+    "GanomalyEncoderWeights", "kernel_l1 kernel_l2 Ge_of_x_minus_E_of_G_of_x_l1 Ge_of_x_minus_E_of_G_of_x_l2"
+)
+GanomalyDiscriminatorWeights = _weights("GanomalyDiscriminatorWeights", "kernel_l1 kernel_l2 D_of_x D_of_G_of_x")
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderLossWeights:
-    """Loss weights of E."""
+class GanomalyLossWeights:
+    generator: GanomalyGeneratorWeights
+    encoder: GanomalyEncoderWeights
+    discriminator: GanomalyDiscriminatorWeights
 
-    kernel_l1: float
-    kernel_l2: float
-    Ge_of_x_minus_E_of_G_of_x_l1: float
-    Ge_of_x_minus_E_of_G_of_x_l2: float
-    D_of_G_of_E_of_x: float
-    D_of_G_of_E_of_G_of_z: float
-    z_minus_E_of_G_of_z_l1: float
-    z_minus_E_of_G_of_z_l2: float
-    G_of_z_minus_G_of_E_of_G_of_z_l1: float
-    G_of_z_minus_G_of_E_of_G_of_z_l2: float
-    E_of_x_minus_E_of_G_of_E_of_x_l1: float
-    E_of_x_minus_E_of_G_of_E_of_x_l2: float
-    x_minus_G_of_E_of_x_l1: float
-    x_minus_G_of_E_of_x_l2: float
+
+BergEncoderWeights = _weights(
+    "BergEncoderWeights",
+    "kernel_l1 kernel_l2 D_of_G_of_E_of_x D_of_G_of_E_of_G_of_z z_minus_E_of_G_of_z_l1 z_minus_E_of_G_of_z_l2 G_of_z_minus_G_of_E_of_G_of_z_l1 G_of_z_minus_G_of_E_of_G_of_z_l2 E_of_x_minus_E_of_G_of_E_of_x_l1 E_of_x_minus_E_of_G_of_E_of_x_l2 x_minus_G_of_E_of_x_l1 x_minus_G_of_E_of_x_l2",
+)
+BergGeneratorWeights = _weights(
+    "BergGeneratorWeights",
+    "kernel_l1 kernel_l2 D_of_G_of_E_of_x D_of_G_of_E_of_G_of_z z_minus_E_of_G_of_z_l1 z_minus_E_of_G_of_z_l2 G_of_z_minus_G_of_E_of_G_of_z_l1 G_of_z_minus_G_of_E_of_G_of_z_l2 E_of_x_minus_E_of_G_of_E_of_x_l1 E_of_x_minus_E_of_G_of_E_of_x_l2 x_minus_G_of_E_of_x_l1 x_minus_G_of_E_of_x_l2 D_of_G_of_z",
+)
+BergDiscriminatorWeights = _weights(
+    "BergDiscriminatorWeights", "kernel_l1 kernel_l2 D_of_x D_of_G_of_z D_of_G_of_E_of_x D_of_G_of_E_of_G_of_z"
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscriminatorLossWeights:
-    """Loss weights of the critic D."""
-
-    kernel_l1: float
-    kernel_l2: float
-    D_of_x: float
-    D_of_G_of_x: float
-    D_of_G_of_z: float
-    D_of_G_of_E_of_x: float
-    D_of_G_of_E_of_G_of_z: float
+class BergLossWeights:
+    generator: BergGeneratorWeights
+    encoder: BergEncoderWeights
+    discriminator: BergDiscriminatorWeights
 
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
-    generator: GeneratorLossWeights
-    encoder: EncoderLossWeights
-    discriminator: DiscriminatorLossWeights
+    """Per architecture, the weights of its trained networks' loss terms (only the chosen architecture's are read)."""
+
+    ganomaly: GanomalyLossWeights
+    berg: BergLossWeights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +158,11 @@ class ModelConfig:
     gradient_penalty_target: float
     epsilon_drift: float
     loss_weights: LossWeights
+
+    @property
+    def architecture_loss_weights(self) -> GanomalyLossWeights | BergLossWeights:
+        """The loss-weight groups (generator, encoder, discriminator) of the chosen architecture."""
+        return getattr(self.loss_weights, self.architecture)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,56 +299,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _build(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        hints = typing.get_type_hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}")
-        missing = sorted(names - set(value))
-        if missing:
-            raise ConfigError(f"{where}: missing key(s) {missing} (was the config validated against the schema?)")
-        return tp(**{name: _build(hints[name], value[name], f"{where}.{name}") for name in names})
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _build(inner[0], value, where)
-    if origin is tuple:
-        return tuple(
-            _build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(typing.get_args(tp), value, strict=True))
-        )
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        return [_build(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if (tp in (int, float, str, bool) and not isinstance(value, tp)) or (
-        tp in (int, float) and isinstance(value, bool)
-    ):
-        raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}")
-    return value
-
-
-def validate_config(data: dict) -> dict:
-    """Validate a raw config dict against the schema, filling defaults in place (as the workflow does)."""
-    import jsonschema
-    import yaml
-    from snakemake.utils import validate
-
-    schema = yaml.safe_load(CONFIG_SCHEMA.read_text())
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
-    if error is not None:
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ConfigError(f"config key {key}: {error.message}")
-    validate(data, schema=str(CONFIG_SCHEMA), set_default=True)
-    return data
 
 
 def load_config(path: str | Path) -> Config:

@@ -1,0 +1,40 @@
+"""Constraints between keys that the schema cannot state; checked once, when the workflow is parsed."""
+
+from __future__ import annotations
+
+from proganomaly.config.build import ConfigError
+from proganomaly.config.sections import Config
+
+
+def num_blocks(patch_size_px: int) -> int:
+    """Growth blocks of the progressive GAN: the base at 4 px, then one per doubling up to the patch size."""
+    return max(int(patch_size_px).bit_length() - 2, 1)
+
+
+def check_cross_keys(cfg: Config) -> None:
+    """Raise ConfigError naming the keys of the first constraint the config breaks."""
+    patch = cfg.tiling.patch_size_px
+    cfg.records.resolutions(patch)
+    if 4 * 2 ** (num_blocks(patch) - 1) != patch:
+        raise ConfigError(f"tiling.patch_size_px={patch} is not 4 times a power of two (the GAN grows from 4 px)")
+    interior = patch - 2 * cfg.calibration.border_px
+    if interior <= 0 or cfg.tiling.stride_px > interior:
+        raise ConfigError(
+            f"tiling.stride_px={cfg.tiling.stride_px} must be at most tiling.patch_size_px - 2 * calibration.border_px"
+            f" = {interior}, or the maps get uncovered gaps along patch edges; lower the stride or the border"
+        )
+    blocks = num_blocks(patch)
+    per_block = {
+        "model.filters": cfg.model.filters,
+        "model.kernel_sizes": cfg.model.kernel_sizes,
+        "model.unet_skips": cfg.model.unet_skips,
+        "training.batch_sizes": cfg.training.batch_sizes,
+        "training.phase_images": cfg.training.phase_images,
+    }
+    for key, values in per_block.items():
+        if len(values) < blocks:
+            raise ConfigError(
+                f"{key} has {len(values)} entries; tiling.patch_size_px={patch} needs one per block, {blocks} blocks"
+            )
+    if cfg.model.architecture == "berg" and not cfg.model.create_encoder:
+        raise ConfigError("model.architecture 'berg' needs the encoder E: set model.create_encoder: true")

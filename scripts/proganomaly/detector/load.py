@@ -1,0 +1,94 @@
+"""The one loader of an exported detector: checks the SavedModel and wraps its signature as a numpy callable that
+refuses patches of the wrong size or dtype."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+OUTPUTS = ("reconstruction", "anomaly_map", "mahalanobis_d2", "flags", "flagged_count", "flagged_fraction")
+# What the maps stage reads; the original's SavedModels also have these (its flags are ±1: "flagged" is > 0).
+REQUIRED_OUTPUTS = ("reconstruction", "anomaly_map", "mahalanobis_d2", "flags")
+METADATA_FILE = "assets.extra/proganomaly.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Detector:
+    """A loaded SavedModel that checks its input before running it; call with a uint8 (N, S, S, 3) array."""
+
+    path: str
+    patch_size_px: int
+    outputs: tuple[str, ...]
+    function: object
+    metadata: dict
+
+    def check(self, patches) -> np.ndarray:
+        arr = np.asarray(patches)
+        s = self.patch_size_px
+        if arr.dtype != np.uint8:
+            raise DetectorError(
+                f"{self.path}: patches must be uint8 RGB in [0, 255], got dtype {arr.dtype}; pass the decoded image "
+                "bytes unchanged (do not scale to [-1, 1] or [0, 1]: the model does that)"
+            )
+        if arr.ndim != 4 or arr.shape[1:] != (s, s, 3):
+            raise DetectorError(
+                f"{self.path}: patches must have shape (N, {s}, {s}, 3), got {arr.shape}; this model was trained on "
+                f"{s}×{s} px patches: resample (area) to {s} px or use the records of that resolution"
+            )
+        return arr
+
+    def __call__(self, patches, batch_size: int | None = None) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        arr = self.check(patches)
+        step = batch_size or max(len(arr), 1)
+        chunks = [self.function(patches=tf.constant(arr[i : i + step])) for i in range(0, max(len(arr), 1), step)]
+        return {k: np.concatenate([c[k].numpy() for c in chunks]) for k in self.outputs}
+
+
+class DetectorError(ValueError):
+    """A SavedModel cannot be loaded or was given patches it cannot take; the message says what to change."""
+
+
+def load_detector(path: str | Path, required: tuple[str, ...] = REQUIRED_OUTPUTS) -> Detector:
+    """Load the SavedModel from disk (any process); the patch size comes from the signature itself.
+
+    `required`: the outputs the caller reads; a detector lacking one is refused here, not mid-slide.
+    """
+    import tensorflow as tf
+
+    path = Path(path)
+    if not (path / "saved_model.pb").is_file():
+        raise DetectorError(f"{path}: not a SavedModel directory (no saved_model.pb); run the export_model rule")
+    loaded = tf.saved_model.load(str(path))
+    try:
+        fn = loaded.signatures["serving_default"]
+    except KeyError:
+        raise DetectorError(f"{path}: SavedModel has no 'serving_default' signature") from None
+    spec = fn.structured_input_signature[1].get("patches")
+    if spec is None:
+        raise DetectorError(f"{path}: serving_default takes no 'patches' input; not a proganomaly detector")
+    missing = [name for name in required if name not in fn.structured_outputs]
+    if missing:
+        raise DetectorError(
+            f"{path}: serving_default lacks output(s) {missing}; it has {sorted(fn.structured_outputs)}"
+        )
+    meta_file = path / METADATA_FILE
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    # the contract's outputs first, in their order, then the architecture's extras by name
+    outputs = tuple(
+        sorted(fn.structured_outputs, key=lambda k: (OUTPUTS.index(k) if k in OUTPUTS else len(OUTPUTS), k))
+    )
+    # keep the loaded object alive with the function: the signature holds only weak references to its variables
+    return Detector(str(path), int(spec.shape[1]), outputs, _bound(fn, loaded), meta)
+
+
+def _bound(fn, owner):
+    def call(**kwargs):
+        return fn(**kwargs)
+
+    call.owner = owner
+    return call
