@@ -8,8 +8,9 @@ HEADER = "slide_id\tpath\tmpp\tsplit\tannotations\n"
 
 
 def _sheet(tmp_path, rows):
-    for name in ("a.tif", "b.tif", "a.geojson"):
+    for name in ("a.tif", "b.tif"):
         (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "a.geojson").write_text('{"type": "FeatureCollection", "features": []}')
     p = tmp_path / "slides.tsv"
     p.write_text(HEADER + "".join("\t".join(r) + "\n" for r in rows))
     return p

@@ -76,7 +76,8 @@ def _annotation_problems(slide_id: str, path: str) -> list[str]:
     try:
         read_polygons(path)
     except GeoJSONError as err:  # names the file and the feature
-        return [f"slide '{slide_id}': annotations {err}; fix it or export it again from QuPath as GeoJSON"]
+        fix = "" if "QuPath" in str(err) else "; fix it, or export it again from QuPath as GeoJSON"
+        return [f"slide '{slide_id}': annotations {err}{fix}"]
     return []
 
 
