@@ -22,7 +22,9 @@ if int(trained.patch_size_px) != ed["patch_size_px"]:
     )
 
 check_scorer(ed.get("scorer"), th.get("scorer"), snakemake.input.threshold)  # τ is on this Gaussian's d²
-scorer = scorer_from_record(ed, trained, expected=th["scorer"], source=snakemake.input.error_distribution)
+scorer = scorer_from_record(
+    ed, trained, expected=th["scorer"], source=snakemake.input.error_distribution, settings=cfg.scoring
+)
 meta = save_detector(scorer, ed, th["tau"], snakemake.output.saved_model, jit_compile=cfg.export.jit_compile)
 detector = load_detector(snakemake.output.saved_model)  # fails here, not in inference, if it does not load
 log.info(

@@ -1,8 +1,10 @@
-"""Rule fit_error_distribution: the 3-D Gaussian of per-pixel RGB reconstruction errors on the calibrate slides.
+"""Rule fit_error_distribution: the Gaussian of the scorer's per-pixel features on the calibrate slides.
 
-Every pixel of every calibrate patch is one observation of e = |x − G(x)| (x in [-1, 1], inference mode). The mean,
-sample covariance, its inverse and Cholesky factors go to results/calibration/error_distribution.json together with
-per-channel histograms and quantiles of e (for the report) and provenance.
+Every pixel of every calibrate patch is one observation of the features e of `calibration.scorer` (for rgb_error
+e = |x − G(x)|, x in [-1, 1], inference mode). The scorer's own state (if it fits one), its `scoring` settings, the
+mean, sample covariance (plus the scorer's ridge), its inverse and Cholesky factors go to
+results/calibration/error_distribution.json together with per-channel histograms and quantiles of e (for the
+report) and provenance.
 """
 
 import math
@@ -25,7 +27,7 @@ if not manifests:
 model_dir = Path(snakemake.input.model_json).parent
 trained = load_trained(model_dir)
 size = int(trained.patch_size_px)
-scorer = make_scorer(cfg.calibration.scorer, trained)
+scorer = make_scorer(cfg.calibration.scorer, trained, settings=cfg.scoring)
 n_patches = count_examples(manifests, size)  # also fails early, naming the manifest, when a resolution is missing
 if n_patches == 0:
     raise SystemExit(f"the calibrate slides {manifests} have no tissue patches; check their tiling QC")
@@ -45,7 +47,7 @@ moments, counts = errors.fit_error_distribution(
 inner = size - 2 * cfg.calibration.border_px
 if moments.n != n_patches * inner * inner:
     raise SystemExit(f"saw {moments.n} pixels, expected {n_patches}·{inner}² from the manifests: records are stale")
-gauss = stats.gaussian_fit(moments)
+gauss = stats.gaussian_fit(moments, ridge=scorer.ridge)
 log.info("mean %s, covariance diagonal %s", np.round(gauss["mean"], 5), np.round(np.diag(gauss["covariance"]), 6))
 
 write_json(
@@ -54,6 +56,7 @@ write_json(
         "definition": scorer.definition,
         "scorer": scorer.name,
         "scorer_state": scorer.state,
+        "scorer_settings": scorer.settings,
         "architecture": trained.architecture,
         "patch_size_px": size,
         "n_patches": n_patches,
@@ -62,6 +65,7 @@ write_json(
         "mean": gauss["mean"],
         "covariance": gauss["covariance"],
         "covariance_kind": "sample (ddof = 1), float64 Chan merges over batches",
+        "covariance_ridge": scorer.ridge,
         "precision": gauss["precision"],
         "cholesky": gauss["cholesky"],
         "precision_cholesky": gauss["precision_cholesky"],

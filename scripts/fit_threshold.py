@@ -1,9 +1,11 @@
-"""Rule fit_threshold: the dynamic threshold τ on d² from the threshold slides.
+"""Rule fit_threshold: the dynamic threshold τ on d² from the threshold and validation slides.
 
-Streams d² = (e − μ)ᵀ Σ⁻¹ (e − μ) of every pixel of every threshold patch. Always computes the unsupervised
-τ = mean + k·std; when threshold slides have annotations, also the supervised τ maximising F-β over their pixels
-(labels: pixel centre inside an annotation polygon). `calibration.threshold_method` picks the one that is exported.
-Writes results/calibration/threshold.json with both, d² quantiles and histogram (also by label), and the F-β curve.
+Streams d² = (e − μ)ᵀ Σ⁻¹ (e − μ) of every pixel of every patch of those slides. Always computes, over the normal
+pixels (all but those inside the annotations of annotated slides), the unsupervised τ = mean + k·std and the quantile
+τ; when slides have annotations, also the supervised τ maximising F-β over their pixels (labels: pixel centre inside
+an annotation polygon). `calibration.threshold_method` picks the one that is exported. Writes
+results/calibration/threshold.json with all three, the pixel counts they used, d² quantiles and histogram (also by
+label), and the F-β curve.
 """
 
 import json
@@ -27,18 +29,22 @@ cc = cfg.calibration
 manifests = list(snakemake.input.manifests)
 annotations = dict(zip(snakemake.params.annotated, snakemake.input.annotations, strict=True))
 if not manifests:
-    raise SystemExit("no slide of split 'threshold' in the slide sheet: add one (config/slides.tsv) to fit τ")
+    raise SystemExit(
+        "no slide of split 'threshold' or 'validation' in the slide sheet: add one (config/slides.tsv) to fit τ"
+    )
 if cc.threshold_method == "supervised" and not annotations:
     raise SystemExit(
-        "calibration.threshold_method is 'supervised' but no threshold slide has annotations: "
-        "add an 'annotations' GeoJSON for a threshold slide in the sheet, or use 'unsupervised'"
+        "calibration.threshold_method is 'supervised' but no threshold or validation slide has annotations: "
+        "add an 'annotations' GeoJSON for one in the sheet, or use 'unsupervised' or 'quantile'"
     )
 
 ed = json.loads(Path(snakemake.input.error_distribution).read_text())
 gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"])}
 trained = load_trained(Path(snakemake.input.model_json).parent)
 size = int(trained.patch_size_px)
-scorer = scorer_from_record(ed, trained, expected=cc.scorer, source=snakemake.input.error_distribution)
+scorer = scorer_from_record(
+    ed, trained, expected=cc.scorer, source=snakemake.input.error_distribution, settings=cfg.scoring
+)
 if size != ed["patch_size_px"]:
     raise SystemExit(
         f"{snakemake.input.error_distribution} was fitted at {ed['patch_size_px']} px, the model is {size} px"
@@ -60,7 +66,7 @@ if annotations:
 
 n_patches = count_examples(manifests, size)
 if n_patches == 0:
-    raise SystemExit(f"the threshold slides {manifests} have no tissue patches; check their tiling QC")
+    raise SystemExit(f"the threshold/validation slides {manifests} have no tissue patches; check their tiling QC")
 edges = stats.log_edges(*errors.D2_RANGE, cc.d2_bins_per_decade)
 progress = Progress(math.ceil(n_patches / cc.batch_size), "fit_threshold", "batches", logger=log)
 out = errors.collect_d2(
@@ -75,20 +81,39 @@ out = errors.collect_d2(
     border_px=cc.border_px,
 )
 
-unsup = threshold.unsupervised_tau(out["moments"], cc.k_std)
-unsup["flagged_fraction"] = float(
-    out["counts"][np.searchsorted(edges, unsup["tau"], side="right") :].sum() / out["counts"].sum()
-)
-unsup["flagged_fraction_note"] = "upper bound within one d2 bin: pixels in the bin holding tau and above"
+normal = threshold.normal_pixels_record(out["moments"].n, out["normal_counts"].sum(), annotations)
+log.info("normal pixels: %d of %d (%d inside annotations left out)", normal["n_normal"], normal["n_pixels"],
+         normal["n_excluded_annotated"])  # fmt: skip
+if out["normal_moments"] is None:
+    raise SystemExit(
+        "every pixel of the threshold/validation slides lies inside an annotation, so no normal pixel is left to fit τ "
+        "on: add a slide with normal tissue or annotate only the anomalies"
+    )
+normal_counts = out["normal_counts"]
+
+
+def flagged_fraction(tau: float) -> float:
+    return float(normal_counts[np.searchsorted(edges, tau, side="right") :].sum() / normal_counts.sum())
+
+
+unsup = threshold.unsupervised_tau(out["normal_moments"], cc.k_std)
+quant = threshold.quantile_tau(cc.normal_quantile, out.get("normal_d2"), normal_counts, edges)
+for rec in (unsup, quant):
+    rec["flagged_fraction"] = flagged_fraction(rec["tau"])
+    rec["flagged_fraction_note"] = "of normal pixels; upper bound within one d2 bin (the bin holding tau and above)"
 log.info("unsupervised τ = %.6g (mean %.6g + %g · std %.6g)", unsup["tau"], unsup["mean"], cc.k_std, unsup["std"])
+log.info("quantile τ = %.6g (%g-quantile of normal d2; %s)", quant["tau"], quant["q"], quant["how"])
 result = {
     "definition": "a pixel is flagged when d2 > tau; d2 = (e - mean)^T precision (e - mean) with the fitted Gaussian",
     "scorer": scorer.name,
     "n_patches": n_patches,
     "n_pixels": out["moments"].n,
+    "normal_pixels": normal,
     "unsupervised": unsup,
+    "quantile": quant,
     "supervised": None,
     "d2_histogram": stats.histogram_record(out["counts"], edges),
+    "d2_histogram_normal": stats.histogram_record(normal_counts, edges),
 }
 if labeller is not None and out["n_labelled"]:
     if "d2" in out:
@@ -115,7 +140,7 @@ if labeller is not None and out["n_labelled"]:
         how,
     )
 elif cc.threshold_method == "supervised":
-    raise SystemExit("no labelled pixels: the annotated threshold slides have no patches in the records")
+    raise SystemExit("no labelled pixels: the annotated threshold/validation slides have no patches in the records")
 
 chosen = result[cc.threshold_method]
 result["method"] = cc.threshold_method

@@ -12,6 +12,9 @@ grid = pd.read_parquet(snakemake.input.grid)
 # The evaluation stage's own F1 / IoU columns are used when present (the pooled grid computes them from µm² sums).
 if not {"f1", "iou"} <= set(grid.columns):
     grid = cell_metrics(grid)
-title = "All evaluated slides pooled (areas summed)" if name == "pooled" else f"Slide {name}"
+if name.startswith("pooled/"):
+    title = f"{name.removeprefix('pooled/')} slides pooled (areas summed); best cell = oracle"
+else:
+    title = f"Slide {name}; best cell = oracle"
 style.save(evaluation.plot_grid_heatmaps(grid, title), snakemake.output[0])
 log.info("%s: %d cells, best F1 %.4f", name, len(grid), grid["f1"].max())

@@ -1,29 +1,28 @@
-"""The demo data: download and verification, the cohort's regions and pastes, the written slides and annotations."""
+"""The demo data: download and verification, the cohort's regions and anomalies, the written slides and annotations."""
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
-import shutil
 
 import numpy as np
 import pytest
 import shapely
-import skimage.data
 import tifffile
 from scipy import ndimage
 from shapely.geometry import Polygon
 from skimage.draw import polygon2mask
 
-from proganomaly.common.raster import rasterize
 from proganomaly.config import Config, validate_config
 from proganomaly.data.geojson import read_polygons
 from proganomaly.demo import cohort as demo
 from proganomaly.demo import source
+from proganomaly.demo.anomalies import GROUPS, KINDS, covered
 
 DEFAULTS = Config.from_dict(validate_config({})).demo
 SEED = 20210702
-IHC = skimage.data.immunohistochemistry()
+KIND_NAMES = list(DEFAULTS.anomaly_kinds)
 
 
 def raster(polys, shape) -> np.ndarray:
@@ -35,6 +34,12 @@ def raster(polys, shape) -> np.ndarray:
     return mask
 
 
+def halo(item) -> np.ndarray:
+    """Where an anomaly may change pixels: each region grown by half its soft edge (and a pixel for rounding)."""
+    grown = [p.polygon.buffer(KINDS[p.kind].feather_px / 2 + 1.5) for p in item["placed"]]
+    return raster([g for g in grown], item["rgb"].shape[:2]) if grown else np.zeros(item["rgb"].shape[:2], bool)
+
+
 @pytest.fixture(scope="module")
 def source_rgb(demo_svs):
     with tifffile.TiffFile(demo_svs) as tif:
@@ -43,7 +48,7 @@ def source_rgb(demo_svs):
 
 @pytest.fixture(scope="module")
 def cohort(source_rgb):
-    return demo.make_cohort(source_rgb, IHC, SEED, DEFAULTS.foreign_per_slide, DEFAULTS.foreign_size_px)
+    return demo.make_cohort(source_rgb, SEED, KIND_NAMES, DEFAULTS.anomalies_per_kind)
 
 
 # --- download and verification ------------------------------------------------------------------------------------
@@ -92,25 +97,8 @@ def test_parse_svs_mpp():
 # --- pure pieces ---------------------------------------------------------------------------------------------------
 
 
-def test_blob_polygons_are_valid_irregular_and_sized():
-    rng = np.random.default_rng(0)
-    blobs = [demo.blob_polygon(rng, size) for size in (160, 220, 280)]
-    for blob, size in zip(blobs, (160, 220, 280), strict=True):
-        minx, miny, maxx, maxy = blob.bounds
-        assert blob.is_valid and max(maxx - minx, maxy - miny) == pytest.approx(size)
-        # Not a rectangle: it fills clearly less than its (rotated) minimum bounding rectangle.
-        assert blob.area < 0.95 * shapely.minimum_rotated_rectangle(blob).area
-    assert not blobs[0].equals(demo.blob_polygon(np.random.default_rng(1), 160))
-
-
-def test_rasterise_agrees_with_skimage():
-    poly = demo.blob_polygon(np.random.default_rng(5), 120)
-    poly = shapely.affinity.translate(poly, 80.3, 70.7)
-    ours = rasterize(poly, (150, 170))
-    theirs = raster([poly], (150, 170))
-    # Only pixels whose centre lies on the boundary may be decided differently.
-    assert (ours != theirs).sum() <= 0.01 * theirs.sum()
-    assert abs(int(ours.sum()) - poly.area) < poly.length
+def test_defaults_name_every_kind():
+    assert KIND_NAMES == list(KINDS) and DEFAULTS.anomalies_per_kind >= 2
 
 
 def test_split_regions_shares_on_a_synthetic_mask():
@@ -127,29 +115,9 @@ def test_split_regions_shares_on_a_synthetic_mask():
     assert all(r.x == 80 - demo.BAND_MARGIN_PX and r.width == 240 + 2 * demo.BAND_MARGIN_PX for r in regions)
 
 
-def test_paste_changes_only_pixels_inside_the_polygon():
-    rng = np.random.default_rng(7)
-    canvas = np.full((300, 300, 3), (230, 150, 200), np.uint8)
-    poly = shapely.set_precision(shapely.affinity.translate(demo.blob_polygon(rng, 180), 150, 150), 0.01)
-    before = canvas.copy()
-    info = demo.paste_piece(canvas, poly, IHC, rng)
-    changed = (canvas != before).any(axis=2)
-    inside = raster([poly], canvas.shape[:2])
-    assert not (changed & ~ndimage.binary_dilation(inside)).any()
-    assert changed.sum() > 0.9 * inside.sum()
-    assert info["source_crop"]["stained_fraction"] > 0.8
-
-
-def test_place_pieces_respects_tissue_gap_and_errors():
-    tissue = np.zeros((400, 900), bool)
-    tissue[50:350, 100:800] = True
-    pieces = demo.place_pieces(np.random.default_rng(3), tissue, 3, (100, 160))
-    assert len(pieces) == 3
-    for i, p in enumerate(pieces):
-        assert demo.on_tissue(p, tissue) >= demo.MIN_ON_TISSUE
-        assert all(p.distance(q) >= demo.PLACE_GAP_PX for q in pieces[i + 1 :])
-    with pytest.raises(demo.DemoError, match=r"lower demo\.foreign_per_slide or demo\.foreign_size_px"):
-        demo.place_pieces(np.random.default_rng(3), tissue[:120], 2, (200, 280), "tiny")
+def test_bad_kinds_are_refused(source_rgb):
+    with pytest.raises(demo.DemoError, match=r"demo\.anomaly_kinds=\['smudge'\]"):
+        demo.make_cohort(source_rgb, SEED, ["smudge"], 1)
 
 
 # --- the cohort from the real slide ---------------------------------------------------------------------------------
@@ -157,56 +125,72 @@ def test_place_pieces_respects_tissue_gap_and_errors():
 
 def test_cohort_regions_share_the_tissue_fairly(cohort, source_rgb):
     regions = [item["region"] for item in cohort]
-    assert [r.slide_id for r in regions] == ["demo_train_a", "demo_calibrate", "demo_threshold", "demo_train_b",
+    assert [r.slide_id for r in regions] == ["demo_train_a", "demo_train_b", "demo_calibrate", "demo_validation",
                                              "demo_test"]  # fmt: skip
-    train = sum(r.tissue_share for r in regions if r.split == "train")
-    assert 0.45 <= train <= 0.55
-    assert all(r.tissue_share >= 0.15 for r in regions)
+    share = collections.Counter()
+    for r in regions:
+        share[r.split] += r.tissue_share
+    # Training keeps ~400 patches; validation and test a quarter of the skin each.
+    assert 0.4 <= share["train"] <= 0.45 and 0.09 <= share["calibrate"] <= 0.12
+    assert 0.22 <= share["validation"] <= 0.26 and 0.22 <= share["test"] <= 0.26
     boxes = [shapely.box(r.x, r.y, r.x + r.width, r.y + r.height) for r in regions]
     for i, a in enumerate(boxes):
         assert all(a.intersection(b).area == 0 for b in boxes[i + 1 :])
     for item in cohort:
         r = item["region"]
-        unpasted = source_rgb[r.y : r.y + r.height, r.x : r.x + r.width]
-        assert item["rgb"].shape == unpasted.shape
-        if not item["polygons"]:
-            np.testing.assert_array_equal(item["rgb"], unpasted)
+        uncut = source_rgb[r.y : r.y + r.height, r.x : r.x + r.width]
+        assert item["rgb"].shape == uncut.shape
+        if r.split not in demo.ANOMALOUS_SPLITS:  # train and calibrate: normal tissue, untouched
+            assert item["placed"] == []
+            np.testing.assert_array_equal(item["rgb"], uncut)
 
 
-def test_pasted_pixels_lie_inside_the_annotations(cohort, source_rgb):
+def test_every_class_in_validation_and_test_on_tissue(cohort, source_rgb):
     for item in cohort:
         r = item["region"]
         if r.split not in demo.ANOMALOUS_SPLITS:
-            assert item["polygons"] == []
             continue
-        assert len(item["polygons"]) == DEFAULTS.foreign_per_slide
-        unpasted = source_rgb[r.y : r.y + r.height, r.x : r.x + r.width]
-        changed = (item["rgb"] != unpasted).any(axis=2)
-        inside = raster(item["polygons"], changed.shape)
-        assert not (changed & ~ndimage.binary_dilation(inside)).any()
-        assert changed.sum() > 0.85 * inside.sum()  # the piece really is foreign almost everywhere
-        lo, hi = DEFAULTS.foreign_size_px
-        for poly, paste in zip(item["polygons"], item["pastes"], strict=True):
-            assert isinstance(poly, Polygon) and poly.is_valid
-            assert lo - 1 <= paste["size_px"] <= hi + 1
-            assert paste["tissue_fraction"] >= demo.MIN_ON_TISSUE
+        kinds = collections.Counter(p.kind for p in item["placed"])
+        assert kinds == {k: DEFAULTS.anomalies_per_kind for k in KIND_NAMES}, r.slide_id
+        assert {KINDS[k].group for k in kinds} == set(GROUPS)
+        for p in item["placed"]:
+            assert isinstance(p.polygon, Polygon) and p.polygon.is_valid
+            assert p.classification == KINDS[p.kind].classification
+            assert covered(p.polygon, item["tissue"]) >= 0.9
+            lo, hi = KINDS[p.kind].size_px
+            minx, miny, maxx, maxy = p.polygon.bounds
+            assert 0.8 * lo <= max(maxx - minx, maxy - miny) <= hi + 1  # a bent band spans less than its length
+        for a, b in itertools.combinations(item["placed"], 2):
+            assert a.polygon.distance(b.polygon) >= 32
+        # Pixels change only on the regions and their soft edges, and every region does change.
+        uncut = source_rgb[r.y : r.y + r.height, r.x : r.x + r.width]
+        changed = (item["rgb"] != uncut).any(axis=2)
+        assert not (changed & ~halo(item)).any()
+        for p in item["placed"]:
+            assert changed[raster([p.polygon], changed.shape)].mean() > 0.5, p.kind
 
 
 def test_cohort_is_deterministic_per_seed(cohort, source_rgb):
-    again = demo.make_cohort(source_rgb, IHC, SEED, DEFAULTS.foreign_per_slide, DEFAULTS.foreign_size_px)
-    other = demo.make_cohort(source_rgb, IHC, SEED + 1, DEFAULTS.foreign_per_slide, DEFAULTS.foreign_size_px)
+    again = demo.make_cohort(source_rgb, SEED, KIND_NAMES, DEFAULTS.anomalies_per_kind)
+    other = demo.make_cohort(source_rgb, SEED + 1, KIND_NAMES, DEFAULTS.anomalies_per_kind)
     for a, b, c in zip(cohort, again, other, strict=True):
         np.testing.assert_array_equal(a["rgb"], b["rgb"])
-        assert [p.wkt for p in a["polygons"]] == [p.wkt for p in b["polygons"]]
+        assert [p.polygon.wkt for p in a["placed"]] == [p.polygon.wkt for p in b["placed"]]
         assert a["region"] == c["region"]  # the seed never moves tissue between splits
-        if a["polygons"]:
-            assert [p.wkt for p in a["polygons"]] != [p.wkt for p in c["polygons"]]
+        if a["placed"]:
+            assert [p.polygon.wkt for p in a["placed"]] != [p.polygon.wkt for p in c["placed"]]
             assert not np.array_equal(a["rgb"], c["rgb"])
 
 
+def _paths(cohort, folder):
+    names = [f"{item['region'].slide_id}.tif" for item in cohort]
+    names += [f"{item['region'].slide_id}.geojson" for item in cohort if item["region"].split in demo.ANOMALOUS_SPLITS]
+    folder.mkdir(exist_ok=True)
+    return {name: str(folder / name) for name in names}
+
+
 def test_written_slides_and_annotations_read_back(cohort, source_rgb, tmp_path):
-    names = [f"{r['region'].slide_id}.tif" for r in cohort] + ["demo_threshold.geojson", "demo_test.geojson"]
-    paths = {name: str(tmp_path / name) for name in names}
+    paths = _paths(cohort, tmp_path / "a")
     records = demo.write_cohort(cohort, paths, 0.499, tile=256, quality=90, seed=SEED)
     for item, record in zip(cohort, records, strict=True):
         r = item["region"]
@@ -221,31 +205,36 @@ def test_written_slides_and_annotations_read_back(cohort, source_rgb, tmp_path):
             decoded = levels[0].asarray()
         mse = np.mean((decoded.astype(np.float64) - item["rgb"]) ** 2)
         assert 10 * np.log10(255**2 / mse) > 32.0  # PSNR of JPEG quality 90 on H&E texture: ~34-38 dB
-        # Where the written slide differs from the source beyond JPEG noise (9 px box mean of |diff| > 30; the
-        # noise alone stays below ~18), it does so only at the annotated pieces.
-        unpasted = source_rgb[r.y : r.y + r.height, r.x : r.x + r.width].astype(np.float64)
-        changed = ndimage.uniform_filter(np.abs(decoded - unpasted).mean(axis=2), 9) > 30
-        if r.split in demo.ANOMALOUS_SPLITS:
-            geoms, repairs = read_polygons(paths[f"{r.slide_id}.geojson"])
-            assert repairs == []
-            assert [g.wkt for g in geoms] == [p.wkt for p in item["polygons"]]
-            inside = raster(geoms, changed.shape)
-            assert not (changed & ~ndimage.binary_dilation(inside, iterations=8)).any()
-            assert changed[inside].mean() > 0.8
-            doc = json.loads(open(paths[f"{r.slide_id}.geojson"]).read())
-            assert doc["type"] == "FeatureCollection" and doc["proganomaly"]["seed"] == SEED
-        else:
-            assert f"{r.slide_id}.geojson" not in paths
+        # Beyond JPEG noise (9 px box mean of |diff| > 30; the noise alone stays below ~18) the written slide
+        # differs from the source only at the annotated regions.
+        uncut = source_rgb[r.y : r.y + r.height, r.x : r.x + r.width].astype(np.float64)
+        changed = ndimage.uniform_filter(np.abs(decoded - uncut).mean(axis=2), 9) > 30
+        assert len(record["anomalies"]) == len(item["placed"])
+        if r.split not in demo.ANOMALOUS_SPLITS:
+            assert f"{r.slide_id}.geojson" not in paths and "annotations" not in record
             assert not changed.any()
-    first = open(paths["demo_test.geojson"]).read()
-    shutil.rmtree(tmp_path)
-    tmp_path.mkdir()
-    demo.write_cohort(cohort, paths, 0.499, tile=256, quality=90, seed=SEED)
-    assert open(paths["demo_test.geojson"]).read() == first
+            continue
+        geoms, repairs = read_polygons(paths[f"{r.slide_id}.geojson"])
+        assert repairs == []
+        assert [g.wkt for g in geoms] == [p.polygon.wkt for p in item["placed"]]
+        assert not (changed & ~ndimage.binary_dilation(halo(item), iterations=8)).any()
+        doc = json.loads(open(paths[f"{r.slide_id}.geojson"]).read())
+        assert doc["type"] == "FeatureCollection" and doc["proganomaly"]["seed"] == SEED
+        assert {c["classification"]: c["group"] for c in doc["proganomaly"]["classes"]} == {
+            s.classification: s.group for s in KINDS.values()
+        }
+        for feature, p in zip(doc["features"], item["placed"], strict=True):
+            props = feature["properties"]
+            assert props["objectType"] == "annotation"
+            assert props["classification"] == {"name": KINDS[p.kind].classification, "color": list(KINDS[p.kind].color)}
+            assert props["anomaly_group"] == KINDS[p.kind].group and props["anomaly_kind"] == p.kind
+        # Each class can be read alone, as evaluation and `calibration.annotation_classes` do.
+        ink, _ = read_polygons(paths[f"{r.slide_id}.geojson"], {"Marker ink"})
+        assert len(ink) == DEFAULTS.anomalies_per_kind
+    # The same cohort written again gives the same bytes.
+    again = _paths(cohort, tmp_path / "b")
+    demo.write_cohort(cohort, again, 0.499, tile=256, quality=90, seed=SEED)
+    for name, path in paths.items():
+        assert open(path, "rb").read() == open(again[name], "rb").read(), name
     with pytest.raises(demo.DemoError, match=r"no output declared for demo_test\.geojson"):
         demo.write_cohort(cohort[-1:], {"demo_test.tif": str(tmp_path / "t.tif")}, 0.499)
-
-
-def test_bad_size_range_is_refused(source_rgb):
-    with pytest.raises(demo.DemoError, match=r"demo.foreign_size_px=\[300, 200\]"):
-        demo.make_cohort(source_rgb, IHC, SEED, 2, (300, 200))

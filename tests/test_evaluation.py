@@ -27,7 +27,14 @@ from sklearn.metrics import (
 
 from proganomaly.config import config_params, validate_config
 from proganomaly.evaluation import geometry, metrics
-from proganomaly.evaluation.grid import GridSpec, Region, cell_areas, evaluate_grid, predicted_polygons
+from proganomaly.evaluation.grid import (
+    GridSpec,
+    Region,
+    cell_areas,
+    evaluate_grid,
+    evaluate_grids,
+    predicted_polygons,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AREAS = ["true_positive", "false_positive", "false_negative", "true_negative"]
@@ -234,7 +241,7 @@ class Files(SimpleNamespace):
         return getattr(self, key)
 
 
-def write_slide(root, slide, seed):
+def write_slide(root, slide, seed, two_classes=False):
     """Synthetic inputs of one slide: maps at downsample 4, a patch grid, QC record and annotations."""
     rng = np.random.default_rng(seed)
     h, w, ds = 64, 80, 4
@@ -262,8 +269,15 @@ def write_slide(root, slide, seed):
         "geometry": {"type": "Polygon", "coordinates": [[[140, 90], [190, 90], [190, 130], [140, 130], [140, 90]]]},
         "properties": {"objectType": "annotation", "classification": {"name": "Tumor"}},
     }
+    features = [feature]
+    if two_classes:
+        # A second class near the map's low corner, and a group on the first (top-level, as the demo writes it).
+        feature["anomaly_group"] = "same-stain tissue"
+        ring = [[20, 200], [60, 200], [60, 240], [20, 240], [20, 200]]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                         "properties": {"objectType": "annotation", "classification": {"name": "Ink"}}})  # fmt: skip
     ann = root / f"{slide}.geojson"
-    ann.write_text(json.dumps({"type": "FeatureCollection", "features": [feature]}))
+    ann.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return Files(
         kde=str(maps / "kde.tif"),
         mahalanobis_d2=str(maps / "mahalanobis_d2.tif"),
@@ -295,50 +309,115 @@ def run_script(name, inputs, outputs, config, log, wildcards=None):
         sys.stderr = stderr  # setup_logging points stderr at the rule's log
 
 
+def eval_outputs(root, slide):
+    d = root / slide
+    d.mkdir(parents=True)
+    names = [("grid", "grid.parquet"), ("csv", "grid.csv"), ("class_grid", "class_grid.parquet"),
+             ("metrics", "metrics.json"), ("pixels", "pixels.parquet")]  # fmt: skip
+    return Files(**{k: str(d / f) for k, f in names})
+
+
 def test_rule_scripts_end_to_end(tmp_path):
     config = validate_config(
         {"evaluation": {"thresholds": [0.0, 0.05, 0.1, 0.3], "dilations": [1, 2, 30], "max_pixels": 2000}}
     )
-    outs = {}
-    for i, slide in enumerate(["s1", "s2"]):
-        inputs = write_slide(tmp_path / "in", slide, i)
-        d = tmp_path / "eval" / slide
-        d.mkdir(parents=True)
-        outs[slide] = Files(
-            **{k: str(d / f) for k, f in [("grid", "grid.parquet"), ("csv", "grid.csv"), ("metrics", "metrics.json"),
-                                           ("geojson", "predicted.geojson"), ("pixels", "pixels.parquet")]}
-        )  # fmt: skip
-        run_script("evaluate_slide", inputs, outs[slide], config, tmp_path / f"{slide}.log", Files(slide=slide))
+    slides = {"v1": "validation", "s1": "test", "s2": "test"}
+    ins, outs = {}, {}
+    for i, slide in enumerate(slides):
+        ins[slide] = write_slide(tmp_path / "in", slide, i, two_classes=slide != "s2")
+        outs[slide] = eval_outputs(tmp_path / "eval", slide)
+        run_script("evaluate_slide", ins[slide], outs[slide], config, tmp_path / f"{slide}.log", Files(slide=slide))
     grid = pd.read_parquet(outs["s1"].grid)
     assert len(grid) == 12 and pd.read_csv(outs["s1"].csv).shape == grid.shape
     np.testing.assert_allclose(grid[AREAS].sum(axis=1), 19 * 64 * 64)  # tissue: 19 patches
     np.testing.assert_allclose(grid.true_positive_um2, grid.true_positive * 0.25)
     m = json.loads(open(outs["s1"].metrics).read())
-    assert m["cells"] == 12 and m["best_f1"]["value"] == pytest.approx(grid.f1.max())
+    assert m["cells"] == 12 and m["best_f1"]["value"] == pytest.approx(grid.f1.max()) and m["best_cells_are_oracle"]
     assert m["pixel"]["mahalanobis_d2"]["auroc"] > 0.5 and "provenance" in m
+    assert m["annotation_classes"] == {"Tumor": "same-stain tissue", "Ink": "Ink"}
+    assert set(m["per_class"]["class"]) == {"Tumor", "Ink"} and set(m["per_class"]["group"]) == {
+        "same-stain tissue",
+        "Ink",
+    }
+    # Per class, against normal pixels only, as sklearn on the same sampled pixels.
+    px = pd.read_parquet(outs["s1"].pixels)
+    keep = px["class:Tumor"] | ~px["label"]
+    want = roc_auc_score(px["class:Tumor"][keep], px["kde"][keep])
+    assert m["per_class"]["class"]["Tumor"]["pixel"]["kde"]["auroc"] == pytest.approx(want)
+    # Per-class grid: FP and TN are the all-classes ones; TP + FN is the class's area in tissue.
+    cg = pd.read_parquet(outs["s1"].class_grid)
+    tumor = cg[(cg.level == "class") & (cg.name == "Tumor")].reset_index(drop=True)
+    np.testing.assert_allclose(tumor.false_positive, grid.false_positive)
+    np.testing.assert_allclose(tumor.true_positive + tumor.false_negative, 50 * 40)
+    assert m["per_class"]["class"]["Tumor"]["oracle_best_f1"]["f1"] == pytest.approx(tumor.f1.max())
+
+    op_path = tmp_path / "eval" / "operating_point.json"
+    run_script("choose_operating_point", Files(grids=[outs["v1"].grid]), [str(op_path)], config, tmp_path / "op.log")
+    op = json.loads(op_path.read_text())
+    val = pd.read_parquet(outs["v1"].grid)
+    assert op["chosen_on"]["slides"] == ["v1"] and op["threshold"] == val.loc[val.f1.idxmax(), "threshold"]
+    for slide in slides:
+        d = Path(outs[slide].grid).parent
+        outs[slide].geojson, outs[slide].at_point = str(d / "predicted.geojson"), str(d / "at_operating_point.json")
+        exp_in = Files(**vars(ins[slide]), operating_point=str(op_path))
+        exp_out = Files(geojson=outs[slide].geojson, metrics=outs[slide].at_point)
+        run_script("export_predictions", exp_in, exp_out, config, tmp_path / f"x{slide}.log", Files(slide=slide))
     gj = json.loads(open(outs["s1"].geojson).read())
     assert gj["type"] == "FeatureCollection" and gj["features"]
     props = gj["features"][0]["properties"]
     assert props["objectType"] == "annotation" and props["classification"]["name"] == "Anomaly (predicted)"
-    best = grid.loc[grid.f1.idxmax()]
+    assert gj["proganomaly"]["operating_point"]["threshold"] == op["threshold"]
+    # The test slide's polygons and metrics are the validation-chosen cell of its own grid.
+    cell = grid[(grid.threshold == op["threshold"]) & (grid.dilation == op["dilation"])].iloc[0]
     exported = sum(shapely.geometry.shape(f["geometry"]).area for f in gj["features"])
-    assert exported == pytest.approx(best.true_positive + best.false_positive)
+    assert exported == pytest.approx(cell.true_positive + cell.false_positive)
+    at = json.loads(open(outs["s1"].at_point).read())
+    assert at["all"]["f1"] == pytest.approx(cell.f1) and at["all"]["num_polygons"] == cell.num_polygons
+    tcell = tumor[(tumor.threshold == op["threshold"]) & (tumor.dilation == op["dilation"])].iloc[0]
+    assert at["class"]["Tumor"]["f1"] == pytest.approx(tcell.f1)
 
-    pooled_dir = tmp_path / "eval" / "pooled"
-    pooled_dir.mkdir()
+    pooled_dir = tmp_path / "eval" / "pooled" / "test"
+    pooled_dir.mkdir(parents=True)
     pooled_out = Files(grid=str(pooled_dir / "grid.parquet"), csv=str(pooled_dir / "grid.csv"),
-                       metrics=str(pooled_dir / "metrics.json"))  # fmt: skip
+                       class_grid=str(pooled_dir / "class_grid.parquet"), metrics=str(pooled_dir / "metrics.json"))  # fmt: skip
+    test = ["s1", "s2"]
     pool_in = Files(
-        grids=[outs[s].grid for s in outs],
-        metrics=[outs[s].metrics for s in outs],
-        pixels=[outs[s].pixels for s in outs],
+        grids=[outs[s].grid for s in test],
+        class_grids=[outs[s].class_grid for s in test],
+        metrics=[outs[s].metrics for s in test],
+        pixels=[outs[s].pixels for s in test],
+        at_point=[outs[s].at_point for s in test],
+        operating_point=str(op_path),
     )
-    run_script("pool_metrics", pool_in, pooled_out, config, tmp_path / "pool.log")
+    run_script("pool_metrics", pool_in, pooled_out, config, tmp_path / "pool.log", Files(split="test"))
     pooled = pd.read_parquet(pooled_out.grid)
     g2 = pd.read_parquet(outs["s2"].grid)
     np.testing.assert_allclose(pooled.true_positive_um2, grid.true_positive_um2 + g2.true_positive_um2)
     pm = json.loads(open(pooled_out.metrics).read())
-    assert pm["slides"] == ["s1", "s2"] and pm["pixel"]["kde"]["auroc"] is not None
+    assert pm["split"] == "test" and pm["slides"] == test and pm["pixel"]["kde"]["auroc"] is not None
+    # s2 has no Ink: its normal pixels still count as Ink's negatives, its prediction on normal tissue as FP.
+    both = pd.concat([pd.read_parquet(outs[s].pixels) for s in test], ignore_index=True)
+    ink = both["class:Ink"].fillna(False).astype(bool)
+    keep = ink | ~both["label"]
+    want = roc_auc_score(ink[keep], both["kde"][keep], sample_weight=both["weight"][keep])
+    assert pm["per_class"]["class"]["Ink"]["pixel"]["kde"]["auroc"] == pytest.approx(want)
+    pcg = pd.read_parquet(pooled_out.class_grid)
+    pink = pcg[(pcg.level == "class") & (pcg.name == "Ink")].reset_index(drop=True)
+    np.testing.assert_allclose(pink.false_positive_um2, pooled.false_positive_um2)
+    s2_at = json.loads(open(outs["s2"].at_point).read())
+    fp = at["all"]["false_positive_um2"] + s2_at["all"]["false_positive_um2"]
+    tp = at["class"]["Ink"]["true_positive_um2"]
+    fn = at["class"]["Ink"]["false_negative_um2"]
+    assert pm["at_operating_point"]["class"]["Ink"]["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn), nan_ok=True)
+
+
+def test_operating_point_falls_back_to_fixed_without_validation(tmp_path):
+    config = validate_config({"evaluation": {"operating_threshold": 0.05, "operating_dilation": 2}})
+    out = tmp_path / "operating_point.json"
+    run_script("choose_operating_point", Files(grids=[]), [str(out)], config, tmp_path / "op.log")
+    op = json.loads(out.read_text())
+    assert op["source"] == "fixed" and (op["threshold"], op["dilation"]) == (0.05, 2.0)
+    assert "no annotated validation slides" in op["reason"]
 
 
 def test_mask_image_annotation_matches_geojson(tmp_path):
@@ -376,3 +455,91 @@ def test_polygon_with_hole_prediction_area():
     assert isinstance(poly, Polygon) and poly.area == 60 and len(poly.interiors) == 1
     got = areas_of([poly], box(0, 0, 12, 12), box(4, 4, 8, 8))
     assert [got[k] for k in AREAS] == [12, 48, 4, 80]
+
+
+def test_part_areas_by_hand():
+    # Tissue 10×10; class A the left 2×10 strip, class B the right 2×10 strip (group AB holds both).
+    tissue, a, b = box(0, 0, 10, 10), box(0, 0, 2, 10), box(8, 0, 10, 10)
+    region = Region.clipped(tissue, shapely.union_all([a, b]))
+    parts = {("class", "A"): a, ("class", "B"): b, ("group", "AB"): shapely.union_all([a, b])}
+    kde = np.zeros((10, 10), np.float32)
+    kde[:, 1:5] = 1  # prediction: x in [1, 5): 1 column over A, 3 over normal tissue
+    grid, part = evaluate_grids(kde, 1.0, region, spec((0.5,), (1.0,)), 1.0, parts)
+    assert [grid.iloc[0][k] for k in AREAS] == [10, 30, 30, 30]
+    got = {n: [r[k] for k in AREAS] for n, r in part.set_index("name").iterrows()}
+    # FP and TN are normal tissue's (the other class's strip is neither); TP/FN the class's own.
+    assert got == {"A": [10, 30, 10, 30], "B": [0, 30, 20, 30], "AB": [10, 30, 30, 30]}
+    assert part.set_index("name").loc["A", "tissue_area"] == 80  # tissue minus B's strip
+
+
+def test_class_regions_and_groups(tmp_path):
+    from proganomaly.evaluation import classes
+
+    def feat(x, name=None, group=None):
+        f = {"type": "Feature", "geometry": shapely.geometry.mapping(box(x, 0, x + 1, 1)),
+             "properties": {"objectType": "annotation"}}  # fmt: skip
+        if name:
+            f["properties"]["classification"] = {"name": name}
+        if group:
+            f["anomaly_group"] = group
+        return f
+
+    path = tmp_path / "a.geojson"
+    feats = [feat(0, "ihc", "foreign stain"), feat(2, "ihc", "foreign stain"), feat(4, "blur"), feat(6)]
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    regions, groups = classes.class_regions(path)
+    assert groups == {"ihc": "foreign stain", "blur": "blur", "Unclassified": "Unclassified"}
+    assert regions["ihc"].area == 2 and regions["blur"].area == 1
+    parts = classes.part_regions(regions, groups)
+    assert parts[("group", "foreign stain")].area == 2 and len(parts) == 6
+    assert classes.class_regions(path, ["blur"])[1] == {"blur": "blur"}
+    feats.append(feat(8, "ihc", "artefact"))
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    with pytest.raises(classes.AnnotationClassError, match=r"'ihc'.*artefact"):
+        classes.class_regions(path)
+
+
+def area_cols(tp, fp, fn, tn) -> dict:
+    tissue = np.sum([tp, fp, fn, tn], axis=0)
+    return dict(zip(AREAS, [tp, fp, fn, tn], strict=True)) | {"tissue_area": tissue}
+
+
+def test_part_pixel_scores_and_pooling_of_absent_classes():
+    rng = np.random.default_rng(0)
+    n = 3000
+    label = rng.random(n) < 0.3
+    a = label & (rng.random(n) < 0.5)
+    px = pd.DataFrame({"label": label, "class:A": a, "kde": rng.random(n) + a * 0.5, "w": rng.random(n) + 0.5})
+    res = metrics.part_pixel_scores(px, {("class", "A"): "class:A"}, ["kde"], px["w"])["class"]["A"]["kde"]
+    keep = a | ~label
+    assert res["auroc"] == pytest.approx(roc_auc_score(a[keep], px.kde[keep], sample_weight=px.w[keep]))
+    assert res["average_precision"] == pytest.approx(
+        average_precision_score(a[keep], px.kde[keep], sample_weight=px.w[keep])
+    )
+    # Pooling per class: slide 2 lacks class A, so it adds its FP and TN only.
+    key = {"threshold": [0.5], "dilation": [1.0], "dilation_mode": ["scale"]}
+    g1 = metrics.with_metrics(pd.DataFrame(key | area_cols([4.0], [2.0], [6.0], [8.0])), 1.0)
+    g2 = metrics.with_metrics(pd.DataFrame(key | area_cols([1.0], [3.0], [1.0], [5.0])), 1.0)
+    p1 = metrics.with_metrics(
+        pd.DataFrame(key | {"level": ["class"], "name": ["A"]} | area_cols([3.0], [2.0], [1.0], [8.0])), 1.0
+    )
+    p2 = p1.iloc[:0]
+    pooled = metrics.pool_part_grids([g1, g2], [p1, p2]).iloc[0]
+    assert [pooled[f"{k}_um2"] for k in AREAS] == [3.0, 5.0, 1.0, 13.0]
+    assert pooled.f1 == pytest.approx(6 / (6 + 5 + 1))
+
+
+def test_operating_point_is_the_pooled_validation_best():
+    from proganomaly.evaluation import operating
+
+    ev = SimpleNamespace(**validate_config({})["evaluation"])
+    key = {"threshold": [0.1, 0.2], "dilation": [1.0, 1.0], "dilation_mode": ["scale"] * 2}
+    # Each slide alone prefers a different cell; pooled (areas summed) the second cell wins.
+    g1 = metrics.with_metrics(pd.DataFrame(key | area_cols([10.0, 9.0], [1.0, 0.0], [0.0, 1.0], [89, 90])), 1.0)
+    g2 = metrics.with_metrics(pd.DataFrame(key | area_cols([1.0, 1.0], [9.0, 0.0], [0.0, 0.0], [90, 99])), 1.0)
+    op = operating.choose({"v1": g1, "v2": g2}, ev)
+    assert (op["threshold"], op["dilation"]) == (0.2, 1.0) and op["chosen_on"]["slides"] == ["v1", "v2"]
+    assert operating.choose({}, ev)["source"] == "fixed"
+    assert (
+        operating.choose({"v1": g1}, SimpleNamespace(**(vars(ev) | {"operating_point": "fixed"})))["source"] == "fixed"
+    )

@@ -57,7 +57,8 @@ def test_channel_plan_and_true_valid_base_conv():
     nets = build_networks(cfg.model, 16, seed=1)
     f = cfg.model.filters
     base = nets.critic.convs[0]
-    assert base[0].kernel.shape == (3, 3, f[0][1] + 1, f[0][0])  # +1: minibatch stddev channel
+    assert base[0].kernel.shape == (3, 3, f[0][1] + 1, f[0][0])  # +1: minibatch stddev channel (critic only)
+    assert nets.ge.convs[0][0].kernel.shape == (3, 3, f[0][1], f[0][0])
     assert base[1].kernel.shape == (4, 4, f[0][0], f[0][0]) and base[1].padding == "VALID"
     assert nets.critic.logits.kernel.shape == (f[0][0], 1)
     # U-Net: the decoder's block-b input is its own features plus Ge's pre-pool activation at that resolution
@@ -153,3 +154,47 @@ def test_every_architecture_trains_a_step_with_its_logged_fields(name):
     fields = loss_fields(nets, opts["encoder"] is not None)
     assert set(out) <= set(fields) and all(np.isfinite(float(v)) for v in out.values())
     assert [f for f in fields if f not in STEP_KEYS and f not in out] == []
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_a_patch_encodes_and_reconstructs_the_same_alone_and_in_any_batch(name):
+    """No minibatch stddev in Ge / E (issue 12): inference depends on the patch alone; the critic, which keeps it
+    for training, does too once its stddev channel is given a fixed value."""
+    nets = build_networks(tiny(16, architecture=name, create_encoder=True).model, 16, seed=2)
+    block = nets.blocks - 1
+    x = tf.random.stateless_uniform((6, 16, 16, 3), (4, 5), -1, 1)
+    assert not nets.image_encoder().stddev and not nets.encoder.stddev and nets.critic.stddev
+    whole = nets.reconstruct(x, block).numpy(), nets.encode(x, block).numpy()
+    crit = nets.critic(x, block, False, stddev_value=0.3)[0].numpy()
+    for sl in (slice(2, 3), slice(1, 4), slice(0, 5)):
+        np.testing.assert_allclose(nets.reconstruct(x[sl], block).numpy(), whole[0][sl], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(nets.encode(x[sl], block).numpy(), whole[1][sl], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            nets.critic(x[sl], block, False, stddev_value=0.3)[0].numpy(), crit[sl], rtol=1e-5, atol=1e-5
+        )
+    # what the fixed value replaces: with the batch statistic the critic's output moves with the batch
+    assert not np.allclose(nets.critic(x[2:3], block, False)[0].numpy(), nets.critic(x, block, False)[0].numpy()[2:3])
+
+
+def test_weights_file_carries_the_critic_and_older_files_still_load(tmp_path):
+    import h5py
+
+    cfg = tiny(16, architecture="ganomaly")
+    nets = build_networks(cfg.model, 16, seed=1)
+    model_io.save_weights(nets, tmp_path / model_io.WEIGHTS)
+    (tmp_path / model_io.MODEL_JSON).write_text(json.dumps(model_io.model_record(cfg.model, 16, 1)))
+    loaded = model_io.load_trained(tmp_path)
+    assert loaded.has_critic
+    for k, v in model_io.critic_variables(loaded.nets).items():
+        np.testing.assert_array_equal(v.numpy(), model_io.critic_variables(nets)[k].numpy())
+    with h5py.File(tmp_path / model_io.WEIGHTS, "a") as fh:  # a file written before the critic was saved
+        del fh["critic"]
+    assert not model_io.load_trained(tmp_path).has_critic
+    record = model_io.model_record(cfg.model, 16, 1)
+    record["model"]["minibatch_stddev"]["encoders"] = False  # model.json of an older version, option off
+    (tmp_path / model_io.MODEL_JSON).write_text(json.dumps(record))
+    model_io.load_trained(tmp_path)
+    record["model"]["minibatch_stddev"]["encoders"] = True
+    (tmp_path / model_io.MODEL_JSON).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"minibatch stddev in its encoders.*retrain"):
+        model_io.load_trained(tmp_path)

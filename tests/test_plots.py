@@ -421,7 +421,7 @@ def test_pixel_curves_and_summary_from_metrics_json():
                      "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()}, "pr": {"recall": [1, 0], "precision": [0.3, 1]}}}  # fmt: skip
     metrics = {
         "s": {"pixel": pixel, "best_f1": {"value": 0.4, "threshold": 0.2, "dilation": 1.0}},
-        "pooled": {"pixel": pixel},
+        "pooled/test": {"pixel": pixel, "at_operating_point": {"all": {"f1": 0.3}, "class": {"x": {"f1": 0.1}}}},
     }
     fig = evaluation.plot_pixel_curves(metrics)
     ax_roc = fig.axes[0]
@@ -429,4 +429,39 @@ def test_pixel_curves_and_summary_from_metrics_json():
     np.testing.assert_allclose(pooled_line.get_xdata(), fpr)
     assert f"{roc_auc_score(labels, score):.3f}" in pooled_line.get_label() and labelled(ax_roc)
     table = evaluation.metrics_summary(metrics)
-    assert table.loc[0, "best_f1.value"] == 0.4 and table.loc[1, "auroc (KDE heat map)"] == pixel["kde"]["auroc"]
+    assert table.loc[0, "oracle best_f1.value"] == 0.4 and table.loc[1, "auroc (KDE heat map)"] == pixel["kde"]["auroc"]
+    assert table.loc[1, "at_operating_point.all.f1"] == 0.3 and not any("class" in c for c in table.columns)
+
+
+def test_class_curves_table_and_scorer_table():
+    from proganomaly.report import classes
+
+    def res(auroc):
+        return {"auroc": auroc, "average_precision": auroc / 2, "roc": {"fpr": [0, 0.5, 1], "tpr": [0, auroc, 1]},
+                "pr": {"recall": [1, 0], "precision": [0.2, 1]}}  # fmt: skip
+
+    part = {"pixel": {"kde": res(0.9)}, "oracle_best_f1": {"f1": 0.7, "threshold": 0.1, "dilation": 2.0}}
+    pooled = {
+        "slides": ["a", "b"],
+        "annotation_classes": {"ihc": "foreign stain", "blur": "artefact"},
+        "pixel": {"kde": res(0.8)},
+        "best_f1": {"f1": 0.6, "threshold": 0.1, "dilation": 1.0},
+        "per_class": {"class": {"ihc": part, "blur": {"pixel": {"kde": res(0.6)}}}, "group": {"foreign stain": part}},
+        "at_operating_point": {"all": {"f1": 0.5}, "class": {"ihc": {"f1": 0.4, "recall": 0.9}}, "group": {}},
+    }
+    fig = classes.plot_class_curves(pooled, "t")
+    labels = [ln.get_label() for ln in fig.axes[0].get_lines()]
+    assert labels[:3] == ["ihc (AUROC 0.900)", "blur (AUROC 0.600)", "all classes (AUROC 0.800)"]
+    table = classes.class_table({"test": pooled}).set_index("name")
+    assert list(table.index) == ["all classes", "ihc", "blur", "foreign stain"]
+    assert table.loc["ihc", "group"] == "foreign stain" and table.loc["ihc", "AUROC (KDE heat map)"] == 0.9
+    assert table.loc["ihc", "f1 at operating point"] == 0.4 and table.loc["ihc", "oracle best-cell F1"] == 0.7
+    assert table.loc["all classes", "f1 at operating point"] == 0.5 and pd.isna(
+        table.loc["blur", "oracle best-cell F1"]
+    )
+    assert "fixed" in classes.operating_point_text({"threshold": 0.2, "dilation": 1, "source": "fixed", "reason": "r"})
+    bench = {"rgb_error": {"ihc": {"test": {"auroc_mean": 0.95, "auroc_sd": 0.01, "ap_mean": 0.5, "ap_sd": None},
+                                   "validation": {"auroc_mean": 0.9, "auroc_sd": 0.02, "ap_mean": 0.4, "ap_sd": 0.1}}}}  # fmt: skip
+    st = classes.scorer_table(bench)
+    assert list(st.columns) == ["scorer", "class", "AUROC validation", "AP validation", "AUROC test", "AP test"]
+    assert st.loc[0, "AUROC test"] == "0.950 ± 0.010" and st.loc[0, "AP test"] == "0.500"

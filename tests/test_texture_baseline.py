@@ -1,11 +1,14 @@
-"""The hand-crafted baseline: each feature against an independent computation, the Gaussian against scipy."""
+"""The hand-crafted baseline: the numpy reference (scikit-image) against independent computations and scipy, and the
+registered TensorFlow scorer against the reference."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from scipy import ndimage
 from scipy.spatial.distance import mahalanobis
 
-from proganomaly.scoring import texture_baseline as tb
+import texture_reference as tb
+from proganomaly.scoring import texture_baseline as tf_tb
 
 
 def _he_like(seed: int, size: int = 64) -> np.ndarray:
@@ -137,34 +140,21 @@ def test_patch_checks():
         tb.patch_features(np.zeros((4, 4, 3), np.uint8))
 
 
-def test_grid_positions_keep_tissue_windows_only():
-    tissue = np.zeros((200, 300), bool)
-    tissue[:, :150] = True
-    pos = tb.grid_positions(tissue, patch=64, stride=32, min_tissue=0.5)
-    assert pos.shape[1] == 2 and len(pos) > 0
-    assert np.all(pos % 32 == 0) and np.all(pos[:, 0] + 64 <= 200) and np.all(pos[:, 1] + 64 <= 300)
-    for y, x in pos:
-        assert tissue[y : y + 64, x : x + 64].mean() >= 0.5
-    # Every window that qualifies on the grid is listed.
-    expected = sum(tissue[y : y + 64, x : x + 64].mean() >= 0.5 for y in range(0, 137, 32) for x in range(0, 237, 32))
-    assert len(pos) == expected
-    assert tb.grid_positions(np.ones((10, 10), bool)).shape == (0, 2)
+def test_tensorflow_features_equal_the_reference():
+    """Same definitions (skimage's matrix, Sobel kernels, mirrored borders, bilinear LBP neighbours), float64 both."""
+    rng = np.random.default_rng(9)
+    patches = [_he_like(s) for s in range(4)]
+    patches += [np.full((64, 64, 3), 128, np.uint8), rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)]
+    patches += [np.clip(rng.normal(150, 2, (64, 64, 3)), 0, 255).astype(np.uint8)]  # near-ties in the LBP
+    patches += [ndimage.gaussian_filter(_he_like(5), (2, 2, 0))]
+    got = tf_tb.patch_features(tf.constant(np.stack(patches))).numpy()
+    want = np.stack([tb.patch_features(p) for p in patches])
+    assert tf_tb.FEATURE_NAMES == tb.FEATURE_NAMES
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
 
 
-def test_pixel_map_averages_overlapping_patches():
-    positions = np.array([[0, 0], [0, 32], [32, 0]])
-    scores = np.array([1.0, 3.0, 5.0])
-    m = tb.pixel_map(scores, positions, (128, 128), patch=64)
-    assert m[0, 0] == 1.0 and m[0, 40] == pytest.approx(2.0) and m[40, 40] == pytest.approx(3.0)
-    assert m[40, 10] == pytest.approx(3.0) and m[70, 10] == 5.0
-    assert np.isnan(m[100, 100]) and np.isnan(m[80, 80])
-
-
-def test_features_are_deterministic_and_batch_shaped():
-    rgb = np.concatenate([_he_like(7, 128), _he_like(8, 128)], axis=1)
-    pos = tb.grid_positions(np.ones(rgb.shape[:2], bool), patch=64, stride=32)
-    a, b = tb.image_features(rgb, pos), tb.image_features(rgb, pos)
-    assert a.shape == (len(pos), tb.N_FEATURES)
-    assert np.array_equal(a, b)
-    # A patch's features do not depend on what else is in the batch.
-    assert np.array_equal(a[3], tb.patch_features(rgb[pos[3][0] : pos[3][0] + 64, pos[3][1] : pos[3][1] + 64]))
+def test_tensorflow_features_of_a_patch_do_not_depend_on_its_batch():
+    patches = np.stack([_he_like(s) for s in range(5)])
+    whole = tf_tb.patch_features(tf.constant(patches)).numpy()
+    for i in range(5):
+        np.testing.assert_array_equal(whole[i], tf_tb.patch_features(tf.constant(patches[i : i + 1])).numpy()[0])

@@ -142,3 +142,52 @@ def test_collect_d2_with_labels_matches_direct_computation():
     assert "d2" not in capped and capped["pos_counts"].sum() == labels.sum()
     xla = errors.collect_d2(rgb(model), ds, gauss, edges, jit_compile=True)
     np.testing.assert_allclose(xla["moments"].mean, out["moments"].mean, rtol=1e-5)
+
+
+@pytest.mark.parametrize("q", [0.5, 0.99, 0.999])
+def test_quantile_tau_is_numpys_quantile_and_within_a_bin_from_the_histogram(q):
+    d2 = np.random.default_rng(6).lognormal(0.0, 1.5, 20001).astype(np.float32)
+    exact = threshold.quantile_tau(q, d2)
+    assert exact["tau"] == np.quantile(d2.astype(np.float64), q) and exact["n"] == d2.size
+    edges = stats.log_edges(1e-4, 1e8, 100)
+    binned = threshold.quantile_tau(q, None, stats.bin_counts(d2, edges), edges)
+    i = np.searchsorted(edges, exact["tau"])
+    assert edges[i - 1] <= binned["tau"] <= edges[i]  # in the bin that holds the exact quantile
+    with pytest.raises(stats.StatsError, match="normal_quantile"):
+        threshold.quantile_tau(1.0, d2)
+
+
+def test_tau_without_labels_leaves_the_annotated_anomalies_out():
+    """τ from collect_d2's normal pixels equals numpy's over the pixels outside the annotations (and every pixel of
+    the unannotated slide), not numpy's over all pixels."""
+    model = StandIn(8)
+    images = random_patches(10, 8, seed=7)
+    slides = np.array([b"a"] * 6 + [b"b"] * 4)
+    xs, ys = np.arange(10) * 8, np.zeros(10, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "slide_id": slides, "x": xs, "y": ys}).batch(4)
+    e = rgb(model)(tf.constant(images)).numpy()
+    gauss = stats.gaussian_fit(stats.moments_of(e.reshape(-1, 3)))
+    geom = union_of([shapely.box(9, 2, 13, 6)])
+    lookup = {(s.decode(), int(x), 0): (8, 8) for s, x in zip(slides, xs, strict=True)}
+    edges = stats.log_edges(1e-4, 1e8, 100)
+    labeller = errors.make_labeller(lookup, {"a": geom}, 8)
+    out = errors.collect_d2(rgb(model), ds, gauss, edges, labeller=labeller, max_exact_pixels=10**6)
+    d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])
+    labels = np.zeros(d2.shape, bool)
+    labels[:6] = patch_labels(geom, xs[:6], ys[:6], [8] * 6, [8] * 6, 8)
+    assert 0 < labels.sum() < 64
+    normal = d2[~labels].astype(np.float64)
+    assert out["normal_moments"].n == normal.size == 640 - labels.sum()
+    np.testing.assert_allclose(np.sort(out["normal_d2"]), np.sort(d2[~labels]), rtol=1e-4, atol=1e-4)
+    unsup = threshold.unsupervised_tau(out["normal_moments"], 3.0)
+    assert unsup["tau"] == pytest.approx(normal.mean() + 3.0 * normal.std(ddof=1), rel=1e-4)
+    everything = d2.astype(np.float64)
+    assert unsup["tau"] != pytest.approx(everything.mean() + 3.0 * everything.std(ddof=1), rel=1e-4)
+    quant = threshold.quantile_tau(0.99, out["normal_d2"])
+    assert quant["tau"] == pytest.approx(np.quantile(normal, 0.99), rel=1e-4)
+    assert out["normal_counts"].sum() == normal.size
+    record = threshold.normal_pixels_record(out["moments"].n, out["normal_counts"].sum(), {"a": "a.geojson"})
+    assert record["n_excluded_annotated"] == labels.sum() and record["n_pixels"] == 640
+    # Without labels every pixel is normal; beyond the cap the values are not kept (the histogram serves).
+    plain = errors.collect_d2(rgb(model), ds, gauss, edges, max_exact_pixels=100)
+    assert plain["normal_moments"].n == 640 and "normal_d2" not in plain

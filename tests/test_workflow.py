@@ -14,7 +14,7 @@ from proganomaly.data.records import count_examples, make_dataset, verify_manife
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-SLIDES = ["demo_train_a", "demo_train_b", "demo_calibrate", "demo_threshold", "demo_test"]
+SLIDES = ["demo_train_a", "demo_train_b", "demo_calibrate", "demo_validation", "demo_test"]
 
 pytestmark = pytest.mark.slow
 

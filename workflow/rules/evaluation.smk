@@ -1,10 +1,16 @@
 # Evaluation stage: the threshold × dilation grid of polygon confusion areas per annotated slide (replacing the
-# original's 416-element Dataflow job), pixel-level AUROC / AP of the maps, QuPath GeoJSON of the predicted
-# polygons, and the pooled metrics over slides.
+# original's 416-element Dataflow job), all classes and per annotation class / group, and pixel-level AUROC / AP of
+# the maps; the operating point chosen on the pooled validation slides; QuPath GeoJSON of the predicted polygons at
+# that point; the pooled metrics per split (validation and test apart).
+
+
+wildcard_constraints:
+    split=r"[A-Za-z0-9_-]+",
 
 
 rule evaluate_slide:
-    """Grid of confusion areas and metrics, pixel-level AUROC/AP and predicted polygons for one annotated slide."""
+    """Grids of confusion areas and metrics (all classes, per class / group) and pixel-level AUROC/AP of one
+    annotated slide."""
     input:
         kde="results/slides/{slide}/maps/kde.tif",
         mahalanobis_d2="results/slides/{slide}/maps/mahalanobis_d2.tif",
@@ -16,8 +22,8 @@ rule evaluate_slide:
     output:
         grid="results/eval/{slide}/grid.parquet",
         csv="results/eval/{slide}/grid.csv",
+        class_grid="results/eval/{slide}/class_grid.parquet",
         metrics="results/eval/{slide}/metrics.json",
-        geojson="results/eval/{slide}/predicted.geojson",
         pixels="results/eval/{slide}/pixels.parquet",
     log:
         "results/logs/evaluate_slide/{slide}.log",
@@ -40,11 +46,6 @@ rule evaluate_slide:
             "evaluation.beta",
             "evaluation.annotation_classes",
             "evaluation.annotation_mask_downsample",
-            "evaluation.operating_point",
-            "evaluation.operating_threshold",
-            "evaluation.operating_dilation",
-            "evaluation.class_name",
-            "evaluation.class_color",
             "evaluation.max_pixels",
             "evaluation.curve_points",
         ),
@@ -52,25 +53,99 @@ rule evaluate_slide:
         "../../scripts/evaluate_slide.py"
 
 
+rule choose_operating_point:
+    """The threshold × dilation cell for every evaluated slide: best on the pooled annotated validation slides, or
+    the configured fixed cell (the JSON says which, and why)."""
+    input:
+        grids=expand(
+            "results/eval/{slide}/grid.parquet", slide=annotated_slides("validation")
+        ),
+    output:
+        "results/eval/operating_point.json",
+    log:
+        "results/logs/choose_operating_point/all.log",
+    benchmark:
+        "results/benchmarks/choose_operating_point/all.tsv"
+    conda:
+        "../../envs/geometry.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        **config_params(
+            "evaluation.operating_point",
+            "evaluation.operating_threshold",
+            "evaluation.operating_dilation",
+            "evaluation.beta",
+        ),
+    script:
+        "../../scripts/choose_operating_point.py"
+
+
+rule export_predictions:
+    """Predicted polygons of one evaluated slide at the chosen operating point (QuPath GeoJSON), and its areas and
+    metrics there (all classes, per class / group)."""
+    input:
+        kde="results/slides/{slide}/maps/kde.tif",
+        maps="results/slides/{slide}/maps.json",
+        patches="results/tiles/{slide}.patches.parquet",
+        qc="results/tiles/{slide}.qc.json",
+        annotations=annotation_file,
+        operating_point="results/eval/operating_point.json",
+    output:
+        geojson="results/eval/{slide}/predicted.geojson",
+        metrics="results/eval/{slide}/at_operating_point.json",
+    log:
+        "results/logs/export_predictions/{slide}.log",
+    benchmark:
+        "results/benchmarks/export_predictions/{slide}.tsv"
+    conda:
+        "../../envs/geometry.yaml"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        **config_params(
+            "evaluation.dilation_mode",
+            "evaluation.dilation_origin",
+            "evaluation.contour_tolerance_px",
+            "evaluation.beta",
+            "evaluation.annotation_classes",
+            "evaluation.annotation_mask_downsample",
+            "evaluation.class_name",
+            "evaluation.class_color",
+        ),
+    script:
+        "../../scripts/export_predictions.py"
+
+
 rule pool_metrics:
-    """Areas summed per grid cell over the pooled slides, metrics recomputed; pixel AUROC/AP over all their pixels."""
+    """One split's evaluated slides pooled: areas summed per grid cell (all classes, per class / group), metrics
+    recomputed; pixel AUROC/AP over all their pixels; areas at the operating point summed.
+    """
     input:
         grids=pooled_inputs("grid.parquet"),
+        class_grids=pooled_inputs("class_grid.parquet"),
         metrics=pooled_inputs("metrics.json"),
         pixels=pooled_inputs("pixels.parquet"),
+        at_point=pooled_inputs("at_operating_point.json"),
+        operating_point="results/eval/operating_point.json",
     output:
-        grid="results/eval/pooled/grid.parquet",
+        grid="results/eval/pooled/{split}/grid.parquet",
         csv=report(
-            "results/eval/pooled/grid.csv",
+            "results/eval/pooled/{split}/grid.csv",
             caption="../report/eval_pooled_grid.rst",
             category="Evaluation",
-            labels={"slide": "pooled", "table": "threshold × dilation grid"},
+            labels={"slide": "pooled {split}", "table": "threshold × dilation grid"},
         ),
-        metrics="results/eval/pooled/metrics.json",
+        class_grid="results/eval/pooled/{split}/class_grid.parquet",
+        metrics="results/eval/pooled/{split}/metrics.json",
     log:
-        "results/logs/pool_metrics/all.log",
+        "results/logs/pool_metrics/{split}.log",
     benchmark:
-        "results/benchmarks/pool_metrics/all.tsv"
+        "results/benchmarks/pool_metrics/{split}.tsv"
     conda:
         "../../envs/geometry.yaml"
     threads: 1
@@ -78,7 +153,7 @@ rule pool_metrics:
         mem_mb=4000,
         runtime=20,
     params:
-        # pool_splits chooses the pooled slides (the inputs), so the pooled metrics follow it.
+        # pool_splits chooses the pooled splits (the jobs), so the pooled metrics follow it.
         **config_params(
             "evaluation.pool_splits", "evaluation.beta", "evaluation.curve_points"
         ),

@@ -2,8 +2,8 @@
 # files only. A figure is a target only when a rule of this workflow produces its inputs, so the report builds from
 # whatever stages exist (report_targets() in common.smk).
 
-# Evaluated slides and, when any slide is pooled, the pooled set (the evaluation stage's choice, not ours).
-EVAL_SETS = evaluated_slides() + (["pooled"] if pooled_slides() else [])
+# Evaluated slides and the pooled splits (the evaluation stage's choice, not ours).
+EVAL_SETS = evaluated_slides() + [f"pooled/{s}" for s in pooled_splits()]
 
 
 wildcard_constraints:
@@ -66,7 +66,7 @@ rule plot_qc:
     input:
         sheet=config["slides"],
         qc=expand("results/tiles/{slide}.qc.json", slide=list(SLIDES.index)),
-        manifests=manifests("train", "calibrate", "threshold", "test"),
+        manifests=manifests("train", "calibrate", "threshold", "validation", "test"),
     output:
         counts=report(
             "results/report/qc/patch_counts.png",
@@ -162,7 +162,7 @@ rule plot_calibration:
                     labels={"figure": "F-β curve"},
                 )
             ]
-            if annotated_slides("threshold")
+            if annotated_slides(*TAU_SPLITS)
             else []
         ),
     log:
@@ -244,6 +244,9 @@ rule plot_eval_summary:
     input:
         grids=expand("results/eval/{name}/grid.parquet", name=EVAL_SETS),
         metrics=expand("results/eval/{name}/metrics.json", name=EVAL_SETS),
+        at_point=expand(
+            "results/eval/{slide}/at_operating_point.json", slide=evaluated_slides()
+        ),
     output:
         curves=report(
             "results/report/eval/pixel_curves.png",
@@ -270,8 +273,72 @@ rule plot_eval_summary:
         runtime=10,
     params:
         names=EVAL_SETS,
+        slides=evaluated_slides(),
     script:
         "../../scripts/plot_eval_summary.py"
+
+
+rule plot_eval_classes:
+    """Pixel-level ROC and precision–recall curves per annotation class and per group, one split pooled."""
+    input:
+        metrics="results/eval/pooled/{split}/metrics.json",
+    output:
+        classes=report(
+            "results/report/eval/pooled/{split}.class_curves.png",
+            caption="../report/class_curves.rst",
+            category="Evaluation",
+            labels={"slide": "pooled {split}", "figure": "ROC and PR per class"},
+        ),
+        groups=report(
+            "results/report/eval/pooled/{split}.group_curves.png",
+            caption="../report/group_curves.rst",
+            category="Evaluation",
+            labels={"slide": "pooled {split}", "figure": "ROC and PR per group"},
+        ),
+    log:
+        "results/logs/plot_eval_classes/{split}.log",
+    benchmark:
+        "results/benchmarks/plot_eval_classes/{split}.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/plot_eval_classes.py"
+
+
+rule plot_class_metrics:
+    """Per-class metrics table: pixel AUROC/AP per class and group, oracle best-cell F1, metrics at the operating
+    point, per pooled split."""
+    input:
+        metrics=expand(
+            "results/eval/pooled/{split}/metrics.json", split=pooled_splits()
+        ),
+        operating_point="results/eval/operating_point.json",
+    output:
+        table=report(
+            "results/report/eval/class_metrics.html",
+            caption="../report/class_metrics.rst",
+            category="Evaluation",
+            labels={"slide": "pooled", "figure": "per-class metrics table"},
+        ),
+        csv="results/report/eval/class_metrics.csv",
+    log:
+        "results/logs/plot_class_metrics/all.log",
+    benchmark:
+        "results/benchmarks/plot_class_metrics/all.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        splits=pooled_splits(),
+    script:
+        "../../scripts/plot_class_metrics.py"
 
 
 rule report_figures:

@@ -32,6 +32,16 @@ def _replica_results(step, batch, strategy) -> list[tuple]:
     return [tuple(np.asarray(t[r]) for t in local) for r in range(len(local[0]))]
 
 
+class _NumpyBatches:
+    """The dataset's uint8 batches as numpy, re-iterable (a combined scorer's parts may each stream them)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __iter__(self):
+        return self.dataset.as_numpy_iterator()
+
+
 def error_step(scorer, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
     import tensorflow as tf
 
@@ -61,7 +71,7 @@ def fit_error_distribution(
     (n, mean, M2) is merged on the host, so no replica's shard is lost.
     """
     if scorer.needs_fit:
-        scorer.fit(dataset.as_numpy_iterator())
+        scorer.fit(_NumpyBatches(dataset))
     step = error_step(scorer, edges, jit_compile, border_px)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
@@ -109,10 +119,12 @@ def collect_d2(
 ) -> dict:
     """Stream d² of every pixel of a `make_dataset(..., with_meta=True)` dataset.
 
-    Returns the moments of d² (for the unsupervised τ) and its histogram counts; with a `labeller`
-    (slide_ids, xs, ys → (labels (N, S, S) bool, labelled (N,) bool)) also the counts of positive and negative
-    labelled pixels and, while they number at most `max_exact_pixels`, the labelled d² values themselves (for the
-    exact F-β optimum).
+    Returns the moments of d² and its histogram counts over every pixel, and the same over the normal pixels only
+    (`normal_moments`, `normal_counts`: every pixel of an unlabelled patch, the negatives of a labelled one; the τ
+    fitted without labels uses these, so annotated anomalies never raise it) with, while they number at most
+    `max_exact_pixels`, their d² values (`normal_d2`, for an exact quantile). With a `labeller` (slide_ids, xs, ys →
+    (labels (N, S, S) bool, labelled (N,) bool)) also the counts of positive and negative labelled pixels and, while
+    they number at most `max_exact_pixels`, the labelled d² values themselves (for the exact F-β optimum).
     """
     step = d2_step(scorer, gaussian, jit_compile, border_px)
     if strategy is not None:
@@ -121,17 +133,25 @@ def collect_d2(
     parts, counts = [], np.zeros(n_bins, np.int64)
     pos, neg = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
     kept_d2, kept_labels, n_labelled, exact = [], [], 0, max_exact_pixels > 0
+    normal_parts, normal_counts, kept_normal, n_normal = [], np.zeros(n_bins, np.int64), [], 0
     for batch in dataset:
         for d2, n, mean, m2, slide_ids, xs, ys in _replica_results(step, batch, strategy):
             if not int(n):
                 continue
             parts.append(stats.from_batch(n, mean, m2))
             counts += stats.bin_counts(d2, edges)
-            if labeller is None:
-                continue
-            labels, labelled = labeller(slide_ids, xs, ys)
-            labels = interior(labels, border_px)
-            if not labelled.any():
+            labels, labelled = labeller(slide_ids, xs, ys) if labeller is not None else (None, None)
+            if labels is not None:
+                labels = interior(labels, border_px)
+            d2_n = d2[~labels] if labels is not None else d2.ravel()
+            normal_parts.append(stats.moments_of(d2_n.ravel()))
+            normal_counts += stats.bin_counts(d2_n, edges)
+            n_normal += d2_n.size
+            if kept_normal is not None and n_normal <= max_exact_pixels:
+                kept_normal.append(d2_n.ravel().astype(np.float32))
+            else:
+                kept_normal = None
+            if labeller is None or not labelled.any():
                 continue
             d2_l, lab_l = d2[labelled].ravel(), labels[labelled].ravel()
             pos += stats.bin_counts(d2_l[lab_l], edges)
@@ -147,6 +167,9 @@ def collect_d2(
     if not parts:
         raise stats.StatsError("the threshold records hold no patches")
     out = {"moments": stats.merge_all(parts), "counts": counts, "n_labelled": n_labelled}
+    out.update(normal_moments=stats.merge_all(normal_parts) if n_normal else None, normal_counts=normal_counts)
+    if kept_normal:
+        out["normal_d2"] = np.concatenate(kept_normal)
     if labeller is not None:
         out.update(pos_counts=pos, neg_counts=neg)
         if exact and n_labelled:

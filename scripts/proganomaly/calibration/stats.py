@@ -85,12 +85,17 @@ def covariance(m: Moments, ddof: int = 1) -> np.ndarray:
     return m.m2 / (m.n - ddof)
 
 
-def gaussian_fit(m: Moments) -> dict:
+def gaussian_fit(m: Moments, ridge: float = 0.0) -> dict:
     """Mean, sample covariance, its inverse and both Cholesky factors, as float64 arrays.
 
-    `precision_cholesky` is the original's `error_distribution_sigma_linv` (lower L with L Lᵀ = Σ⁻¹).
+    `precision_cholesky` is the original's `error_distribution_sigma_linv` (lower L with L Lᵀ = Σ⁻¹). With
+    `ridge` > 0 each variance is raised by ridge times itself plus ridge times 1e-3 of the mean variance, so that
+    collinear or constant feature channels still give an invertible covariance (0: the exact sample covariance).
     """
     cov = covariance(m, ddof=1)
+    if ridge > 0:
+        diag = np.diag(cov)
+        cov = cov + np.diag(ridge * diag + ridge * 1e-3 * max(float(np.mean(diag)), 1e-12))
     try:
         chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:

@@ -1,6 +1,10 @@
 """The dynamic threshold τ on squared Mahalanobis distances d²: a pixel is flagged when d² > τ.
 
+Without labels τ is fitted on normal pixels only: every pixel of an unannotated slide and those outside the
+annotations of an annotated one, so labelled anomalies never raise τ (the original fitted it over every pixel).
 Unsupervised: τ = mean + k·std of d² (the original multiplied k by the variance; pcead-spec §6, §12.1).
+Quantile: τ = the q-quantile of d² (numpy's linear interpolation when the values are kept; within one bin of the
+streaming histogram otherwise).
 Supervised: τ maximising F-β over labelled pixels, exactly over a stated candidate set:
   * `fbeta_curve_exact`: every distinct d² value (and one below the smallest, "flag everything") — exact over all
     thresholds, since any τ between two neighbouring values flags the same pixels;
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from proganomaly.calibration.stats import Moments, StatsError, covariance
+from proganomaly.calibration.stats import Moments, StatsError, covariance, histogram_quantiles
 
 
 def unsupervised_tau(d2_moments: Moments, k: float) -> dict:
@@ -30,7 +34,43 @@ def unsupervised_tau(d2_moments: Moments, k: float) -> dict:
         "std": std,
         "var": var,
         "n": d2_moments.n,
-        "rule": "tau = mean + k * std (sample std) of d2 over all threshold-slide pixels",
+        "rule": "tau = mean + k * std (sample std) of d2 over the normal pixels of the threshold/validation slides",
+    }
+
+
+def quantile_tau(q: float, d2: np.ndarray | None = None, counts=None, edges=None) -> dict:
+    """τ = the q-quantile of the normal pixels' d²: exact from the values `d2` when given, else from histogram
+    `counts` over `edges` (`stats.bin_counts`), linear within the bin that holds it."""
+    if not 0.0 < q < 1.0:
+        raise StatsError(f"calibration.normal_quantile={q} must lie strictly between 0 and 1")
+    if d2 is not None:
+        d2 = np.asarray(d2, np.float64).ravel()
+        if d2.size == 0:
+            raise StatsError("no normal pixels for the quantile threshold")
+        tau, how, n = float(np.quantile(d2, q)), "exact: numpy linear quantile of every normal pixel's d2", d2.size
+    else:
+        if counts is None or edges is None:
+            raise ValueError("quantile_tau needs the d2 values or histogram counts and edges")
+        tau = float(histogram_quantiles(counts, edges, [q])[0])
+        how, n = "histogram: linear within one d2 bin", int(np.asarray(counts).sum())
+    return {
+        "method": "quantile",
+        "tau": tau,
+        "q": float(q),
+        "n": int(n),
+        "how": how,
+        "rule": "tau = q-quantile of d2 over the normal pixels of the threshold/validation slides",
+    }
+
+
+def normal_pixels_record(n_pixels: int, n_normal: int, annotated: dict) -> dict:
+    """Which pixels the unsupervised and quantile τ were fitted on, for threshold.json."""
+    return {
+        "definition": "every pixel of an unannotated slide, and the pixels outside the annotations of an annotated one",
+        "n_pixels": int(n_pixels),
+        "n_normal": int(n_normal),
+        "n_excluded_annotated": int(n_pixels - n_normal),
+        "annotated_slides": sorted(annotated),
     }
 
 

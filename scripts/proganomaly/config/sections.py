@@ -18,8 +18,8 @@ class DemoConfig:
     member: str
     sha256: str | None
     mpp: float
-    foreign_per_slide: int
-    foreign_size_px: tuple[int, int]
+    anomaly_kinds: list[str]
+    anomalies_per_kind: int
     tile_px: int
     jpeg_quality: int
 
@@ -64,7 +64,6 @@ class RecordsConfig:
 @dataclasses.dataclass(frozen=True)
 class MinibatchStddevConfig:
     discriminator: bool
-    encoders: bool
     group_size: int
     averaging: bool
 
@@ -237,10 +236,47 @@ class CalibrationConfig:
     d2_bins_per_decade: int
     threshold_method: str
     k_std: float
+    normal_quantile: float
     f_beta: float
     supervised_max_exact_pixels: int
     annotation_classes: list[str] | None
     jit_compile: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class InpaintingScoring:
+    block_px: int
+    masks: int
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientSimilarityScoring:
+    scales: int
+    median: bool
+    per_scale: bool
+    source: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderFeaturesScoring:
+    network: str
+    layers: list[int]
+    channels: int
+    upsample: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CombinedScoring:
+    scorers: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+    seed: int
+    inpainting: InpaintingScoring
+    gradient_similarity: GradientSimilarityScoring
+    encoder_features: EncoderFeaturesScoring
+    combined: CombinedScoring
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +322,7 @@ class Config:
     model: ModelConfig
     training: TrainingConfig
     calibration: CalibrationConfig
+    scoring: ScoringConfig
     export: ExportConfig
     inference: InferenceConfig
     stitching: StitchingConfig

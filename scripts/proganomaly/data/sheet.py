@@ -8,7 +8,7 @@ import pandas as pd
 
 from proganomaly.data.geojson import GeoJSONError, read_polygons
 
-SPLITS = ("train", "calibrate", "threshold", "test")
+SPLITS = ("train", "calibrate", "threshold", "validation", "test")
 # Annotation masks are images, read by the evaluation; everything else in the column is parsed as GeoJSON.
 _MASK_SUFFIXES = (".png", ".tif", ".tiff")
 

@@ -1,7 +1,8 @@
 """The detector as one self-contained TF SavedModel: the scorer, its fitted Gaussian and τ in one serving function.
 
 Signature `serving_default`: input `patches` uint8 (N, S, S, 3); outputs (by name)
-  reconstruction   uint8 (N, S, S, 3)   the model's x̂, mapped back to [0, 255] and rounded
+  reconstruction   uint8 (N, S, S, 3)   the model's x̂ (the inpainting scorers: the composite inpainting), mapped
+                                        back to [0, 255] and rounded
   anomaly_map      float32 (N, S, S, C) the scorer's per-pixel features (what the Gaussian was fitted to; for
                                         rgb_error e = |x − x̂| per pixel and channel, x in [-1, 1])
   mahalanobis_d2   float32 (N, S, S)    (e − μ)ᵀ Σ⁻¹ (e − μ), squared (not square-rooted), globally calibrated
@@ -36,7 +37,7 @@ def detector_outputs(scorer, patches, mean, precision, tau: float) -> dict:
     count = tf.reduce_sum(tf.cast(flagged, tf.int32), axis=(1, 2))
     pixels = tf.cast(tf.shape(d2)[1] * tf.shape(d2)[2], tf.float32)
     return {
-        "reconstruction": to_uint8(views.reconstruction),
+        "reconstruction": to_uint8(scorer.reconstruction(views)),
         "anomaly_map": features,
         "mahalanobis_d2": d2,
         "flags": tf.cast(flagged, tf.uint8),

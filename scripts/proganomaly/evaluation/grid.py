@@ -65,23 +65,35 @@ def dilate(polys, value: float, spec: GridSpec, origins: np.ndarray, mpp: float)
     raise ValueError(f"dilation_mode must be 'scale' or 'buffer', got {spec.dilation_mode!r}")
 
 
-def cell_areas(pred, region: Region, tissue_area: float, annotation_area: float) -> dict:
-    """Confusion areas of one prediction (polygons, possibly overlapping) against a region (prepared geometries).
-
-    The prediction is split into interior-disjoint pieces, so areas add up; pieces inside the tissue skip the
-    clipping overlay, and only pieces touching the annotation are intersected with it.
-    """
+def clipped_pieces(pred, region: Region) -> np.ndarray:
+    """The prediction as interior-disjoint pieces (so areas add up) clipped to the tissue; pieces inside the tissue
+    skip the clipping overlay."""
     pieces = geometry.disjoint_pieces(pred)
     if len(pieces):
         inside = shapely.contains(region.tissue, pieces)
         pieces[~inside] = shapely.intersection(pieces[~inside], region.tissue)
         pieces = pieces[~shapely.is_empty(pieces)]
+    return pieces
+
+
+def overlap(pieces: np.ndarray, target: BaseGeometry) -> np.ndarray:
+    """The pieces' parts inside a prepared target; only pieces touching it are intersected."""
+    if not len(pieces) or target.is_empty:
+        return np.empty(0, dtype=object)
+    hit = pieces[shapely.intersects(target, pieces)]
+    return shapely.intersection(hit, target) if len(hit) else hit
+
+
+def overlap_area(pieces: np.ndarray, target: BaseGeometry) -> float:
+    inside = overlap(pieces, target)
+    return float(shapely.area(inside).sum()) if len(inside) else 0.0
+
+
+def cell_areas(pred, region: Region, tissue_area: float, annotation_area: float, pieces=None) -> dict:
+    """Confusion areas of one prediction (polygons, possibly overlapping) against a region (prepared geometries)."""
+    pieces = clipped_pieces(pred, region) if pieces is None else pieces
     pred_area = float(shapely.area(pieces).sum()) if len(pieces) else 0.0
-    tp = 0.0
-    if len(pieces) and annotation_area > 0:
-        hit = pieces[shapely.intersects(region.annotation, pieces)]
-        if len(hit):
-            tp = float(shapely.area(shapely.intersection(hit, region.annotation)).sum())
+    tp = overlap_area(pieces, region.annotation) if annotation_area > 0 else 0.0
     fp = max(pred_area - tp, 0.0)
     fn = max(annotation_area - tp, 0.0)
     tn = tissue_area - tp - fp - fn
@@ -99,6 +111,20 @@ def cell_areas(pred, region: Region, tissue_area: float, annotation_area: float)
     }
 
 
+def part_areas(pieces: np.ndarray, region: Region, cell: dict, parts: dict) -> list[dict]:
+    """Confusion areas of the same prediction against each part (class or group; see evaluation.classes): TP and
+    FN from the part's own region, FP and TN those of the cell (normal tissue is the same for every part)."""
+    # Parts lie inside the annotation: cut the prediction to it once, so each part intersects small pieces only.
+    inside = overlap(pieces, region.annotation) if parts else pieces
+    rows = []
+    for (level, name), target in parts.items():
+        tp = overlap_area(inside, target)
+        fn = max(float(target.area) - tp, 0.0)
+        rows.append({"level": level, "name": name, "true_positive": tp, "false_positive": cell["false_positive"],
+                     "false_negative": fn, "true_negative": cell["true_negative"]})  # fmt: skip
+    return rows
+
+
 def threshold_polygons_l0(kde: np.ndarray, threshold: float, downsample: float, spec: GridSpec, coarse=None):
     """Polygons of `kde > threshold` in level-0 px (exact pixel boundaries unless spec.contour_tolerance_px > 0)."""
     if coarse is None:
@@ -112,25 +138,40 @@ def evaluate_grid(
     kde: np.ndarray, downsample: float, region: Region, spec: GridSpec, mpp: float, progress=None
 ) -> pd.DataFrame:
     """The full threshold × dilation grid (threshold-major), one row per cell, areas in level-0 px²."""
+    return evaluate_grids(kde, downsample, region, spec, mpp, {}, progress)[0]
+
+
+def evaluate_grids(
+    kde: np.ndarray, downsample: float, region: Region, spec: GridSpec, mpp: float, parts: dict, progress=None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The grid, and the same grid against every part {(level, name): region in tissue} (one row per part and
+    cell, columns level, name, threshold, dilation, dilation_mode, the four areas and tissue_area = their sum)."""
     coarse = geometry.block_max(kde, spec.block_px)
     tissue_area, annotation_area = float(region.tissue.area), float(region.annotation.area)
     shapely.prepare(region.tissue)
     shapely.prepare(region.annotation)
-    rows = []
+    for target in parts.values():
+        shapely.prepare(target)
+    rows, part_rows = [], []
     for t in spec.thresholds:
         polys = threshold_polygons_l0(kde, t, downsample, spec, coarse)
         origins = geometry.dilation_origins(polys, spec.dilation_origin)
         for f in spec.dilations:
-            pred = dilate(polys, f, spec, origins, mpp)
-            rows.append(
-                {"threshold": float(t), "dilation": float(f)} | cell_areas(pred, region, tissue_area, annotation_area)
-            )
+            pieces = clipped_pieces(dilate(polys, f, spec, origins, mpp), region)
+            cell = cell_areas(None, region, tissue_area, annotation_area, pieces)
+            key = {"threshold": float(t), "dilation": float(f)}
+            rows.append(key | cell)
+            part_rows += [key | r for r in part_areas(pieces, region, cell, parts)]
         if progress is not None:
             progress.update(len(spec.dilations))
     df = pd.DataFrame(rows)
     df.insert(2, "dilation_mode", spec.dilation_mode)
     df["tissue_area"] = tissue_area
-    return df
+    cols = ["level", "name", "threshold", "dilation", "dilation_mode", *AREA_COLUMNS, "tissue_area"]
+    pdf = pd.DataFrame(part_rows).reindex(columns=cols)
+    pdf["dilation_mode"] = spec.dilation_mode
+    pdf["tissue_area"] = pdf[list(AREA_COLUMNS)].sum(axis=1)
+    return df, pdf
 
 
 def predicted_polygons(

@@ -5,6 +5,7 @@ Every check that can fail runs before the grid sweep, and every error names the 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from shapely.geometry.base import BaseGeometry
 
 from proganomaly.common.io import atomic_path
 from proganomaly.data.geojson import read_polygons
-from proganomaly.evaluation import geometry
+from proganomaly.evaluation import classes, geometry
+from proganomaly.evaluation.grid import Region
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -147,3 +149,58 @@ def _mask_annotation(path: Path, downsample: float | None, level0_width) -> Base
         downsample = float(level0_width) / mask.shape[1]
     polys = geometry.mask_polygons(mask != 0)
     return shapely.union_all(geometry.scale_coords(polys, downsample)) if polys else geometry.EMPTY
+
+
+@dataclasses.dataclass
+class SlideInputs:
+    """Everything the evaluation of one slide reads, checked: the KDE map and its grid, the tissue region, the
+    annotation (all classes, clipped to tissue in `region`) and its parts {(level, name): region in tissue}."""
+
+    slide: str
+    kde: np.ndarray
+    downsample: float
+    shape: tuple[int, int]
+    info: dict
+    mpp: float
+    patches: pd.DataFrame
+    region: Region
+    annotation: BaseGeometry
+    parts: dict
+    groups: dict[str, str]
+    repairs: list[str]
+
+
+def load_slide(inp, ev, slide: str, log) -> SlideInputs:
+    """Read and check one slide's evaluation inputs (rule input names: maps, qc, patches, annotations, kde)."""
+    info = map_info(inp.maps)
+    ds, shape = float(info["downsample"]), (int(info["height"]), int(info["width"]))
+    qc = read_json(inp.qc)
+    mpp = slide_mpp(qc, inp.qc)
+    patches = read_patches(inp.patches)
+    if not inp.annotations:
+        raise ValueError(f"slide {slide} has no annotations in the slide sheet; it cannot be evaluated")
+    path = Path(inp.annotations[0])
+    annotation, repairs = read_annotation(path, ev.annotation_classes, ev.annotation_mask_downsample, slide_width(qc))
+    for line in repairs:
+        log.warning("annotation: %s", line)
+    if path.suffix.lower() in MASK_SUFFIXES:
+        regions, groups = {classes.UNCLASSIFIED: annotation}, {classes.UNCLASSIFIED: classes.UNCLASSIFIED}
+    else:
+        try:
+            regions, groups = classes.class_regions(path, ev.annotation_classes)
+        except classes.AnnotationClassError as err:
+            raise EvaluationInputError(str(err)) from None
+    tissue = tissue_region(patches)
+    region = Region.clipped(tissue, annotation)
+    parts = {k: shapely.intersection(g, tissue) for k, g in classes.part_regions(regions, groups).items()}
+    kde = read_map(inp.kde, shape)
+    finite = kde[np.isfinite(kde)]
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        log.warning("%s: values outside [0, 1] (%.4g..%.4g); thresholds assume a [0, 1] KDE", inp.kde, finite.min(), finite.max())  # fmt: skip
+    log.info(
+        "%s: map %dx%d at downsample %g, mpp %g; tissue %.4g µm² from %d patches; annotation %.4g µm² (%.4g in "
+        "tissue); classes %s",
+        slide, shape[1], shape[0], ds, mpp, tissue.area * mpp**2, len(patches), annotation.area * mpp**2,
+        region.annotation.area * mpp**2, groups,
+    )  # fmt: skip
+    return SlideInputs(slide, kde, ds, shape, info, mpp, patches, region, annotation, parts, groups, repairs)

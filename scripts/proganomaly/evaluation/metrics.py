@@ -65,7 +65,7 @@ def best_cell(grid: pd.DataFrame, metric: str) -> dict | None:
         "dilation": float(row["dilation"]),
         "value": float(row[metric]),
         **{m: _num(row[m]) for m in METRICS},
-        "num_polygons": int(row["num_polygons"]),
+        **({"num_polygons": int(row["num_polygons"])} if "num_polygons" in row else {}),
     }
 
 
@@ -74,14 +74,16 @@ def _num(x) -> float | None:
     return None if math.isnan(x) else x
 
 
-def pool_grids(grids: list[pd.DataFrame], beta: float = 1.0) -> pd.DataFrame:
-    """Sum areas (µm², so slides of different resolution add up) per cell over slides, then recompute metrics."""
+def pool_grids(grids: list[pd.DataFrame], beta: float = 1.0, by: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Sum areas (µm², so slides of different resolution add up) per cell (and `by` columns) over slides, then
+    recompute metrics."""
     if not grids:
         raise ValueError("no slide grids to pool")
-    keys = ["threshold", "dilation", "dilation_mode"]
+    keys = [*by, "threshold", "dilation", "dilation_mode"]
     # Plain columns sum level-0 px² (meaningful when the slides share an mpp); metrics use the µm² sums.
     cols = ["num_polygons", *AREAS, "tissue_area", *(f"{a}_um2" for a in AREAS), "tissue_area_um2"]
     both = pd.concat(grids, ignore_index=True)
+    cols = [c for c in cols if c != "num_polygons" or c in both.columns]
     missing = [c for c in cols if c not in both.columns]
     if missing:
         raise ValueError(f"slide grids lack {missing} (written without an mpp?)")
@@ -91,6 +93,65 @@ def pool_grids(grids: list[pd.DataFrame], beta: float = 1.0) -> pd.DataFrame:
         pooled[name] = values
     pooled["beta"] = beta
     return pooled
+
+
+PART_KEYS = ("level", "name")
+
+
+def pool_part_grids(grids: list[pd.DataFrame], part_grids: list[pd.DataFrame], beta: float = 1.0) -> pd.DataFrame:
+    """Per part (class or group), areas summed per cell over every slide, metrics recomputed.
+
+    A slide that lacks a part still counts: its prediction on normal tissue is false positive and the rest of its
+    normal tissue true negative for that part (TP = FN = 0), so a part's pooled FP and TN are those of the pooled
+    all-classes grid, as at pixel level, where every slide's normal pixels are negatives for every part.
+    """
+    parts = list(dict.fromkeys(k for pg in part_grids for k in zip(pg["level"], pg["name"], strict=True)))
+    filled = []
+    for grid, pg in zip(grids, part_grids, strict=True):
+        own = set(zip(pg["level"], pg["name"], strict=True))
+        filled.append(pg)
+        for level, name in (p for p in parts if p not in own):
+            absent = grid.drop(columns=["num_polygons"], errors="ignore").copy()
+            for col in ("true_positive", "false_negative"):
+                absent[col] = 0.0
+                if f"{col}_um2" in absent:
+                    absent[f"{col}_um2"] = 0.0
+            absent["tissue_area"] = absent[list(AREAS)].sum(axis=1)
+            if "tissue_area_um2" in absent:
+                absent["tissue_area_um2"] = absent[[f"{a}_um2" for a in AREAS]].sum(axis=1)
+            filled.append(absent.assign(level=level, name=name))
+    if not parts:
+        return pd.DataFrame(columns=[*PART_KEYS, "threshold", "dilation", "dilation_mode", *AREAS])
+    return pool_grids(filled, beta, by=PART_KEYS)
+
+
+def best_part_cells(part_grid: pd.DataFrame, metric: str) -> dict[str, dict[str, dict | None]]:
+    """{level: {name: best cell by `metric`}} of a part grid (grid order within each part is kept)."""
+    out: dict[str, dict] = {}
+    for (level, name), sub in part_grid.groupby(list(PART_KEYS), sort=False):
+        out.setdefault(level, {})[name] = best_cell(sub.reset_index(drop=True), metric)
+    return out
+
+
+def part_pixel_scores(pixels: pd.DataFrame, columns: dict, maps, weights=None, curve_points: int = 200) -> dict:
+    """{level: {name: {map: pixel_scores}}}: each part's pixels (bool column `columns[(level, name)]`) against
+    normal pixels (`label` false); pixels of other parts are left out."""
+    normal = ~pixels["label"].to_numpy(bool)
+    out: dict[str, dict] = {}
+    for (level, name), col in columns.items():
+        positive = pixels[col].fillna(False).to_numpy(bool) if col in pixels else np.zeros(len(pixels), bool)
+        keep = positive | normal
+        w = None if weights is None else np.asarray(weights)[keep]
+        out.setdefault(level, {})[name] = {
+            m: pixel_scores(positive[keep], pixels[m].to_numpy()[keep], w, curve_points) for m in maps
+        }
+    return out
+
+
+def area_record(row) -> dict:
+    """The areas and metrics of one cell (a grid row) as JSON-ready numbers."""
+    keys = [k for k in (*AREAS, *(f"{a}_um2" for a in AREAS), *METRICS) if k in row]
+    return {k: _num(row[k]) for k in keys}
 
 
 def cell_metrics(grid: pd.DataFrame, beta: float = 1.0) -> pd.DataFrame:

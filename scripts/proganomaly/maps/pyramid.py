@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -137,6 +138,8 @@ def write_pyramid(
         options.update(compression=compression, predictor=predictor)
     ome = {
         "axes": "YXS" if channels == 3 else "YX",
+        # tifffile's default is a time-based uuid1, which would make every rewrite of the same image differ in bytes.
+        "UUID": str(uuid.uuid5(uuid.NAMESPACE_URL, f"proganomaly:{path.name}:{description}:{shape}:{mpp}")),
         "Name": channel_name or path.name.split(".")[0],
         "PhysicalSizeX": float(mpp),
         "PhysicalSizeXUnit": "µm",

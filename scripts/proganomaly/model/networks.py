@@ -150,7 +150,8 @@ class ImageEncoder(tf.Module):
             x = self._act(conv(x))
         return x
 
-    def __call__(self, x, block: int, transition: bool, alpha=1.0):
+    def trunk(self, x, block: int, transition: bool, alpha=1.0):
+        """Every block above the base: the 4×4 activation that enters the base, and the per-block skips so far."""
         skips = [None] * (block + 1)
         h = self._act(self.from_rgb[block](x))
         if block > 0:
@@ -162,8 +163,22 @@ class ImageEncoder(tf.Module):
             for b in range(block - 1, 0, -1):
                 h = skips[b] = self._block(b, h)
                 h = L.downsample2x(h)
+        return h, skips
+
+    def stddev_channel(self, h):
+        """The minibatch-stddev channel training appends to the base input h: (N, 4, 4, 1), batch-dependent."""
+        ms = self.cfg.minibatch_stddev
+        return L.minibatch_stddev(h, ms.group_size, ms.averaging)[..., -1:]
+
+    def __call__(self, x, block: int, transition: bool, alpha=1.0, stddev_value=None):
+        """(logits, skips). With `stddev_value` (a scalar) the stddev channel is that constant instead of the batch's
+        statistic, so each example's output depends on that example alone (inference; training passes None)."""
+        h, skips = self.trunk(x, block, transition, alpha)
         if self.stddev:
-            h = L.minibatch_stddev(h, self.cfg.minibatch_stddev.group_size, self.cfg.minibatch_stddev.averaging)
+            if stddev_value is None:
+                h = tf.concat([h, self.stddev_channel(h)], axis=-1)
+            else:
+                h = tf.concat([h, tf.fill(tf.concat([tf.shape(h)[:3], [1]], 0), tf.cast(stddev_value, h.dtype))], -1)
         h = skips[0] = self._act(self.convs[0][0](h))
         h = self._act(self.convs[0][1](h))
         h = tf.reshape(h, (-1, h.shape[1] * h.shape[2] * h.shape[3]))

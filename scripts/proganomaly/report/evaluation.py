@@ -90,7 +90,8 @@ def plot_pixel_curves(metrics: dict[str, dict]):
     if not scores:
         return style.message_figure("Pixel-level ROC and PR", "metrics.json holds no pixel-level curves.")
     fig, axes = style.subplots(2, len(scores), panel=(4.0, 4.0))
-    names = [n for n in metrics if n != "pooled"] + (["pooled"] if "pooled" in metrics else [])
+    pooled = sorted((n for n in metrics if n.startswith("pooled")), key=lambda n: n.endswith("test"))
+    names = [n for n in metrics if n not in pooled] + pooled
     palette = style.sns.color_palette("tab10", max(len(names), 1))
     for j, score in enumerate(scores):
         ax_roc, ax_pr = axes[0, j], axes[1, j]
@@ -98,42 +99,47 @@ def plot_pixel_curves(metrics: dict[str, dict]):
             res = (metrics[name].get("pixel") or {}).get(score) or {}
             if not res.get("roc"):
                 continue
-            kw = {"color": "black" if name == "pooled" else palette[i], "linewidth": 2.0 if name == "pooled" else 1.2}
+            # The reported set (test pooled) in black; any other pooled split dashed grey.
+            color = "black" if name.endswith("test") and name in pooled else "0.4" if name in pooled else palette[i]
+            kw = {"color": color, "linewidth": 2.0 if name in pooled else 1.2,
+                  "linestyle": "--" if name in pooled and color != "black" else "-"}  # fmt: skip
             ax_roc.plot(res["roc"]["fpr"], res["roc"]["tpr"], label=f"{name} (AUROC {res['auroc']:.3f})", **kw)
             ax_pr.plot(
                 res["pr"]["recall"], res["pr"]["precision"], label=f"{name} (AP {res['average_precision']:.3f})", **kw
             )
-        ax_roc.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
-        ax_roc.set_title(f"ROC: {SCORE_LABELS[score]}")
-        ax_roc.set_xlabel("false-positive rate (fraction of normal pixels)")
-        ax_roc.set_ylabel("true-positive rate (recall)")
-        ax_pr.set_title(f"Precision–recall: {SCORE_LABELS[score]}")
-        ax_pr.set_xlabel("recall (fraction of annotated pixels)")
-        ax_pr.set_ylabel("precision (fraction of flagged pixels)")
-        for ax in (ax_roc, ax_pr):
-            ax.set_xlim(-0.02, 1.02)
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_aspect("equal")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7, loc="lower right" if ax is ax_roc else "lower left")
-    fig.suptitle("Pixel-level curves over tissue pixels (per slide and pooled)")
+        style.curve_axes(
+            ax_roc,
+            ax_pr,
+            SCORE_LABELS[score],
+            ("false-positive rate (fraction of normal pixels)", "true-positive rate (recall)",
+             "recall (fraction of annotated pixels)", "precision (fraction of flagged pixels)"),
+            legend_size=7,
+        )  # fmt: skip
+    fig.suptitle("Pixel-level curves over tissue pixels, all classes (per slide and pooled per split)")
     return fig
 
 
 def metrics_summary(metrics: dict[str, dict]) -> pd.DataFrame:
-    """One row per slide (and pooled): best F1 / IoU cells, operating point, pixel AUROC and AP per score."""
-    keep = ("best_f1.", "best_iou.", "operating_point.", "tissue_area_um2", "annotation_in_tissue_um2")
+    """One row per slide (and pooled split): metrics at the operating point, oracle best F1 / IoU cells, pixel
+    AUROC and AP per score (all classes)."""
+    keep = ("operating_point.", "at_operating_point.all.", "best_f1.", "best_iou.", "tissue_area_um2",
+            "annotation_in_tissue_um2")  # fmt: skip
     rows = []
     for name, m in metrics.items():
-        flat = flatten_metrics(m)
+        flat = flatten_metrics(m, skip=("provenance", "chosen_on", "reason"))
         row = {"slide": name}
-        row.update({k: v for k, v in flat.items() if k.startswith(keep)})
+        for prefix in keep:
+            row.update({_oracle(k): v for k, v in flat.items() if k.startswith(prefix)})
         for score, label in SCORE_LABELS.items():
             for stat in ("auroc", "average_precision"):
                 if f"pixel.{score}.{stat}" in flat:
                     row[f"{stat} ({label})"] = flat[f"pixel.{score}.{stat}"]
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _oracle(key: str) -> str:
+    return f"oracle {key}" if key.startswith(("best_f1.", "best_iou.")) else key
 
 
 def best_rows(grids: dict[str, pd.DataFrame], metric: str = "f1") -> pd.DataFrame:

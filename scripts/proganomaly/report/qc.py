@@ -7,7 +7,7 @@ import pandas as pd
 
 from proganomaly.report import style
 
-SPLIT_ORDER = ("train", "calibrate", "threshold", "test")
+SPLIT_ORDER = ("train", "calibrate", "threshold", "validation", "test")
 
 
 def patch_counts(manifests: list[dict]) -> pd.DataFrame:

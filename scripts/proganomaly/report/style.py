@@ -50,3 +50,21 @@ def message_figure(title: str, message: str):
     ax.set_title(title)
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
     return fig
+
+
+def curve_axes(ax_roc, ax_pr, title: str, labels: tuple[str, str, str, str], legend_size: float) -> None:
+    """Titles, labels, limits and legends of a ROC / precision–recall pair.
+
+    labels: ROC x, ROC y, PR x, PR y axis labels.
+    """
+    ax_roc.plot([0, 1], [0, 1], color="0.6", linestyle=":", linewidth=1)
+    ax_roc.set_title(f"ROC: {title}")
+    ax_pr.set_title(f"Precision–recall: {title}")
+    for ax, (xlabel, ylabel) in ((ax_roc, labels[:2]), (ax_pr, labels[2:])):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=legend_size, loc="lower right" if ax is ax_roc else "lower left")

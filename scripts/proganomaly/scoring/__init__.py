@@ -3,7 +3,16 @@
 Importing this package registers every scorer module below; a new scorer is one module plus its import here.
 """
 
-from proganomaly.scoring import rgb_error  # noqa: F401  (registration on import)
+from proganomaly.scoring import (  # noqa: F401  (registration on import)
+    combined,
+    critic,
+    encoder_features,
+    gradient_similarity,
+    inpainting,
+    latent_distance,
+    rgb_error,
+    texture_baseline,
+)
 from proganomaly.scoring.base import (
     SCORERS,
     Scorer,

@@ -9,6 +9,9 @@ A scorer that needs its own fitted state (e.g. a per-location Gaussian of encode
 sets `needs_fit`, fills `self.state` (JSON-able numbers) in `fit`, and reads it in `features`: calibration calls
 `fit` on the calibrate patches before the Gaussian, the state is stored with the Gaussian, and the export bakes it
 into the SavedModel as constants.
+
+Scorer settings come from the config's `scoring` section (schema defaults when none are given); each scorer keeps
+only the subsections it reads in `self.settings`, which calibration records and later steps check.
 """
 
 from __future__ import annotations
@@ -36,12 +39,40 @@ def register(cls: type[Scorer]) -> type[Scorer]:
     return cls
 
 
-def make_scorer(name: str, trained, state: dict | None = None) -> Scorer:
+@functools.cache
+def default_settings() -> dict:
+    """The schema's defaults of the `scoring` config section (the one place they are written down); read with
+    PyYAML alone, since the model's environment has no validator."""
+    import yaml
+
+    from proganomaly.config import CONFIG_SCHEMA
+
+    def defaults(node: dict):
+        if node.get("type") == "object" and "properties" in node:
+            return {k: defaults(v) for k, v in node["properties"].items()}
+        return node.get("default")
+
+    return defaults(yaml.safe_load(CONFIG_SCHEMA.read_text())["properties"]["scoring"])
+
+
+def plain_settings(settings) -> dict:
+    """The `scoring` section as a plain dict: a typed config section, a dict, or None for the defaults."""
+    import dataclasses
+
+    if settings is None:
+        return default_settings()
+    if dataclasses.is_dataclass(settings):
+        return dataclasses.asdict(settings)
+    return settings.to_dict() if hasattr(settings, "to_dict") else dict(settings)
+
+
+def make_scorer(name: str, trained, state: dict | None = None, settings=None) -> Scorer:
+    """The scorer `name` of `trained`; `settings` is the config's `scoring` section (None: the defaults)."""
     try:
         cls = SCORERS[name]
     except KeyError:
         raise ScorerError(f"calibration.scorer {name!r} is not one of {sorted(SCORERS)}") from None
-    return cls(trained, state)
+    return cls(trained, state, plain_settings(settings))
 
 
 def check_scorer(expected: str, found: str | None, source) -> None:
@@ -55,17 +86,60 @@ def check_scorer(expected: str, found: str | None, source) -> None:
         )
 
 
-def scorer_from_record(record: dict, trained, *, expected: str, source) -> Scorer:
-    """The scorer an error-distribution record was fitted with (state included), checked against `expected`."""
+def scorer_from_record(record: dict, trained, *, expected: str, source, settings=None) -> Scorer:
+    """The scorer an error-distribution record was fitted with (state and settings included), checked against
+    `expected` and, when given, against the current `scoring` settings."""
     check_scorer(expected, record.get("scorer"), source)
-    return make_scorer(record["scorer"], trained, record.get("scorer_state"))
+    recorded = record.get("scorer_settings") or {}
+    scorer = make_scorer(record["scorer"], trained, record.get("scorer_state"), {**default_settings(), **recorded})
+    if settings is not None:
+        wanted = make_scorer(record["scorer"], trained, None, settings).settings
+        if _canonical(wanted) != _canonical(scorer.settings):
+            raise ScorerError(
+                f"{source} was fitted with scoring settings {scorer.settings}, but the config now has {wanted}: "
+                "rerun fit_error_distribution and everything after it"
+            )
+    return scorer
+
+
+def _canonical(settings: dict) -> str:
+    import json
+
+    return json.dumps(settings, sort_keys=True)
+
+
+def per_patch(values, size: int):
+    """Per-patch values (N,) or (N, C) as constant per-pixel features (N, size, size, C), float32."""
+    import tensorflow as tf
+
+    v = tf.cast(values, tf.float32)
+    v = v[:, None] if v.shape.rank == 1 else v
+    return tf.tile(v[:, None, None, :], (1, size, size, 1))
 
 
 class Views:
-    """Tensors of one batch under one trained model, each computed at most once per trace, and only when asked for."""
+    """Tensors of one batch under one trained model, each computed at most once per trace, and only when asked for.
 
-    def __init__(self, trained, x):
-        self.trained, self.x = trained, x
+    Scorers that share a view (e.g. the parts of `combined`) share its forward pass: `memo(key, fn)` caches any
+    further view under a key.
+    """
+
+    def __init__(self, trained, x, images=None):
+        self.trained, self.x, self._images, self._memo = trained, x, images, {}
+
+    def memo(self, key, fn):
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    @property
+    def images(self):
+        """The uint8 batch (recovered exactly from x when the views were made from x alone)."""
+        import tensorflow as tf
+
+        if self._images is None:
+            self._images = tf.cast(tf.round((self.x + 1.0) * 127.5), tf.uint8)
+        return self._images
 
     @functools.cached_property
     def reconstruction(self):
@@ -89,21 +163,40 @@ class Scorer:
     definition: ClassVar[str]  # what the features are, recorded with the fitted Gaussian
     histogram_range: ClassVar[tuple[float, float]]  # where the features usually lie (report histograms)
     needs_fit: ClassVar[bool] = False
+    # Relative ridge added to the covariance's diagonal (stats.gaussian_fit): 0 for the original's exact RGB
+    # Gaussian; many-channel features can be (nearly) collinear, e.g. histogram bins that sum to one.
+    ridge: ClassVar[float] = 1e-6
+    # The `scoring` subsections this scorer reads (recorded with the Gaussian; a change forces a refit).
+    setting_keys: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, trained, state: dict | None = None):
+    def __init__(self, trained, state: dict | None = None, settings: dict | None = None):
         self.trained = trained
         self.state = dict(state or {})
+        full = plain_settings(settings)
+        self.settings = self.select_settings(full)
+        self.setup(full)
+
+    def select_settings(self, full: dict) -> dict:
+        """The part of the `scoring` section this scorer depends on."""
+        return {k: full[k] for k in self.setting_keys}
+
+    def setup(self, settings: dict) -> None:
+        """Check the model and settings, derive fixed tensors (called once, from __init__)."""
 
     def features(self, views: Views):
         """float32 (N, S, S, C) features of the batch `views.x`; traceable, no Python side effects."""
         raise NotImplementedError
 
+    def reconstruction(self, views: Views):
+        """The image the detector serves as `reconstruction` (x̂ unless the scorer reconstructs otherwise)."""
+        return views.reconstruction
+
     def fit(self, batches: Iterable[np.ndarray]) -> None:
-        """Fit `self.state` on uint8 calibrate batches (only called when `needs_fit`)."""
+        """Fit `self.state` on uint8 calibrate batches, a re-iterable (only called when `needs_fit`)."""
 
     def views(self, images) -> Views:
         """Views of a uint8 NHWC batch, scaled to [-1, 1] as the SavedModel scales its input."""
-        return Views(self.trained, to_unit(images))
+        return Views(self.trained, to_unit(images), images)
 
     def __call__(self, images):
         """Features of a uint8 NHWC batch."""

@@ -1,122 +1,112 @@
-"""The plain baseline every scorer must beat (issue 12, Deliver 2): a Gaussian over hand-crafted patch statistics.
+"""The plain baseline every scorer must beat (issue 12): hand-crafted colour and texture statistics of each patch.
 
-Each patch is described by 20 colour and texture numbers that need no training: the mean and standard deviation of
-its haematoxylin, eosin and DAB densities (colour deconvolution, `skimage.color.rgb2hed`), the mean and standard
-deviation of its grey-level gradient magnitude (Sobel) at full and at half resolution, and the histogram of its
-rotation-invariant uniform local binary patterns (P=8, R=1: ten codes). A Gaussian fitted to the patches of the
-normal calibrate slides scores every patch by its squared Mahalanobis distance d²; `pixel_map` spreads those onto
-pixels. Pure numpy / scipy / scikit-image, no model, no registry: the scorer interface wraps it elsewhere.
+Twenty numbers per patch, no model: the mean and standard deviation of its haematoxylin, eosin and DAB densities
+(Ruifrok–Johnston colour deconvolution with scikit-image's matrix, as `skimage.color.rgb2hed`), the mean and
+standard deviation of its grey-level Sobel gradient magnitude at full and half resolution (2×2 block means; as
+`skimage.filters.sobel`, borders mirrored), and the histogram of its rotation-invariant uniform local binary
+patterns (P=8, R=1, diagonal neighbours interpolated bilinearly as `skimage.feature.local_binary_pattern`,
+"uniform": ten codes) over all but the outermost ring of pixels. Computed in float64 on the patch alone, spread to
+its pixels; the shared Gaussian (with a ridge: the LBP bins sum to one) scores them. tests/texture_reference.py
+computes the same with scikit-image itself. The served reconstruction is still G(x): 1 generator pass per patch.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import numpy as np
-from skimage import color, filters
-from skimage.feature import local_binary_pattern
+import tensorflow as tf
+from skimage.color import hed_from_rgb
+
+from proganomaly.scoring.base import Scorer, Views, per_patch, register
 
 LBP_P, LBP_R = 8, 1
-LBP_BINS = LBP_P + 2  # "uniform" codes 0..P count the ones of a uniform pattern; P + 1 is every other pattern
-GRADIENT_SCALES = (1, 2)  # block-mean downsampling factors: cell edges at 1, nuclei and bundles at 2
+LBP_BINS = LBP_P + 2
+GRADIENT_SCALES = (1, 2)
+GREY = (0.2125, 0.7154, 0.0721)  # skimage.color.rgb2gray
 FEATURE_NAMES = (
     *(f"{stain}_{stat}" for stat in ("mean", "std") for stain in ("hematoxylin", "eosin", "dab")),
     *(f"gradient_x{s}_{stat}" for s in GRADIENT_SCALES for stat in ("mean", "std")),
     *(f"lbp_{code}" for code in range(LBP_BINS)),
 )
-N_FEATURES = len(FEATURE_NAMES)
-RIDGE = 1e-3  # relative to each feature's variance; the LBP bins sum to one, so the raw covariance is singular
+# Neighbour p at (row, col) offset (−R sin 2πp/P, R cos 2πp/P) rounded to 5 decimals, as scikit-image rounds them.
+_OFFSETS = [
+    (np.round(-LBP_R * np.sin(2 * np.pi * p / LBP_P), 5), np.round(LBP_R * np.cos(2 * np.pi * p / LBP_P), 5))
+    for p in range(LBP_P)
+]
 
 
-class Gaussian(NamedTuple):
-    mean: np.ndarray  # (d,)
-    cov: np.ndarray  # (d, d), ridge included
-    precision: np.ndarray  # (d, d), the inverse of cov
+def _moments(v, axes=(1, 2)):
+    """(mean, population std) over `axes`."""
+    mean = tf.reduce_mean(v, axis=axes, keepdims=True)
+    std = tf.sqrt(tf.reduce_mean(tf.square(v - mean), axis=axes))
+    return tf.squeeze(mean, axis=axes), std
 
 
-def _check_patch(patch: np.ndarray) -> None:
-    if patch.ndim != 3 or patch.shape[2] != 3 or patch.dtype != np.uint8:
-        raise ValueError(f"patch must be uint8 RGB (H, W, 3), got {patch.shape} {patch.dtype}")
-    if min(patch.shape[:2]) < 2 * max(GRADIENT_SCALES) + 1:
-        raise ValueError(f"patch of {patch.shape[1]}×{patch.shape[0]} px is too small for the texture features")
+def hed_moments(rgb):
+    """rgb float64 (N, H, W, 3) in [0, 1] → (N, 6): means then stds of the H, E, D densities."""
+    od = tf.math.log(tf.maximum(rgb, 1e-6)) / np.log(1e-6)
+    stains = tf.maximum(tf.einsum("nhwc,cs->nhws", od, tf.constant(hed_from_rgb, tf.float64)), 0.0)
+    mean, std = _moments(stains)
+    return tf.concat([mean, std], axis=-1)
 
 
-def _downsample(grey: np.ndarray, factor: int) -> np.ndarray:
+def sobel_magnitude(grey):
+    """(N, H, W) → skimage.filters.sobel per image: sqrt((gx² + gy²) / 2), kernels [1, 0, -1] ⊗ [1, 2, 1] / 4."""
+    g = tf.pad(grey[..., None], [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    edge, smooth = np.array([1.0, 0.0, -1.0]), np.array([1.0, 2.0, 1.0]) / 4
+    kernels = np.stack([np.outer(edge, smooth), np.outer(smooth, edge)], axis=-1)[:, :, None, :]
+    d = tf.nn.conv2d(g, tf.constant(kernels, grey.dtype), 1, "VALID")
+    return tf.sqrt(tf.reduce_sum(tf.square(d), axis=-1) / 2.0)
+
+
+def block_mean(grey, factor: int):
     if factor == 1:
         return grey
-    h, w = (grey.shape[0] // factor) * factor, (grey.shape[1] // factor) * factor
-    return grey[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    h, w = (grey.shape[1] // factor) * factor, (grey.shape[2] // factor) * factor
+    return tf.nn.avg_pool2d(grey[:, :h, :w, None], factor, factor, "VALID")[..., 0]
 
 
-def patch_features(patch: np.ndarray) -> np.ndarray:
-    """The N_FEATURES statistics of one uint8 RGB patch, in FEATURE_NAMES' order (float64).
+def lbp_uniform(levels):
+    """(N, H, W) integer grey levels (float64) → (N, H−2, W−2) uniform LBP codes 0..P+1 of the interior pixels."""
+    h, w = levels.shape[1], levels.shape[2]
 
-    Computed on the patch alone, so a patch's features never depend on its neighbours. LBP codes of the outermost
-    ring of pixels are left out of the histogram: their neighbours lie outside the patch.
-    """
-    _check_patch(patch)
-    hed = color.rgb2hed(patch).reshape(-1, 3)
-    grey = color.rgb2gray(patch)
+    def at(dr: int, dc: int):
+        return levels[:, 1 + dr : h - 1 + dr, 1 + dc : w - 1 + dc]
+
+    centre, bits = at(0, 0), []
+    for rp, cp in _OFFSETS:
+        r0, c0 = int(np.floor(rp)), int(np.floor(cp))
+        r1, c1 = int(np.ceil(rp)), int(np.ceil(cp))
+        dr, dc = rp - r0, cp - c0
+        top = (1 - dc) * at(r0, c0) + dc * at(r0, c1)
+        bottom = (1 - dc) * at(r1, c0) + dc * at(r1, c1)
+        bits.append(tf.cast((1 - dr) * top + dr * bottom - centre >= 0, tf.int32))
+    bits = tf.stack(bits, axis=0)
+    changes = tf.reduce_sum(tf.abs(bits - tf.roll(bits, -1, axis=0)), axis=0)
+    return tf.where(changes <= 2, tf.reduce_sum(bits, axis=0), LBP_P + 1)
+
+
+def patch_features(images):
+    """uint8 (N, H, W, 3) → float64 (N, 20) in FEATURE_NAMES' order."""
+    rgb = tf.cast(images, tf.float64) / 255.0
+    grey = tf.einsum("nhwc,c->nhw", rgb, tf.constant(GREY, tf.float64))
     gradients = []
     for factor in GRADIENT_SCALES:
-        magnitude = filters.sobel(_downsample(grey, factor))
-        gradients += [magnitude.mean(), magnitude.std()]
-    # Integer grey levels: LBP compares neighbours for equality, which float noise would make arbitrary.
-    codes = local_binary_pattern(np.rint(grey * 255).astype(np.uint8), LBP_P, LBP_R, method="uniform")
-    inner = codes[LBP_R:-LBP_R, LBP_R:-LBP_R].astype(np.int64).ravel()
-    histogram = np.bincount(inner, minlength=LBP_BINS)[:LBP_BINS] / inner.size
-    return np.concatenate([hed.mean(axis=0), hed.std(axis=0), gradients, histogram])
+        gradients += list(_moments(sobel_magnitude(block_mean(grey, factor))))
+    codes = lbp_uniform(tf.round(grey * 255.0))
+    counts = tf.math.bincount(
+        tf.reshape(codes, (tf.shape(codes)[0], -1)), minlength=LBP_BINS, maxlength=LBP_BINS, axis=-1
+    )
+    histogram = tf.cast(tf.reshape(counts, (-1, LBP_BINS)), tf.float64) / float(codes.shape[1] * codes.shape[2])
+    return tf.concat([hed_moments(rgb), tf.stack(gradients, axis=-1), histogram], axis=-1)
 
 
-def grid_positions(tissue: np.ndarray, patch: int = 64, stride: int = 32, min_tissue: float = 0.5) -> np.ndarray:
-    """(N, 2) top-left (y, x) of the patch × patch windows on a stride grid that are at least `min_tissue` tissue.
+@register
+class TextureBaseline(Scorer):
+    name = "texture_baseline"
+    channels = FEATURE_NAMES
+    definition = "20 colour and texture statistics of each patch (HED, Sobel at 2 scales, uniform LBP), on its pixels"
+    histogram_range = (0.0, 1.0)
+    ridge = 1e-3  # the LBP bins sum to one, so their covariance is singular without it
 
-    `tissue` is a bool mask of the image's level-0 pixels; windows hanging over the border are not made.
-    """
-    h, w = tissue.shape
-    if h < patch or w < patch:
-        return np.zeros((0, 2), np.int64)
-    integral = np.pad(tissue.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    ys, xs = np.meshgrid(np.arange(0, h - patch + 1, stride), np.arange(0, w - patch + 1, stride), indexing="ij")
-    ys, xs = ys.ravel(), xs.ravel()
-    covered = integral[ys + patch, xs + patch] - integral[ys, xs + patch] - integral[ys + patch, xs] + integral[ys, xs]
-    keep = covered >= min_tissue * patch * patch
-    return np.c_[ys[keep], xs[keep]]
-
-
-def image_features(rgb: np.ndarray, positions: np.ndarray, patch: int = 64) -> np.ndarray:
-    """(N, N_FEATURES) features of the patch × patch windows of `rgb` at top-left `positions` (y, x)."""
-    out = np.empty((len(positions), N_FEATURES))
-    for i, (y, x) in enumerate(np.asarray(positions, dtype=np.int64)):
-        out[i] = patch_features(rgb[y : y + patch, x : x + patch])
-    return out
-
-
-def fit_gaussian(features: np.ndarray, ridge: float = RIDGE) -> Gaussian:
-    """Mean and covariance of calibrate features, each variance raised by `ridge` times itself so cov inverts."""
-    features = np.asarray(features, dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] < 2:
-        raise ValueError(f"need a (n >= 2, d) feature array to fit a Gaussian, got {features.shape}")
-    mean = features.mean(axis=0)
-    cov = np.cov(features, rowvar=False)
-    # A variance-free feature (for example an LBP code that never occurs) still needs a positive diagonal.
-    floor = max(float(np.mean(np.diag(cov))), 1e-12) * 1e-6
-    cov = cov + np.diag(ridge * np.diag(cov) + floor)
-    return Gaussian(mean, cov, np.linalg.inv(cov))
-
-
-def mahalanobis_d2(features: np.ndarray, gaussian: Gaussian) -> np.ndarray:
-    """Squared Mahalanobis distance of each row of `features` to the fitted Gaussian, (N,)."""
-    diff = np.asarray(features, dtype=np.float64) - gaussian.mean
-    return np.einsum("ni,ij,nj->n", diff, gaussian.precision, diff)
-
-
-def pixel_map(scores: np.ndarray, positions: np.ndarray, shape: tuple[int, int], patch: int = 64) -> np.ndarray:
-    """Per-pixel map of patch scores: each pixel the mean score of the patches that cover it, NaN where none do."""
-    total = np.zeros(shape[:2])
-    count = np.zeros(shape[:2])
-    for score, (y, x) in zip(np.asarray(scores, dtype=np.float64), np.asarray(positions, dtype=np.int64), strict=True):
-        total[y : y + patch, x : x + patch] += score
-        count[y : y + patch, x : x + patch] += 1
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / count, np.nan)
+    def features(self, views: Views):
+        return per_patch(patch_features(views.images), int(self.trained.patch_size_px))

@@ -82,14 +82,16 @@ class Architecture:
                 )
 
     def _build_encoder_and_critic(self, seed: int) -> None:
-        cfg, stddev = self.cfg, self.cfg.minibatch_stddev
+        cfg = self.cfg
         self.encoder = None
         if cfg.create_encoder:
+            # No minibatch stddev in encoders: it would make a patch's latent, and so its score, depend on the
+            # patches batched with it (docs/deviations.md). Only the critic, which never serves alone, keeps it.
             self.encoder = ImageEncoder(
-                cfg, self.blocks, cfg.latent_size, stddev=stddev.encoders, seed=seed, net=ENCODER, name="encoder"
+                cfg, self.blocks, cfg.latent_size, stddev=False, seed=seed, net=ENCODER, name="encoder"
             )
         self.critic = ImageEncoder(
-            cfg, self.blocks, 1, stddev=stddev.discriminator, seed=seed, net=CRITIC, name="critic"
+            cfg, self.blocks, 1, stddev=cfg.minibatch_stddev.discriminator, seed=seed, net=CRITIC, name="critic"
         )
 
     # --- what training needs -------------------------------------------------------------------------------------
@@ -149,6 +151,21 @@ class Architecture:
     def encode(self, x, block: int):
         """Image → latent (N, latent_size)."""
         raise NotImplementedError
+
+    def image_encoder(self) -> ImageEncoder:
+        """The network that encodes x for the reconstruction (GANomaly's Ge, Berg's E): its activations are features."""
+        raise NotImplementedError
+
+    # The architecture's per-patch latent score and what it is; `latent_distance_missing` names the config key to
+    # set when the built networks cannot give it (None when they can).
+    latent_distance_definition: ClassVar[str] = ""
+
+    def latent_distance(self, x, block: int):
+        """Per-patch latent score (N,)."""
+        raise NotImplementedError
+
+    def latent_distance_missing(self) -> str | None:
+        return f"no latent distance is defined for model.architecture {self.name!r}"
 
     def served_extras(self, x, block: int) -> dict:
         """Per-patch values the detector serves besides the maps, named as in `extra_outputs`."""

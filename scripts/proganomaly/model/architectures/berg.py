@@ -69,6 +69,18 @@ class Berg(Architecture):
     def encode(self, x, block: int):
         return self.encoder(x, block, False)[0]
 
-    def served_extras(self, x, block: int) -> dict:
+    def image_encoder(self):
+        return self.encoder
+
+    latent_distance_definition = "Berg's latent norm ||E(x)||_2"
+
+    def latent_distance_missing(self) -> str | None:
+        return None
+
+    def latent_distance(self, x, block: int):
+        """Berg's latent norm ‖E(x)‖₂ (z ~ N(0, I) in training, so a far latent is an unlikely image)."""
         z = tf.cast(self.encode(x, block), tf.float32)
-        return {"latent_norm": tf.norm(tf.reshape(z, (tf.shape(z)[0], -1)), axis=-1)}
+        return tf.norm(tf.reshape(z, (tf.shape(z)[0], -1)), axis=-1)
+
+    def served_extras(self, x, block: int) -> dict:
+        return {"latent_norm": self.latent_distance(x, block)}

@@ -38,8 +38,7 @@ class Ganomaly(Architecture):
         f = cfg.filters
         skips = [(f[0][0] if b == 0 else f[b - 1][1]) if cfg.unet_skips[b] else 0 for b in range(blocks)]
         self.decoder = Decoder(cfg, blocks, skips, seed=seed, net=DECODER, name="decoder")
-        stddev = cfg.minibatch_stddev.encoders
-        self.ge = ImageEncoder(cfg, blocks, cfg.latent_size, stddev=stddev, seed=seed, net=GE, name="ge")
+        self.ge = ImageEncoder(cfg, blocks, cfg.latent_size, stddev=False, seed=seed, net=GE, name="ge")
         self._build_encoder_and_critic(seed)
 
     @property
@@ -67,3 +66,17 @@ class Ganomaly(Architecture):
 
     def encode(self, x, block: int):
         return self.ge(x, block, False)[0]
+
+    def image_encoder(self) -> ImageEncoder:
+        return self.ge
+
+    latent_distance_definition = "GANomaly's ||Ge(x) - E(G(x))||_2"
+
+    def latent_distance_missing(self) -> str | None:
+        if self.encoder is None:
+            return "GANomaly's latent distance needs the encoder E: set model.create_encoder: true and retrain"
+        return None
+
+    def latent_distance(self, x, block: int):
+        z, x_hat = self.generate(x, block, False)
+        return tf.norm(z - self.encoder(x_hat, block, False)[0], axis=-1)

@@ -1,0 +1,90 @@
+"""The operating point (one threshold × dilation cell): chosen on the pooled validation slides, applied to every
+evaluated slide, so the reported test metrics at that point are never tuned on the test slides themselves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+
+from proganomaly.evaluation import metrics
+from proganomaly.evaluation.grid import GridSpec, Region, evaluate_grids
+
+CHOSEN_ON = "validation"
+
+
+def fixed(ev, reason: str) -> dict:
+    """The configured fixed cell, with the reason it is used."""
+    return {
+        "source": "fixed",
+        "threshold": float(ev.operating_threshold),
+        "dilation": float(ev.operating_dilation),
+        "reason": reason,
+    }
+
+
+def choose(grids: dict[str, pd.DataFrame], ev) -> dict:
+    """The operating point from the validation slides' grids {slide: grid with µm² areas}.
+
+    `best_f1` / `best_iou`: the best cell of the pooled validation grid (areas summed per cell over the slides,
+    metrics recomputed). Falls back to the fixed cell, saying why, when that is configured, when there are no
+    annotated validation slides, or when the metric is undefined in every pooled cell.
+    """
+    if ev.operating_point == "fixed":
+        return fixed(ev, "evaluation.operating_point is 'fixed'")
+    if not grids:
+        return fixed(
+            ev,
+            f"no annotated {CHOSEN_ON} slides to choose on; evaluation.operating_threshold and "
+            "evaluation.operating_dilation used instead",
+        )
+    metric = ev.operating_point.removeprefix("best_")
+    pooled = metrics.pool_grids(list(grids.values()), beta=ev.beta)
+    cell = metrics.best_cell(pooled, metric)
+    if cell is None:
+        return fixed(ev, f"{metric} undefined in every cell of the pooled {CHOSEN_ON} grid")
+    return {
+        "source": f"{ev.operating_point} of the pooled {CHOSEN_ON} slides",
+        "threshold": cell["threshold"],
+        "dilation": cell["dilation"],
+        "chosen_on": {"split": CHOSEN_ON, "slides": list(grids), "metric": metric, "cell": cell},
+    }
+
+
+def evaluate_point(kde, downsample: float, region: Region, spec: GridSpec, mpp: float, parts: dict, op: dict,
+                   beta: float) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """The one-cell grid and part grid at the operating point, with µm² areas and metrics: the same code path as
+    every grid cell, so a point that is also a grid cell gives that cell's numbers."""
+    one = dataclasses.replace(spec, thresholds=(float(op["threshold"]),), dilations=(float(op["dilation"]),))
+    grid, part = evaluate_grids(kde, downsample, region, one, mpp, parts)
+    return metrics.with_metrics(grid, mpp, beta), metrics.with_metrics(part, mpp, beta)
+
+
+def point_record(grid: pd.DataFrame, part: pd.DataFrame) -> dict:
+    """{all: areas and metrics, class: {name: ...}, group: {name: ...}} of a one-cell grid and part grid."""
+    cols = ("tissue_area", "tissue_area_um2")
+    out = {"all": _record(grid.iloc[0], cols) | {"num_polygons": int(grid["num_polygons"].iloc[0])}}
+    for level in ("class", "group"):
+        out[level] = {r["name"]: _record(r, cols) for _, r in part[part["level"] == level].iterrows()}
+    return out
+
+
+def _record(row, extra) -> dict:
+    return metrics.area_record(row) | {k: float(row[k]) for k in extra if k in row}
+
+
+def record_frames(record: dict, op: dict, mode: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Inverse of point_record (for pooling over slides): a one-cell grid and its part grid."""
+    key = {"threshold": float(op["threshold"]), "dilation": float(op["dilation"]), "dilation_mode": mode}
+    grid = pd.DataFrame([key | record["all"]])
+    rows = [key | {"level": lv, "name": n} | r for lv in ("class", "group") for n, r in record.get(lv, {}).items()]
+    cols = [*metrics.PART_KEYS, *key, *metrics.AREAS, *(f"{a}_um2" for a in metrics.AREAS)]
+    return grid, pd.DataFrame(rows).reindex(columns=[*cols, "tissue_area", "tissue_area_um2"])
+
+
+def pooled_record(grids: list[pd.DataFrame], parts: list[pd.DataFrame], beta: float) -> dict:
+    """Areas at the operating point summed over slides (parts absent from a slide as in pool_part_grids)."""
+    grid = metrics.pool_grids(grids, beta)
+    part = metrics.pool_part_grids(grids, parts, beta)
+    return point_record(grid, part)

@@ -1,0 +1,216 @@
+"""Detection benchmark: every registered scorer × anomaly class on the demo benchmark, over several seeds.
+
+    .venv/bin/python tests/benchmarks/bench_detection.py [--seeds 1 2 3] [--scorers rgb_error,inpainting,...]
+        [--variant NAME=overrides.yaml ...] [--work /tmp/proganomaly-bench-detection] [--out results/benchmarks]
+
+For each seed the whole workflow runs once in its own directory (the seed makes the cohort, the patch order and the
+initial weights), then once per scorer with `calibration.scorer` changed, so only calibration, export, inference,
+maps and evaluation rerun: every scorer is judged on the same trained model, through the same threshold, maps and
+evaluation as the default run. A variant (another patch size, no U-Net skips, longer training …) is a config
+override file that retrains; it runs with every scorer too.
+
+Numbers are pixel AUROC and average precision of the Mahalanobis d² map and of the KDE heat map, per anomaly class
+and group against normal tissue, pooled over the validation slides and over the test slides (results/eval/pooled/
+{validation,test}/metrics.json), as mean ± sample sd over seeds. The default scorer is to be chosen on validation
+columns only. Train time is the train_reconstruction job's wall clock; inference time the calibration, export and
+infer_slide jobs' wall clock (Snakemake benchmark files). Prints one table and writes detection.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SPLITS = ("validation", "test")
+MAPS = ("mahalanobis_d2", "kde")
+INFERENCE_RULES = ("fit_error_distribution", "fit_threshold", "export_model", "infer_slide")
+
+
+def registered_scorers() -> list[str]:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from proganomaly.scoring import SCORERS
+
+    return sorted(SCORERS)
+
+
+def run_workflow(work: Path, overrides: dict, targets: list[str], log: Path) -> float:
+    """Run the workflow in `work` with the demo config plus `overrides`; returns wall seconds."""
+    work.mkdir(parents=True, exist_ok=True)
+    override = work / "override.yaml"
+    override.write_text(yaml.safe_dump({"slides": str(ROOT / "config" / "slides.tsv"), **overrides}))
+    cmd = [
+        str(ROOT / ".venv" / "bin" / "snakemake"),
+        "--snakefile", str(ROOT / "workflow" / "Snakefile"),
+        "--directory", str(work),
+        "--configfile", str(ROOT / "config" / "config.yaml"), str(override),
+        "--cores", "2",
+        *targets,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    with open(log, "a") as fh:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode:
+        raise SystemExit(f"workflow failed in {work} (overrides {overrides}); see {log}")
+    return time.perf_counter() - start
+
+
+def job_seconds(work: Path, rules: tuple[str, ...]) -> float:
+    total = 0.0
+    for rule in rules:
+        for tsv in (work / "results" / "benchmarks" / rule).glob("*.tsv"):
+            total += float(pd.read_csv(tsv, sep="\t")["s"].iloc[0])
+    return total
+
+
+def pooled_scores(work: Path) -> dict:
+    """{split: {level/name: {map: {auroc, ap}}}} from the pooled metrics, plus the all-anomalies row."""
+    out = {}
+    for split in SPLITS:
+        path = work / "results" / "eval" / "pooled" / split / "metrics.json"
+        if not path.is_file():
+            continue
+        m = json.loads(path.read_text())
+        rows = {"all": {k: _pick(m["pixel"][k]) for k in MAPS}}
+        for level, named in m.get("per_class", {}).items():
+            for name, res in named.items():
+                rows[f"{level}:{name}"] = {k: _pick(res["pixel"][k]) for k in MAPS if k in res["pixel"]}
+        out[split] = rows
+    return out
+
+
+def _pick(res: dict) -> dict:
+    return {"auroc": res.get("auroc"), "ap": res.get("average_precision")}
+
+
+def targets() -> list[str]:
+    return [f"results/eval/pooled/{split}/metrics.json" for split in SPLITS]
+
+
+def bench(seeds, scorers, variants, work_root: Path, log: Path) -> list[dict]:
+    rows = []
+    for variant, overrides in variants.items():
+        for seed in seeds:
+            work = work_root / variant / f"seed{seed}"
+            for scorer in scorers:
+                cfg = _merge(overrides, {"seed": seed, "calibration": {"scorer": scorer}})
+                print(f"[bench] {variant} seed {seed} scorer {scorer}", flush=True)
+                wall = run_workflow(work, cfg, targets(), log)
+                rows.append(
+                    {
+                        "variant": variant,
+                        "seed": seed,
+                        "scorer": scorer,
+                        "wall_s": wall,
+                        "train_s": job_seconds(work, ("train_reconstruction",)),
+                        "inference_s": job_seconds(work, INFERENCE_RULES),
+                        "scores": pooled_scores(work),
+                    }
+                )
+                (work_root / "rows.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def summarise(rows: list[dict]) -> pd.DataFrame:
+    flat = []
+    for r in rows:
+        for split, parts in r["scores"].items():
+            for part, maps in parts.items():
+                for name, val in maps.items():
+                    flat.append({**{k: r[k] for k in ("variant", "scorer", "seed", "train_s", "inference_s")},
+                                 "split": split, "part": part, "map": name, **val})  # fmt: skip
+    df = pd.DataFrame(flat)
+
+    def agg(s):
+        vals = [v for v in s if v is not None and v == v]
+        if not vals:
+            return ""
+        sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        return f"{statistics.mean(vals):.3f} ± {sd:.3f}"
+
+    table = df.pivot_table(
+        index=["variant", "scorer", "map", "part"], columns="split", values=["auroc", "ap"], aggfunc=agg
+    )
+    times = df.groupby(["variant", "scorer"])[["train_s", "inference_s"]].median()
+    return table, times
+
+
+def json_summary(rows: list[dict]) -> dict:
+    """{variant: {scorer: {part: {split: {map: {auroc_mean, auroc_sd, ap_mean, ap_sd, n}}}}}}"""
+    acc: dict = {}
+    for r in rows:
+        for split, parts in r["scores"].items():
+            for part, maps in parts.items():
+                for name, val in maps.items():
+                    cell = acc.setdefault(r["variant"], {}).setdefault(r["scorer"], {}).setdefault(part, {})
+                    cell = cell.setdefault(split, {}).setdefault(name, {"auroc": [], "ap": []})
+                    for k in ("auroc", "ap"):
+                        if val[k] is not None:
+                            cell[k].append(val[k])
+    out: dict = {}
+    for variant, scorers in acc.items():
+        for scorer, parts in scorers.items():
+            for part, splits in parts.items():
+                for split, maps in splits.items():
+                    for name, vals in maps.items():
+                        stats = {}
+                        for k in ("auroc", "ap"):
+                            v = vals[k]
+                            stats[f"{k}_mean"] = statistics.mean(v) if v else None
+                            stats[f"{k}_sd"] = statistics.stdev(v) if len(v) > 1 else 0.0
+                        stats["n"] = len(vals["auroc"])
+                        out.setdefault(variant, {}).setdefault(scorer, {}).setdefault(part, {}).setdefault(split, {})[
+                            name
+                        ] = stats
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--scorers", default=None, help="comma-separated; default: every registered scorer")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=override.yaml (retrains)")
+    ap.add_argument("--no-default", action="store_true", help="skip the default (unmodified) configuration")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/proganomaly-bench-detection"))
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
+    ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
+    args = ap.parse_args()
+    scorers = args.scorers.split(",") if args.scorers else registered_scorers()
+    variants = {} if args.no_default else {"default": {}}
+    for spec in args.variant:
+        name, _, path = spec.partition("=")
+        variants[name] = yaml.safe_load(Path(path).read_text()) or {}
+    if args.fresh:
+        shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = bench(args.seeds, scorers, variants, args.work, args.work / "workflow.log")
+    table, times = summarise(rows)
+    pd.set_option("display.width", 250, "display.max_rows", 500, "display.max_columns", 20)
+    print(table.to_string())
+    print("\nmedian seconds per run (train: train_reconstruction; inference: calibration, export, infer_slide)")
+    print(times.round(1).to_string())
+    args.out.mkdir(parents=True, exist_ok=True)
+    record = {"seeds": args.seeds, "scorers": scorers, "variants": variants, "rows": rows,
+              "summary": json_summary(rows)}  # fmt: skip
+    (args.out / "detection.json").write_text(json.dumps(record, indent=1))
+    print(f"\nwrote {args.out / 'detection.json'}")
+
+
+if __name__ == "__main__":
+    main()
