@@ -2,6 +2,8 @@
 
 import copy
 import dataclasses
+import inspect
+import pickle
 import re
 import types
 import typing
@@ -19,8 +21,10 @@ from proganomaly.config import (
     config_params,
     from_params,
     load_config,
+    sections,
     validate_config,
 )
+from proganomaly.config.schema_types import sections_from_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,8 +116,57 @@ def _compare(tp, node: dict, where: str) -> list[str]:
     return problems
 
 
-def test_schema_and_dataclasses_define_the_same_keys_with_the_same_types():
+def test_generated_sections_have_the_schema_keys_types_defaults_and_descriptions():
     assert _compare(Config, SCHEMA, "config") == []
+
+
+# keys whose type takes more than a scalar lookup: nested and fixed-length arrays, nullables, shared classes
+TRICKY = {
+    "demo.sha256": str | None,
+    "demo.anomaly_kinds": list[str],
+    "tiling.target_mpp": float | None,
+    "tiling.tissue": sections.TissueConfig,
+    "model.filters": list[list[int]],
+    "model.unet_skips": list[bool],
+    "model.z_noise": sections.NoiseConfig,
+    "model.fake_noise": sections.NoiseConfig,
+    "model.loss_weights.berg.generator": sections.BergGeneratorWeights,
+    "training.optimizers.encoder": sections.AdamConfig,
+    "training.optimizers.encoder.clip_norm": float | None,
+    "calibration.annotation_classes": list[str] | None,
+    "scoring.encoder_features": sections.EncoderFeaturesScoring,
+    "evaluation.thresholds": list[float],
+    "evaluation.class_color": list[int],
+    "evaluation.annotation_mask_downsample": float | None,
+}
+
+
+@pytest.mark.parametrize(("path", "expected"), TRICKY.items(), ids=TRICKY)
+def test_generated_types_of_tricky_keys(path, expected):
+    tp = Config
+    for key in path.split("."):
+        tp = typing.get_type_hints(tp)[key]
+    assert tp == expected
+
+
+def test_every_generated_class_is_published_and_exported():
+    import proganomaly.config as package
+
+    assert {name: getattr(sections, name) for name in sections.SECTIONS} == sections.SECTIONS
+    exported = {name: getattr(package, name) for name in package.__all__}
+    assert {n: c for n, c in exported.items() if dataclasses.is_dataclass(c)}.items() <= sections.SECTIONS.items()
+    for cls in sections.SECTIONS.values():
+        assert cls.__module__ == sections.__name__, cls  # pickling finds the class by module and name
+        assert cls.__dataclass_params__.frozen, cls
+    cfg = Config.from_dict(validate_config({}))
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+
+
+def test_sections_typed_alike_must_agree():
+    schema = {"type": "object", "properties": {"a": {"type": "object", "properties": {"x": {"type": "integer"}}}}}
+    schema["properties"]["b"] = {"type": "object", "properties": {"x": {"type": "number"}}}
+    with pytest.raises(TypeError, match="b is typed as Same"):
+        sections_from_schema(schema, lambda path: "Same" if path else "Root", {}, __name__)
 
 
 def test_dataclasses_have_no_defaults_of_their_own():
@@ -152,9 +205,8 @@ def test_every_key_is_read_somewhere():
     sources = [p for p in (ROOT / "scripts").rglob("*.py") if "config" not in p.relative_to(ROOT / "scripts").parts]
     sources.append(ROOT / "workflow" / "rules" / "common.smk")
     text = "\n".join(p.read_text() for p in sources)
-    # the sections' own methods (RecordsConfig.resolutions), without the field declarations
-    sections = (ROOT / "scripts" / "proganomaly" / "config" / "sections.py").read_text()
-    text += re.sub(r"(?m)^    \w+: [^=\n]+$", "", sections)
+    # the sections' own methods (RecordsConfig.resolutions)
+    text += "\n".join(inspect.getsource(cls) for cls in sections.METHODS.values())
     unread = []
     for key, _ in _leaves(validate_config({})):
         name = key.split(".")[-1]

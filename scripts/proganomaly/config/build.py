@@ -1,4 +1,4 @@
-"""Typing and validating raw config dicts: the schema fills defaults, the dataclasses give the types.
+"""Typing and validating raw config dicts: the schema fills defaults, the dataclasses generated from it give the types.
 
 Defaults live in ``workflow/schemas/config.schema.yaml`` only: the dataclasses have no defaults, so a config that
 skipped validation fails loudly here instead of running with a second, divergent set of defaults.
@@ -7,6 +7,7 @@ skipped validation fails loudly here instead of running with a second, divergent
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -19,6 +20,14 @@ SLIDES_SCHEMA = SCHEMA_DIR / "slides.schema.yaml"
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type; the message names its path."""
+
+
+@functools.cache
+def load_schema() -> dict:
+    """The config schema, parsed once per process: the typed sections are generated from it at import. Read-only."""
+    import yaml
+
+    return yaml.load(CONFIG_SCHEMA.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:
@@ -64,10 +73,9 @@ def _build_dataclass(tp: Any, value: Any, where: str) -> Any:
 def validate_config(data: dict) -> dict:
     """Validate a raw config dict against the schema, filling defaults in place (as the workflow does)."""
     import jsonschema
-    import yaml
     from snakemake.utils import validate
 
-    schema = yaml.safe_load(CONFIG_SCHEMA.read_text())
+    schema = load_schema()
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
