@@ -90,6 +90,8 @@ write_json(
         "annotation_repairs": s.repairs,
         "annotation_classes": s.groups,
         "contour_tolerance_px": spec.contour_tolerance_px,
+        # "raster" areas are within grid.raster_tolerance of the exact overlay (docs/deviations.md).
+        "grid_method": spec.method,
         "cells": len(grid),
         "cells_skipped": 0,
         # Chosen on this slide's own grid: an upper bound, not a result (the reported cell is in operating_point).

@@ -7,6 +7,7 @@ maps, plus a JSON with timings and provenance. The slide is opened once and neve
 By hand: python scripts/infer_slide.py SLIDE_ID SLIDE_FILE PATCHES.parquet SAVED_MODEL OUT_DIR [MPP]
 """
 
+import functools
 import sys
 from pathlib import Path
 
@@ -50,26 +51,41 @@ def main(
                 scaling_power=k.patch_scaling_power,
             )  # fmt: skip
 
+    inf = config.inference
     with open_slide(slide_path, mpp=mpp) as slide:
         width, height = slide.dimensions
-        grid = stitching.MapGrid(int(width), int(height), config.stitching.downsample, float(slide.mpp))
+        ds = stitching.map_downsample(config.stitching.map_mpp, float(slide.mpp))
+        grid = stitching.MapGrid(int(width), int(height), ds, float(slide.mpp))
+        need = stitching.check_free_space(Path(out_canvas).parent, grid, channels, slide_id)
         log.info(
-            "%s: %d patches of %d px (model), level 0 %d×%d, maps %d×%d at downsample %d",
-            slide_id, len(table), detector.patch_size_px, width, height, grid.width, grid.height, grid.downsample,
+            "%s: %d patches of %d px (model), level 0 %d×%d, maps %d×%d at downsample %d (%.3g µm/px), canvases "
+            "%.2f GB", slide_id, len(table), detector.patch_size_px, width, height, grid.width, grid.height,
+            grid.downsample, grid.map_mpp, need / 1e9,
         )  # fmt: skip
+        if len(table) and inf.read_from_pyramid:
+            row = table.iloc[0]
+            level, k = slide.patch_level(int(row.x), int(row.y), int(row.width), detector.patch_size_px)
+            log.info("patches read from pyramid level %d (downsample %d) where aligned, else level 0", level, k)
         canvas = stitching.create_canvas(
             out_canvas, grid, channels, extra={"slide_id": slide_id, "patches": len(table)}
         )
         progress = runlog.Progress(len(table), f"infer {slide_id}", unit="patches")
         result, timings = inference.run_inference(
-            slide, table, detector, canvas, slide_id=slide_id, batch_size=config.inference.batch_size,
-            prefetch_batches=config.inference.prefetch_batches, read_patch=read_patch, patch_kde=patch_kde,
-            progress=progress.update, border_px=config.calibration.border_px,
+            slide, table, detector, canvas, slide_id=slide_id, batch_size=inf.batch_size,
+            prefetch_batches=inf.prefetch_batches, read_patch=functools.partial(
+                read_patch, from_pyramid=inf.read_from_pyramid
+            ), patch_kde=patch_kde, progress=progress.update, border_px=config.calibration.border_px,
+            read_threads=inf.read_threads, write_queue_batches=inf.write_queue_batches,
         )  # fmt: skip
     with atomic_path(out_patches) as tmp:
         result.to_parquet(tmp, index=False)
     rate = len(table) / timings["wall_s"] if timings["wall_s"] else float("nan")
-    log.info("%s: %.1f patches/s; timings %s", slide_id, rate, {k: round(v, 2) for k, v in timings.items()})
+    log.info(
+        "%s: %.1f patches/s; read %.1f s (%d threads, overlapped), model waited %.1f s on reads, model %.1f s, "
+        "write %.1f s (overlapped), model waited %.1f s on writes (+%.1f s for the last), wall %.1f s",
+        slide_id, rate, timings["read_s"], inf.read_threads, timings["wait_s"], timings["model_s"],
+        timings["write_s"], timings["stall_s"], timings["drain_s"], timings["wall_s"],
+    )  # fmt: skip
     runlog.write_json(
         out_json,
         runlog.provenance(

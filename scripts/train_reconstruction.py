@@ -22,7 +22,6 @@ from proganomaly.data import records  # noqa: E402
 log = runlog.setup_logging(snakemake.log[0])
 logging.getLogger("absl").setLevel(logging.WARNING)  # one line per checkpoint shard otherwise
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from proganomaly.training.loop import Trainer  # noqa: E402
@@ -47,8 +46,15 @@ log.info("training on %d patches from %d train slides", counts[patch], len(train
 gpus = tf.config.list_physical_devices("GPU")
 for gpu in gpus:
     tf.config.experimental.set_memory_growth(gpu, True)
-strategy = tf.distribute.MirroredStrategy() if len(gpus) > 1 else None
-log.info("devices: %d GPU(s)%s, %d CPU threads", len(gpus), " with MirroredStrategy" if strategy else "", threads)
+replicas = config.resources.gpus.training
+if replicas > 1 and len(gpus) < replicas:
+    raise SystemExit(
+        f"resources.gpus.training={replicas} but this job sees {len(gpus)} GPU(s); check the Slurm request"
+    )
+# The replica count changes the numbers (per-replica masks and noise), so it comes from the config, not the node.
+strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(replicas)]) if replicas > 1 else None
+log.info("devices: %d GPU(s) seen, %d used%s, %d CPU threads", len(gpus), replicas if gpus else 0,
+         " with MirroredStrategy" if strategy else "", threads)  # fmt: skip
 if not gpus:
     enable_determinism(config.seed)
 else:
@@ -56,24 +62,26 @@ else:
 
 
 def dataset_fn(resolution, batch_size, seed):
+    buffer = records.buffer_examples(train_manifests, resolution, config.training.shuffle_buffer_mb)
+    log.info("%d px: shuffle buffer of %d examples (training.shuffle_buffer_mb=%g)", resolution, buffer,
+             config.training.shuffle_buffer_mb)  # fmt: skip
     return records.make_dataset(train_manifests, resolution, batch_size=batch_size, shuffle=True, seed=seed,
-                                repeat=True, drop_remainder=True)  # fmt: skip
+                                repeat=True, drop_remainder=True, shuffle_buffer=buffer)  # fmt: skip
 
 
 def heldout_fn(resolution):
+    """The first heldout_examples patches in record order (the same ones at every resolution), streamed."""
     n = config.training.heldout_examples
     if not heldout_manifests or n == 0:
         return None
-    ds = records.make_dataset(heldout_manifests, resolution, batch_size=None, shuffle=False).take(n)
-    found = list(ds.as_numpy_iterator())
-    return np.stack(found) if found else None
+    return records.make_dataset(heldout_manifests, resolution, batch_size=None, shuffle=False).take(n)
 
 
 if not heldout_manifests:
     log.warning("no calibrate slides: no held-out error and no sample grids (samples/ stays empty)")
 
 data_fingerprint = hashlib.sha256(b"".join(Path(p).read_bytes() for p in train_manifests)).hexdigest()
-spec = RunSpec(config.model, config.training, config.seed, patch)
+spec = RunSpec(config.model, config.training, config.seed, patch, replicas=replicas)
 trainer = Trainer(spec, out_dir, dataset_fn, heldout_fn, data_fingerprint=data_fingerprint, strategy=strategy)
 summary = trainer.run()
 Path(snakemake.output.samples).mkdir(parents=True, exist_ok=True)
@@ -87,6 +95,7 @@ runlog.write_json(
         train_examples=counts[patch],
         devices={
             "gpus": len(gpus),
+            "replicas": replicas,
             "strategy": "MirroredStrategy" if strategy else "single device",
             "threads": threads,
         },

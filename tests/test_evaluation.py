@@ -34,14 +34,17 @@ from proganomaly.evaluation.grid import (
     evaluate_grid,
     evaluate_grids,
     predicted_polygons,
+    raster_tolerance,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 AREAS = ["true_positive", "false_positive", "false_negative", "true_negative"]
 
 
-def spec(thresholds=(0.5,), dilations=(1.0,), mode="scale", origin="centroid", tol=0.0):
-    return GridSpec(tuple(thresholds), tuple(dilations), mode, origin, tol)
+def spec(thresholds=(0.5,), dilations=(1.0,), mode="scale", origin="centroid", tol=0.0, method="exact"):
+    """A grid spec; "exact" by default, so the tests of the grid's definitions pin the reference method (the raster
+    method is compared with it in test_raster_grid_matches_exact_within_tolerance)."""
+    return GridSpec(tuple(thresholds), tuple(dilations), mode, origin, tol, method=method)
 
 
 def areas_of(pred, tissue, annotation):
@@ -117,8 +120,9 @@ def test_bbox_centre_origin_and_buffer_mode():
     assert (grid.true_positive + grid.false_positive)[0] == ell.area
 
 
+@pytest.mark.parametrize("method", ["exact", "raster"])
 @pytest.mark.parametrize("seed", range(3))
-def test_grid_agrees_with_pixel_counting_and_sums_to_tissue(seed):
+def test_grid_agrees_with_pixel_counting_and_sums_to_tissue(seed, method):
     rng = np.random.default_rng(seed)
     kde = ndi.gaussian_filter(rng.random((48, 64)), 3).astype(np.float32)
     kde = (kde - kde.min()) / (kde.max() - kde.min())
@@ -132,11 +136,12 @@ def test_grid_agrees_with_pixel_counting_and_sums_to_tissue(seed):
     tissue_mask = geometry.boxes_mask(px, py, np.full(px.shape, 16), np.full(py.shape, 16), kde.shape, ds)
     ann = shapely.union_all(geometry.scale_coords(geometry.mask_polygons(ann_mask), ds))
     thresholds = (0.0, 0.3, 0.5, 0.7)
-    grid = evaluate_grid(kde, ds, Region.clipped(tissue, ann), spec(thresholds, (1, 1.5, 4)), mpp=0.25)
+    grid = evaluate_grid(kde, ds, Region.clipped(tissue, ann), spec(thresholds, (1, 1.5, 4), method=method), mpp=0.25)
     assert len(grid) == 12 and list(grid.threshold) == [t for t in thresholds for _ in range(3)]
     np.testing.assert_allclose(grid[AREAS].sum(axis=1), tissue.area)
     assert (grid[AREAS] >= 0).all().all()
-    # Without dilation the polygons are exact pixel sets: areas are pixel counts × ds².
+    # Without dilation the polygons are exact pixel sets: areas are pixel counts × ds² (the raster method too: the
+    # annotation and the tissue follow pixel edges here, so no pixel holds two outlines).
     for t in thresholds:
         row = grid[(grid.threshold == t) & (grid.dilation == 1)].iloc[0]
         pred = (kde > t) & tissue_mask
@@ -218,6 +223,57 @@ def test_pixel_sample_is_deterministic_and_sorted():
     assert not np.array_equal(a, metrics.sample_pixels(10_000, 1000, seed=7, slide="s2"))
     assert len(np.unique(a)) == 1000 and np.all(np.diff(a) > 0)
     assert np.array_equal(metrics.sample_pixels(50, 1000, seed=7, slide="s1"), np.arange(50))
+
+
+def synthetic_region(seed: int, shape=(48, 64), ds=4.0):
+    """A noisy map that is high along the map's edges, a patch grid with gaps whose last column reaches past the
+    map, and two annotation classes (one with holes) in one group."""
+    rng = np.random.default_rng(seed)
+    kde = ndi.gaussian_filter(rng.random(shape), 2)
+    kde = (kde - kde.min()) / (kde.max() - kde.min())
+    kde[:, :3] = kde[:2, :] = 0.9  # predictions touching the map's edges
+    kde = kde.astype(np.float32)
+    gy, gx = np.mgrid[0 : shape[0] // 8, 0 : shape[1] // 8 + 1]
+    keep = rng.random(gx.shape) < 0.75
+    px, py = gx[keep] * 8 * ds, gy[keep] * 8 * ds
+    tissue = geometry.boxes_region(px, py, np.full(px.shape, 8 * ds), np.full(py.shape, 8 * ds))
+    centres = rng.uniform(0, 1, (6, 2)) * np.array([shape[1], shape[0]]) * ds
+    blobs = shapely.buffer(shapely.points(centres), rng.uniform(10, 40, 6))
+    blobs[0] = blobs[0].difference(shapely.buffer(blobs[0].centroid, 6))  # a hole
+    a, b = shapely.union_all(blobs[:3]), shapely.union_all(blobs[3:])
+    parts = {("class", "A"): a, ("class", "B"): b, ("group", "AB"): shapely.union_all([a, b])}
+    parts = {k: shapely.intersection(g, tissue) for k, g in parts.items()}
+    return kde, ds, Region.clipped(tissue, shapely.union_all(blobs)), parts
+
+
+@pytest.mark.parametrize(
+    ("mode", "origin", "tol", "dilations"),
+    [
+        ("scale", "centroid", 0.0, (1, 1.1, 1.5, 2, 3, 5, 10, 30)),
+        ("scale", "center", 0.0, (1, 1.5, 4, 9)),
+        ("scale", "centroid", 0.5, (1, 2, 6)),
+        ("buffer", "centroid", 0.0, (0, 1, 4, 20)),
+    ],
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_raster_grid_matches_exact_within_tolerance(seed, mode, origin, tol, dilations):
+    """The stated tolerance of the raster method (grid.raster_tolerance) for every area of every cell, all classes and
+    per part."""
+    kde, ds, region, parts = synthetic_region(seed)
+    thresholds = (0.2, 0.5, 0.7)
+    specs = {m: spec(thresholds, dilations, mode, origin, tol, m) for m in ("exact", "raster")}
+    exact, raster = (evaluate_grids(kde, ds, region, specs[m], 0.5, parts) for m in ("exact", "raster"))
+    pred = (exact[0].true_positive + exact[0].false_positive).to_numpy()
+    bound = raster_tolerance(pred, region.annotation.area, exact[0].dilation, specs["raster"], ds) + 1e-6
+    for a in AREAS:
+        np.testing.assert_array_less(np.abs(raster[0][a] - exact[0][a]), bound)
+        per_part = np.abs(raster[1][a] - exact[1][a]).to_numpy().reshape(len(pred), len(parts))
+        np.testing.assert_array_less(per_part, np.broadcast_to(bound[:, None], per_part.shape))
+    assert list(raster[1].name) == list(exact[1].name)
+    np.testing.assert_allclose(raster[0][AREAS].sum(axis=1), region.tissue.area)
+    undilated = exact[0].dilation == (1 if mode == "scale" else 0)
+    if tol == 0:  # pixel-edge polygons: the undilated prediction's components are the raster's
+        assert (raster[0].num_polygons[undilated] == exact[0].num_polygons[undilated]).all()
 
 
 def test_predicted_polygons_match_the_grid_cell():
@@ -370,11 +426,20 @@ def test_rule_scripts_end_to_end(tmp_path):
     # The test slide's polygons and metrics are the validation-chosen cell of its own grid.
     cell = grid[(grid.threshold == op["threshold"]) & (grid.dilation == op["dilation"])].iloc[0]
     exported = sum(shapely.geometry.shape(f["geometry"]).area for f in gj["features"])
-    assert exported == pytest.approx(cell.true_positive + cell.false_positive)
+    # The point's numbers are exact; the grid's raster cell agrees within the stated tolerance.
+    scale = cell.true_positive + cell.false_positive + cell.true_positive + cell.false_negative
+    grid_spec = GridSpec((), (), "scale", "centroid", 0.0)
+    bound = raster_tolerance(exported, cell.true_positive + cell.false_negative, op["dilation"], grid_spec, 4.0)[0]
+    assert exported == pytest.approx(cell.true_positive + cell.false_positive, abs=bound)
     at = json.loads(open(outs["s1"].at_point).read())
-    assert at["all"]["f1"] == pytest.approx(cell.f1) and at["all"]["num_polygons"] == cell.num_polygons
+    # F1 = 2TP / (prediction + annotation): each area off by at most `bound` moves it by at most 4 · bound / scale.
+    assert at["all"]["f1"] == pytest.approx(cell.f1, abs=4 * bound / scale)
+    assert at["all"]["num_polygons"] == len(gj["features"])
+    assert at["all"]["true_positive"] + at["all"]["false_positive"] == pytest.approx(exported)
     tcell = tumor[(tumor.threshold == op["threshold"]) & (tumor.dilation == op["dilation"])].iloc[0]
-    assert at["class"]["Tumor"]["f1"] == pytest.approx(tcell.f1)
+    assert at["class"]["Tumor"]["f1"] == pytest.approx(
+        tcell.f1, abs=4 * bound / (tcell.true_positive * 2 + tcell.false_positive + tcell.false_negative)
+    )
 
     pooled_dir = tmp_path / "eval" / "pooled" / "test"
     pooled_dir.mkdir(parents=True)

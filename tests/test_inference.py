@@ -158,3 +158,36 @@ def test_batch_maps_accepts_original_and_new_flag_conventions():
     maps = inference.batch_maps(batch, out)
     assert maps["flags"].shape == (2, 4, 4) and maps["flags"].sum() == 16
     assert (maps["reconstruction"] == 255).all() and maps["anomaly_map"].shape == (2, 4, 4)
+
+
+def test_pool_reader_and_writer_thread_give_the_sequential_result(saved_model, tmp_path):
+    """Reads through a thread pool and stitching in a writer thread leave the table and canvases bit-identical."""
+    image = np.random.default_rng(9).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    coords = [(x, y) for y in range(0, 50, 6) for x in range(0, 80, 6)]
+    table = inference.check_patch_table(_table(coords, 16), "t")
+    det = load_detector(saved_model)
+    runs = {}
+    for name, threads, prefetch, queue in (("sequential", 1, 0, 0), ("overlapped", 3, 2, 2)):
+        canvas = stitching.create_canvas(tmp_path / name, stitching.MapGrid(90, 60, 1, 0.5), inference.CANVAS_MAPS)
+        result, timings = inference.run_inference(
+            FakeSlide(image), table, det, canvas, slide_id="s", batch_size=5, prefetch_batches=prefetch,
+            read_patch=read_patch, read_threads=threads, write_queue_batches=queue, border_px=1,
+        )  # fmt: skip
+        assert {"read_s", "wait_s", "model_s", "write_s", "stall_s", "drain_s"} <= set(timings)
+        runs[name] = (result, {n: canvas.sums[n][:, :] for n in canvas.sums} | {"count": canvas.count[:, :]})
+    pd.testing.assert_frame_equal(runs["sequential"][0], runs["overlapped"][0])
+    for name, arr in runs["sequential"][1].items():
+        np.testing.assert_array_equal(arr, runs["overlapped"][1][name], err_msg=name)
+
+
+def test_writer_errors_reraise_in_the_caller():
+    def handle(item):
+        if item == 3:
+            raise RuntimeError("canvas write failed at item 3")
+
+    writer = inference.Writer(handle, depth=1)
+    with pytest.raises(RuntimeError, match="item 3"):
+        for i in range(50):
+            writer.submit(i)
+        writer.close()
+    writer.close(raise_error=False)  # after the error: returns, the thread is gone

@@ -194,3 +194,38 @@ def test_demo_svs_reads_like_tifffile(demo_svs):
     assert thumb.shape == (186, 139, 3)
     # An independent reference: the full decode averaged over 16 × 16 blocks (partial blocks at the edges).
     np.testing.assert_array_equal(thumb, half_up(nan_block_mean(full, 16)))
+
+
+def block_mean_pyramid(path, image, factors=(2, 4), tile=(32, 32)):
+    """Like write_pyramid, but each level is level 0's k×k block mean (as scanners downscale), not a subsample."""
+    levels = [image] + [half_up(nan_block_mean(image, k)).astype(np.uint8) for k in factors]
+    res = {"resolution": (1e4 / 0.25, 1e4 / 0.25), "resolutionunit": "CENTIMETER"}
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, tile=tile, compression="zlib", subifds=len(factors), photometric="rgb", **res)
+        for lv in levels[1:]:
+            tw.write(lv, tile=tile, compression="zlib", subfiletype=1, photometric="rgb", **res)
+    return levels
+
+
+def test_patch_level_is_the_coarsest_aligned_level_not_finer_than_the_patch(tmp_path):
+    block_mean_pyramid(tmp_path / "p.tif", smooth_rgb(250, 203))  # odd sizes: levels are ceil(size / k)
+    with open_slide(tmp_path / "p.tif") as slide:
+        assert [slide.whole_downsample(i) for i in range(3)] == [1, 2, 4]
+        assert slide.patch_level(0, 0, 64, 16) == (2, 4)
+        assert slide.patch_level(0, 0, 64, 32) == (1, 2)  # level 2 would be coarser than the patch
+        assert slide.patch_level(2, 64, 64, 16) == (1, 2)  # x = 2 is not on level 2's grid
+        assert slide.patch_level(1, 0, 64, 16) == (0, 1)
+        assert slide.patch_level(0, 0, 64, 64) == (0, 1)
+
+
+def test_read_patch_from_a_coarser_level_agrees_with_the_level0_area_mean(tmp_path):
+    levels = block_mean_pyramid(tmp_path / "p.tif", smooth_rgb(256, 192))
+    with open_slide(tmp_path / "p.tif") as slide:
+        coarse = read_patch(slide, 32, 64, 64, 16, from_pyramid=True)
+        np.testing.assert_array_equal(coarse, levels[2][16:32, 8:24])  # read from level 2, no resampling left
+        fine = read_patch(slide, 32, 64, 64, 16)
+        assert np.abs(coarse.astype(int) - fine.astype(int)).max() <= 1  # rounding of the stored level only
+        half = read_patch(slide, 32, 64, 64, 8, from_pyramid=True)  # level 2, then a 2× area resize
+        assert np.abs(half.astype(int) - read_patch(slide, 32, 64, 64, 8).astype(int)).max() <= 1
+        # When level 0 is the nearest, the result is the level-0 read itself.
+        np.testing.assert_array_equal(read_patch(slide, 3, 5, 32, 32, from_pyramid=True), levels[0][5:37, 3:35])

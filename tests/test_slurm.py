@@ -51,7 +51,12 @@ def slide_ids(workdir: Path) -> list[str]:
 
 
 def expand(patterns, slides) -> list[str]:
-    return [p.format(slide=s) for p in patterns for s in (slides if "{slide}" in p else [None])]
+    return [p.format(slide=s) for p in patterns for s in (slides if "{slide}" in p else [None]) if wanted(p, s)]
+
+
+def wanted(pattern: str, slide: str | None) -> bool:
+    """Test slides get no TFRecords (nothing reads them), so record targets skip them."""
+    return not (slide and pattern.startswith("results/records/") and slide.endswith("_test"))
 
 
 def load_profile() -> dict:

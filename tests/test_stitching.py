@@ -234,3 +234,25 @@ def test_border_pixels_get_no_weight_and_neighbours_fill_them(tmp_path):
     np.testing.assert_array_equal(sums[2:6, 4:8], 1.0)
     np.testing.assert_array_equal(sums[2:6, 8:12], 3.0)
     assert sums.max() == 3.0
+
+
+def test_map_downsample_from_the_target_map_mpp():
+    assert stitching.map_downsample(0.5, 0.499) == 1  # the demo keeps full-resolution maps
+    assert stitching.map_downsample(4.0, 0.25) == 16
+    assert stitching.map_downsample(4.0, 0.2527) == 16
+    assert stitching.map_downsample(4.0, 8.0) == 1  # never finer than the slide
+
+
+def test_free_disk_check_names_the_slide_the_bytes_and_the_fix(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    grid = stitching.MapGrid(100000, 100000, 1, 0.25)
+    channels = {"thumbnail": 3, "reconstruction": 3, "anomaly_map": 1, "mahalanobis_d2": 1, "flags": 1}
+    assert stitching.canvas_bytes(grid, channels) == 4 * 10**10 * 10  # the 400 GB of the issue
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**12, 0, 50 * 10**9))
+    with pytest.raises(stitching.CanvasSpaceError, match=r"slide big.*400\.00 GB.*50\.00 GB free.*stitching\.map_mpp"):
+        stitching.check_free_space(tmp_path / "slides" / "big", grid, channels, "big")
+    small = stitching.MapGrid(100000, 100000, 16, 0.25)
+    assert stitching.check_free_space(tmp_path / "slides" / "big", small, channels, "big") < 2 * 10**9

@@ -191,3 +191,37 @@ def test_tau_without_labels_leaves_the_annotated_anomalies_out():
     # Without labels every pixel is normal; beyond the cap the values are not kept (the histogram serves).
     plain = errors.collect_d2(rgb(model), ds, gauss, edges, max_exact_pixels=100)
     assert plain["normal_moments"].n == 640 and "normal_d2" not in plain
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_device_binning_counts_equal_the_numpy_reference(jit):
+    """fit_threshold's histograms are binned on the device; counts equal numpy's, also for values on the edges."""
+    rng = np.random.default_rng(11)
+    edges = stats.log_edges(*errors.D2_RANGE, 20)
+    d2 = rng.lognormal(0.0, 3.0, (6, 9, 9)).astype(np.float32)
+    d2.ravel()[:40] = edges[rng.integers(0, len(edges), 40)]  # exactly on a bin edge
+    d2.ravel()[40:44] = [0.0, 1e-9, 1e9, np.float32(errors.D2_RANGE[1])]  # both tails
+    masks = rng.random((3, *d2.shape)) < 0.4
+    got = errors.masked_counts_step(edges, jit)(d2, masks).numpy()
+    for m, row in zip(masks, got, strict=True):
+        np.testing.assert_array_equal(row, stats.bin_counts(d2[m], edges))
+    np.testing.assert_array_equal(stats.tf_bin_counts(tf.constant(d2), edges).numpy(), stats.bin_counts(d2, edges))
+
+
+def test_collect_d2_device_counts_equal_numpy_counts_of_the_returned_values():
+    model = StandIn(8)
+    images = random_patches(10, 8, seed=5)
+    slides = np.array([b"a"] * 6 + [b"b"] * 4)
+    xs, ys = np.arange(10) * 8, np.zeros(10, np.int64)
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, "slide_id": slides, "x": xs, "y": ys}).batch(4)
+    e = rgb(model)(tf.constant(images)).numpy()
+    gauss = stats.gaussian_fit(stats.moments_of(e.reshape(-1, 3)))
+    lookup = {(s.decode(), int(x), 0): (8, 8) for s, x in zip(slides, xs, strict=True)}
+    edges = stats.log_edges(1e-3, 1e3, 10)
+    labeller = errors.make_labeller(lookup, {"a": union_of([shapely.box(10, 2, 30, 6)])}, 8)
+    out = errors.collect_d2(rgb(model), ds, gauss, edges, labeller=labeller, max_exact_pixels=10**6)
+    np.testing.assert_array_equal(out["pos_counts"], stats.bin_counts(out["d2"][out["labels"]], edges))
+    np.testing.assert_array_equal(out["neg_counts"], stats.bin_counts(out["d2"][~out["labels"]], edges))
+    np.testing.assert_array_equal(out["normal_counts"], stats.bin_counts(out["normal_d2"], edges))
+    plain = errors.collect_d2(rgb(model), ds, gauss, edges, max_exact_pixels=10**6)
+    np.testing.assert_array_equal(plain["counts"], stats.bin_counts(plain["normal_d2"], edges))

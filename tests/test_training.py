@@ -21,6 +21,7 @@ from proganomaly.training.checkpoint import CheckpointStore
 from proganomaly.training.loop import NonFiniteLoss, Trainer
 from proganomaly.training.schedule import plan
 from proganomaly.training.spec import RunSpec, fingerprint
+from proganomaly.training.steps import to_float
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -68,7 +69,7 @@ def dataset_fn(res, bs, seed):
 
 
 def heldout_fn(res):
-    return down(HELDOUT, res)
+    return tf.data.Dataset.from_tensor_slices(down(HELDOUT, res))
 
 
 def run(tmp, spec=None, **kw):
@@ -154,16 +155,50 @@ def nan_dataset(after_calls, at_res=8):
     return fn
 
 
-def test_same_seed_same_weights_even_through_a_nan_rollback(tmp_path):
-    """Two runs with one seed end with identical weights, although the second meets a NaN batch mid-phase: the
-    rollback restores the last checkpoint and the rerun of the skipped-forward data stream is exact."""
+def test_a_nan_rollback_is_reproducible_and_replays_with_new_numbers(tmp_path):
+    """A NaN batch mid-phase rolls back once and the run finishes; the replay draws a new data order and new step
+    seeds (so its weights differ from a clean run's), and the same seed reproduces the whole run, rollback included."""
     spec = tiny_spec(phase_images=[80, 80])
     run(tmp_path / "clean", spec, dataset_fn=nan_dataset(0))
-    _, summary = run(tmp_path / "nan", spec, dataset_fn=nan_dataset(1))
-    assert summary["nan_rollbacks"] == 1
-    assert_same_weights(tmp_path / "clean/generator.weights.h5", tmp_path / "nan/generator.weights.h5")
+    for name in ("nan", "nan_again"):
+        _, summary = run(tmp_path / name, spec, dataset_fn=nan_dataset(1))
+        assert summary["nan_rollbacks"] == 1
+    assert_same_weights(tmp_path / "nan/generator.weights.h5", tmp_path / "nan_again/generator.weights.h5")
+    clean, nan = h5(tmp_path / "clean/generator.weights.h5"), h5(tmp_path / "nan/generator.weights.h5")
+    assert any(not np.array_equal(clean[k], nan[k]) for k in clean)
     log = pd.read_csv(tmp_path / "nan/loss_log.csv")
     assert log["global_step"].is_unique and np.isfinite(log["generator_total_loss"]).all()
+
+
+def test_a_nan_from_the_step_is_left_behind_by_the_rollback(tmp_path, monkeypatch):
+    """The step (not the data) makes the weights NaN at global step 30, but only with the seeds of the first attempt:
+    the rollback's new step seeds move past it. Replaying the same seeds would meet it every time."""
+    from proganomaly.training import steps
+
+    original, attempts = steps.make_replica_step, []
+
+    def poisoned(*args, seed, **kw):
+        inner = original(*args, seed=seed, **kw)
+        poison = seed == 3  # the run's seed: only the first attempt, before any rollback, uses it unchanged
+
+        def step(images, global_step, alpha):
+            if poison:
+                bad = tf.equal(global_step, 30)
+                images = tf.where(bad, tf.cast(images, tf.float32) * np.nan, to_float(images))
+            return inner(images, global_step, alpha)
+
+        attempts.append(seed)
+        return step
+
+    monkeypatch.setattr(steps, "make_replica_step", poisoned)
+    _, summary = run(tmp_path, tiny_spec(phase_images=[320, 320], max_nan_rollbacks=1))
+    assert summary["nan_rollbacks"] == 1 and summary["global_steps"] == 120
+    assert len(set(attempts)) == 2  # the phases after the rollback ran with the new seed
+    log = pd.read_csv(tmp_path / "loss_log.csv")
+    assert (
+        log["global_step"].is_unique
+        and np.isfinite(log.drop(columns=["phase"]).dropna(axis=1, how="all").to_numpy(float)).all()
+    )
 
 
 def test_persistent_nan_fails_clearly(tmp_path):

@@ -60,7 +60,7 @@ def run_workflow(work: Path, overrides: dict, targets: list[str], log: Path) -> 
     with open(log, "a") as fh:
         proc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, check=False)
     if proc.returncode:
-        raise SystemExit(f"workflow failed in {work} (overrides {overrides}); see {log}")
+        raise WorkflowFailed(f"workflow failed in {work} (overrides {overrides}); see {log}")
     return time.perf_counter() - start
 
 
@@ -97,27 +97,37 @@ def targets() -> list[str]:
 
 
 def bench(seeds, scorers, variants, work_root: Path, log: Path) -> list[dict]:
-    rows = []
+    """One row per (variant, seed, scorer); rows already in work_root/rows.json are kept, not rerun."""
+    saved = work_root / "rows.json"
+    rows = json.loads(saved.read_text()) if saved.is_file() else []
+    done = {(r["variant"], r["seed"], r["scorer"]) for r in rows}
     for variant, overrides in variants.items():
         for seed in seeds:
             work = work_root / variant / f"seed{seed}"
             for scorer in scorers:
+                if (variant, seed, scorer) in done:
+                    continue
                 cfg = _merge(overrides, {"seed": seed, "calibration": {"scorer": scorer}})
                 print(f"[bench] {variant} seed {seed} scorer {scorer}", flush=True)
-                wall = run_workflow(work, cfg, targets(), log)
-                rows.append(
-                    {
-                        "variant": variant,
-                        "seed": seed,
-                        "scorer": scorer,
-                        "wall_s": wall,
-                        "train_s": job_seconds(work, ("train_reconstruction",)),
-                        "inference_s": job_seconds(work, INFERENCE_RULES),
-                        "scores": pooled_scores(work),
-                    }
-                )
-                (work_root / "rows.json").write_text(json.dumps(rows, indent=1))
+                row = {"variant": variant, "seed": seed, "scorer": scorer}
+                try:
+                    row["wall_s"] = run_workflow(work, cfg, targets(), log)
+                except WorkflowFailed as err:
+                    # A scorer this model cannot serve (e.g. latent_distance without an encoder) is recorded, and
+                    # the others still run.
+                    row["error"] = str(err)
+                    print(f"[bench] failed: {err}", flush=True)
+                else:
+                    row["train_s"] = job_seconds(work, ("train_reconstruction",))
+                    row["inference_s"] = job_seconds(work, INFERENCE_RULES)
+                    row["scores"] = pooled_scores(work)
+                rows.append(row)
+                saved.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+class WorkflowFailed(RuntimeError):
+    pass
 
 
 def _merge(a: dict, b: dict) -> dict:
@@ -130,7 +140,7 @@ def _merge(a: dict, b: dict) -> dict:
 def summarise(rows: list[dict]) -> pd.DataFrame:
     flat = []
     for r in rows:
-        for split, parts in r["scores"].items():
+        for split, parts in r.get("scores", {}).items():
             for part, maps in parts.items():
                 for name, val in maps.items():
                     flat.append({**{k: r[k] for k in ("variant", "scorer", "seed", "train_s", "inference_s")},
@@ -155,7 +165,7 @@ def json_summary(rows: list[dict]) -> dict:
     """{variant: {scorer: {part: {split: {map: {auroc_mean, auroc_sd, ap_mean, ap_sd, n}}}}}}"""
     acc: dict = {}
     for r in rows:
-        for split, parts in r["scores"].items():
+        for split, parts in r.get("scores", {}).items():
             for part, maps in parts.items():
                 for name, val in maps.items():
                     cell = acc.setdefault(r["variant"], {}).setdefault(r["scorer"], {}).setdefault(part, {})
@@ -190,12 +200,20 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/proganomaly-bench-detection"))
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
     ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
+    ap.add_argument(
+        "--coarse-grid",
+        action="store_true",
+        help="evaluate a 3 × 1 threshold × dilation grid: pixel AUROC/AP do not depend on the grid; saves minutes",
+    )
     args = ap.parse_args()
     scorers = args.scorers.split(",") if args.scorers else registered_scorers()
     variants = {} if args.no_default else {"default": {}}
     for spec in args.variant:
         name, _, path = spec.partition("=")
         variants[name] = yaml.safe_load(Path(path).read_text()) or {}
+    if args.coarse_grid:
+        grid = {"evaluation": {"thresholds": [0.0, 0.1, 0.2], "dilations": [1.0]}}
+        variants = {name: _merge(grid, overrides) for name, overrides in variants.items()}
     if args.fresh:
         shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,9 @@ vectorised masks, so it understates the original's cost (whose masks loop per ex
 
 Each (variant, resolution) runs in a fresh process so that peak RSS is its own.
 Run: .venv/bin/python tests/benchmarks/bench_training.py [--steps 12] [--threads 2]
+
+--xla: the demo model (config/config.yaml's model section, batch 16) with training.jit_compile off ("demo") and on
+("demo-xla"): s per step and the first call (trace + compile) per resolution, for docs/cluster.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ def setup(threads: int):
     sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def demo_config():
+    import yaml
+
+    return {
+        "tiling": {"patch_size_px": 64},
+        "model": yaml.safe_load((ROOT / "config/config.yaml").read_text())["model"],
+    }
+
+
 def build(variant: str, res: int, batch: int = 16):
     import tensorflow as tf
 
@@ -49,7 +61,9 @@ def build(variant: str, res: int, batch: int = 16):
     from proganomaly.training.optim import Adam
     from proganomaly.training.steps import make_train_step
 
-    cfg = Config.from_dict(validate_config(json.loads(json.dumps(ANCHOR))))
+    cfg = Config.from_dict(
+        validate_config(demo_config() if variant.startswith("demo") else json.loads(json.dumps(ANCHOR)))
+    )
     nets = build_networks(cfg.model, 64, seed=1)
     o = cfg.training.optimizers
     opts = {
@@ -58,8 +72,8 @@ def build(variant: str, res: int, batch: int = 16):
         "encoder": None,
     }
     phase = Phase({4: 0, 8: 2, 16: 4, 32: 6, 64: 8}[res])
-    if variant == "fused":
-        step = make_train_step(nets, opts, phase, seed=1, global_batch=batch, jit_compile=False)
+    if variant in ("fused", "demo", "demo-xla"):
+        step = make_train_step(nets, opts, phase, seed=1, global_batch=batch, jit_compile=variant == "demo-xla")
 
         def pair(x1, x2, i):
             return step(x1, i, tf.constant(1.0))["generator_total_loss"]
@@ -161,7 +175,7 @@ def worker(variant: str, res: int, steps: int, batch: int = 16) -> dict:
     sec = warm[len(warm) // 2]
     out = {"variant": variant, "res": res, "s_per_pair": sec, "images_per_s": batch / sec, "first_call_s": first,
            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
-    if step is not None:
+    if step is not None and variant == "fused":
         out["flops_per_image"] = flops_per_image(step, x1, batch)
     return out
 
@@ -188,10 +202,14 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--resolutions", default="16,32,64")
     ap.add_argument("--worker", nargs=2, metavar=("VARIANT", "RES"))
+    ap.add_argument("--xla", action="store_true", help="demo model, XLA off vs on")
     args = ap.parse_args()
     setup(args.threads)
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.steps)))
+        return
+    if args.xla:
+        xla(args)
         return
     load0 = Path("/proc/loadavg").read_text().split()[:3]
     rows = []
@@ -223,6 +241,20 @@ def main():
         "over the original-style step measured in the same run. FLOPs: TF op statistics of the ops the fused step "
         "really runs (dead gradient halves excluded); %peak against the best of 30 float32 2048² matmuls."
     )
+
+
+def xla(args) -> None:
+    load0 = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"{'res':>4} {'variant':>9} {'s/step':>8} {'img/s':>7} {'first call s':>12} {'RSS MB':>7}")
+    for res in map(int, args.resolutions.split(",")):
+        for variant in ("demo", "demo-xla"):
+            cmd = [sys.executable, __file__, "--worker", variant, str(res), "--steps", str(args.steps),
+                   "--threads", str(args.threads)]  # fmt: skip
+            r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            print(f"{res:>4} {variant:>9} {r['s_per_pair']:>8.3f} {r['images_per_s']:>7.1f} {r['first_call_s']:>12.1f}"
+                  f" {r['peak_rss_mb']:>7.0f}", flush=True)  # fmt: skip
+    load1 = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"threads {args.threads}; load average before {' '.join(load0)}, after {' '.join(load1)}")
 
 
 if __name__ == "__main__":

@@ -38,9 +38,15 @@ wildcard_constraints:
     res=r"\d+",
 
 
+# Plain dicts of the sheet's columns: input functions run once per job, and a pandas lookup per slide per call made
+# a 1000-slide dry run spend most of its time in DataFrame.loc.
+SPLIT_OF = SLIDES["split"].to_dict()
+ANNOTATIONS_OF = SLIDES["annotations"].to_dict()
+
+
 def slides_in(*splits):
     """Slide ids of the given splits, in sheet order."""
-    return [s for s in SLIDES.index if SLIDES.loc[s, "split"] in splits]
+    return [s for s, split in SPLIT_OF.items() if split in splits]
 
 
 def slide_file(wildcards):
@@ -60,11 +66,19 @@ def annotation_file(wildcards):
 
 
 def annotated_slides(*splits):
-    return [s for s in slides_in(*splits) if SLIDES.loc[s, "annotations"]]
+    return [s for s in slides_in(*splits) if ANNOTATIONS_OF[s]]
 
 
 def manifests(*splits):
     return expand("results/records/{slide}.manifest.json", slide=slides_in(*splits))
+
+
+# Splits whose TFRecords are read, by training (train, its held-out calibrate), fit_error_distribution (calibrate)
+# and fit_threshold (TAU_SPLITS). Test slides are only inferred from the slide file, so writing their records (every
+# patch at every resolution) would be wasted.
+RECORD_SPLITS = ("train", "calibrate", "threshold", "validation")
+# write_records' slide wildcard; "(?!)" matches nothing when no slide has records.
+RECORD_SLIDES = "|".join(map(re.escape, slides_in(*RECORD_SPLITS))) or "(?!)"
 
 
 def config_params(*paths):
@@ -84,7 +98,7 @@ PATCH_KDE_KEYS = [
 def infer_slide_params():
     paths = [
         "inference",
-        "stitching.downsample",
+        "stitching.map_mpp",
         "stitching.kde.method",
         "calibration.border_px",
     ]
@@ -97,7 +111,7 @@ def get_final_output():
     """Everything `snakemake` builds by default: every stage for every slide, and the report's figures."""
     every = list(SLIDES.index)
     targets = expand("results/tiles/{slide}.patches.parquet", slide=every)
-    targets += expand("results/records/{slide}.manifest.json", slide=every)
+    targets += manifests(*RECORD_SPLITS)
     targets += [
         "results/model/generator.weights.h5",
         "results/calibration/threshold.json",

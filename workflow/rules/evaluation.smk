@@ -43,6 +43,7 @@ rule evaluate_slide:
             "evaluation.dilation_mode",
             "evaluation.dilation_origin",
             "evaluation.contour_tolerance_px",
+            "evaluation.grid_method",
             "evaluation.beta",
             "evaluation.annotation_classes",
             "evaluation.annotation_mask_downsample",

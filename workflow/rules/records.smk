@@ -1,3 +1,7 @@
+# Records stage: per-resolution TFRecords of the slides whose split some rule reads (RECORD_SPLITS); a test slide
+# matches no write_records job, so nothing can ask for its records by mistake.
+
+
 rule write_records:
     input:
         slide=slide_file,
@@ -10,6 +14,8 @@ rule write_records:
         "results/logs/write_records/{slide}.log",
     benchmark:
         "results/benchmarks/write_records/{slide}.tsv"
+    wildcard_constraints:
+        slide=RECORD_SLIDES,
     conda:
         "../../envs/tensorflow.yaml"
     threads: 1

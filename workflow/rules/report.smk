@@ -66,7 +66,7 @@ rule plot_qc:
     input:
         sheet=config["slides"],
         qc=expand("results/tiles/{slide}.qc.json", slide=list(SLIDES.index)),
-        manifests=manifests("train", "calibrate", "threshold", "validation", "test"),
+        manifests=manifests(*RECORD_SPLITS),
     output:
         counts=report(
             "results/report/qc/patch_counts.png",

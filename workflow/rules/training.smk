@@ -39,10 +39,16 @@ rule train_reconstruction:
         "../../envs/tensorflow.yaml"
     threads: 8
     resources:
-        gpu=1,
+        gpu=CONFIG.resources.gpus.training,
         mem_mb=16000,
         runtime=2880,
     params:
-        **config_params("model", "training", "seed", "tiling.patch_size_px"),
+        **config_params(
+            "model",
+            "training",
+            "seed",
+            "tiling.patch_size_px",
+            "resources.gpus.training",
+        ),
     script:
         "../../scripts/train_reconstruction.py"

@@ -88,18 +88,41 @@ def fit_error_distribution(
     return stats.merge_all(parts), counts
 
 
-def d2_step(scorer, gaussian: dict, jit_compile: bool = False, border_px: int = 0):
+def d2_step(scorer, gaussian: dict, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
+    """One batch's d², its moments and its histogram counts; binned on the device, inside the compiled function."""
     import tensorflow as tf
 
     @tf.function(jit_compile=jit_compile)
     def core(images):
         e = interior(scorer(images), border_px)
         d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"])
-        return (d2, *stats.tf_batch_moments(d2[..., None]))
+        return (d2, *stats.tf_batch_moments(d2[..., None]), stats.tf_bin_counts(d2, edges))
 
     @tf.function  # the string slide ids pass around the compiled core: XLA has no string tensors
     def step(batch):
         return (*core(batch["image"]), batch["slide_id"], batch["x"], batch["y"])
+
+    return step
+
+
+def masked_counts_step(edges: np.ndarray, jit_compile: bool = False):
+    """(d2 (N, S, S), masks (M, N, S, S) bool) -> (M, len(edges) + 1) int64: the histogram of d2 under each mask, on
+    the device (the same bins and exact float32 comparisons as stats.tf_bin_counts)."""
+    import tensorflow as tf
+
+    n_bins = len(edges) + 1
+    seq = tf.constant(np.asarray(edges, np.float32)[None, :])
+
+    @tf.function(jit_compile=jit_compile)
+    def step(d2, masks):
+        idx = tf.reshape(tf.searchsorted(seq, tf.reshape(tf.cast(d2, tf.float32), (1, -1)), side="left"), (-1,))
+        m = masks.shape[0]  # static: one trace per number of masks
+        # Mask i's values go to bins [i·(n+1), i·(n+1) + n), unmasked ones to the extra bin i·(n+1) + n that is
+        # dropped: one segment sum with a constant segment count, so it compiles under XLA.
+        segments = tf.where(tf.reshape(masks, (m, -1)), idx[None, :], n_bins) + (n_bins + 1) * tf.range(m)[:, None]
+        segments = tf.reshape(segments, (-1,))
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(segments), segments, m * (n_bins + 1))
+        return tf.cast(tf.reshape(counts, (m, n_bins + 1))[:, :n_bins], tf.int64)
 
     return step
 
@@ -126,7 +149,8 @@ def collect_d2(
     (labels (N, S, S) bool, labelled (N,) bool)) also the counts of positive and negative labelled pixels and, while
     they number at most `max_exact_pixels`, the labelled d² values themselves (for the exact F-β optimum).
     """
-    step = d2_step(scorer, gaussian, jit_compile, border_px)
+    step = d2_step(scorer, gaussian, edges, jit_compile, border_px)
+    label_counts = masked_counts_step(edges, jit_compile)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
     n_bins = len(edges) + 1
@@ -135,17 +159,25 @@ def collect_d2(
     kept_d2, kept_labels, n_labelled, exact = [], [], 0, max_exact_pixels > 0
     normal_parts, normal_counts, kept_normal, n_normal = [], np.zeros(n_bins, np.int64), [], 0
     for batch in dataset:
-        for d2, n, mean, m2, slide_ids, xs, ys in _replica_results(step, batch, strategy):
+        for d2, n, mean, m2, c, slide_ids, xs, ys in _replica_results(step, batch, strategy):
             if not int(n):
                 continue
             parts.append(stats.from_batch(n, mean, m2))
-            counts += stats.bin_counts(d2, edges)
+            counts += c
             labels, labelled = labeller(slide_ids, xs, ys) if labeller is not None else (None, None)
             if labels is not None:
                 labels = interior(labels, border_px)
-            d2_n = d2[~labels] if labels is not None else d2.ravel()
+            if labels is None or not labelled.any():
+                d2_n = d2.ravel()
+                normal_counts += c  # every pixel is normal: the device's counts of the batch
+            else:
+                d2_n = d2[~labels]
+                on = np.broadcast_to(labelled[:, None, None], labels.shape)
+                by_mask = label_counts(d2, np.stack([~labels, on & labels, on & ~labels])).numpy()
+                normal_counts += by_mask[0]
+                pos += by_mask[1]
+                neg += by_mask[2]
             normal_parts.append(stats.moments_of(d2_n.ravel()))
-            normal_counts += stats.bin_counts(d2_n, edges)
             n_normal += d2_n.size
             if kept_normal is not None and n_normal <= max_exact_pixels:
                 kept_normal.append(d2_n.ravel().astype(np.float32))
@@ -154,8 +186,6 @@ def collect_d2(
             if labeller is None or not labelled.any():
                 continue
             d2_l, lab_l = d2[labelled].ravel(), labels[labelled].ravel()
-            pos += stats.bin_counts(d2_l[lab_l], edges)
-            neg += stats.bin_counts(d2_l[~lab_l], edges)
             n_labelled += d2_l.size
             if exact and n_labelled <= max_exact_pixels:
                 kept_d2.append(d2_l.astype(np.float32))

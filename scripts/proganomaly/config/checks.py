@@ -36,5 +36,27 @@ def check_cross_keys(cfg: Config) -> None:
             raise ConfigError(
                 f"{key} has {len(values)} entries; tiling.patch_size_px={patch} needs one per block, {blocks} blocks"
             )
+    _check_replicas(cfg, blocks)
     if cfg.model.architecture == "berg" and not cfg.model.create_encoder:
         raise ConfigError("model.architecture 'berg' needs the encoder E: set model.create_encoder: true")
+
+
+def _check_replicas(cfg: Config, blocks: int) -> None:
+    """Each replica of a MirroredStrategy takes an equal share of every global batch."""
+    gpus = cfg.resources.gpus.training
+    ms = cfg.model.minibatch_stddev
+    group = ms.group_size if ms.group_size > 0 else 4
+    for block, batch in enumerate(cfg.training.batch_sizes[:blocks]):
+        if batch % gpus:
+            raise ConfigError(
+                f"training.batch_sizes[{block}]={batch} does not divide by resources.gpus.training={gpus}: every GPU"
+                " takes an equal share of each batch; use multiples of the GPU count (or fewer GPUs)"
+            )
+        per = batch // gpus
+        # The layer quietly makes the whole batch one group when G does not divide it; across replicas that would
+        # change which examples share a statistic with the GPU count, so ask for a fitting size instead.
+        if gpus > 1 and ms.discriminator and per > group and per % group:
+            raise ConfigError(
+                f"training.batch_sizes[{block}]={batch} gives {per} per GPU on resources.gpus.training={gpus}, not a"
+                f" multiple of model.minibatch_stddev.group_size={group}; change the batch size or the group size"
+            )

@@ -207,6 +207,15 @@ def count_examples(manifest_paths: Iterable[str | Path], size: int) -> int:
     return total
 
 
+def buffer_examples(manifest_paths: Iterable[str | Path], size: int, budget_mb: float) -> int:
+    """Examples that fit a shuffle buffer of `budget_mb` MiB: the budget over the mean encoded record size (the
+    shards' bytes over their example count), at least one."""
+    files = shard_files(manifest_paths, size)
+    n = count_examples(manifest_paths, size)
+    per_example = sum(Path(f).stat().st_size for f in files) / max(n, 1)
+    return max(int(budget_mb * 2**20 / max(per_example, 1.0)), 1)
+
+
 def verify_manifest(path: str | Path) -> None:
     """Check that every shard exists and matches its recorded checksum."""
     manifest = read_manifest(path)
@@ -250,6 +259,8 @@ def make_dataset(
     """uint8 (size, size, 3) images (or dicts with slide_id, x, y when with_meta) from the manifests' records.
 
     Deterministic for a given seed: shard order and the shuffle buffer are seeded and the interleave keeps order.
+    Shuffled reading takes one record from every shard in turn (the shards of all slides are open at once), so even
+    a short shuffle buffer (`shuffle_buffer` examples, see `buffer_examples`) yields batches mixed across slides.
     """
     import tensorflow as tf
 
@@ -260,10 +271,12 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     ds = ds.interleave(
-        tf.data.TFRecordDataset,
-        # Unshuffled reading keeps record order (calibration and tests rely on it); shuffled reading mixes shards.
-        cycle_length=min(4, len(files)) if shuffle else 1,
-        num_parallel_calls=tf.data.AUTOTUNE,
+        # A small read buffer per shard: hundreds of shards are open at once when shuffling.
+        lambda f: tf.data.TFRecordDataset(f, buffer_size=64 * 1024),
+        # Unshuffled reading keeps record order (calibration and tests rely on it).
+        cycle_length=len(files) if shuffle else 1,
+        block_length=1,
+        num_parallel_calls=min(len(files), 16) if shuffle else None,
         deterministic=True,
     )
     if shuffle:

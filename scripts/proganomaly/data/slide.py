@@ -62,9 +62,17 @@ def open_slide(path: str | Path, mpp: float | None = None, cache_bytes: int = 96
     return reader.open(path, mpp, cache_bytes, size)
 
 
-def read_patch(slide: Slide, x: int, y: int, size_l0: int, out_px: int) -> np.ndarray:
-    """The level-0 square [x, x+size_l0)² as uint8 (out_px, out_px, 3), area-resampled when size_l0 != out_px."""
-    region = slide.read_region(x, y, size_l0, size_l0)
-    if size_l0 == out_px:
+def read_patch(slide: Slide, x: int, y: int, size_l0: int, out_px: int, from_pyramid: bool = False) -> np.ndarray:
+    """The level-0 square [x, x+size_l0)² as uint8 (out_px, out_px, 3), area-resampled when size_l0 != out_px.
+
+    from_pyramid: read it from the coarsest pyramid level still at least as fine as out_px (Slide.patch_level), which
+    decodes k² times fewer pixels; the level's pixels are the scanner's downscale of level 0, not its exact mean.
+    """
+    level, k = slide.patch_level(x, y, size_l0, out_px) if from_pyramid else (0, 1)
+    side = size_l0 // k
+    region = (
+        slide.read_level_region(level, x // k, y // k, side, side) if level else slide.read_region(x, y, side, side)
+    )
+    if side == out_px:
         return region
     return area_resize(region, out_px, out_px)

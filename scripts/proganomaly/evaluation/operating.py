@@ -54,9 +54,12 @@ def choose(grids: dict[str, pd.DataFrame], ev) -> dict:
 
 def evaluate_point(kde, downsample: float, region: Region, spec: GridSpec, mpp: float, parts: dict, op: dict,
                    beta: float) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
-    """The one-cell grid and part grid at the operating point, with µm² areas and metrics: the same code path as
-    every grid cell, so a point that is also a grid cell gives that cell's numbers."""
-    one = dataclasses.replace(spec, thresholds=(float(op["threshold"]),), dilations=(float(op["dilation"]),))
+    """The one-cell grid and part grid at the operating point, with µm² areas and metrics, by exact polygon
+    overlays (the reported numbers, and the areas of the exported polygons); the grid's raster cell at the same
+    point agrees within grid.RASTER_TOLERANCE."""
+    one = dataclasses.replace(
+        spec, thresholds=(float(op["threshold"]),), dilations=(float(op["dilation"]),), method="exact"
+    )
     grid, part = evaluate_grids(kde, downsample, region, one, mpp, parts)
     return metrics.with_metrics(grid, mpp, beta), metrics.with_metrics(part, mpp, beta)
 

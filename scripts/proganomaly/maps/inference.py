@@ -1,8 +1,10 @@
 """Batched inference of the exported detector over one slide's tissue patches, straight into disk-backed canvases.
 
-The slide is opened once by the caller; a reader thread reads the next batches (area-resampled to the model's size
-when a patch's level-0 extent differs) while the model runs on the current one, and every batch's maps are
-accumulated into the canvases at the map downsample, so neither the slide nor the maps are ever held in memory.
+Three stages overlap so that the model never waits on the host: a reader thread reads the next batches (each batch's
+patches decoded by a small thread pool, from the pyramid level nearest the model's resolution when the caller's
+`read_patch` does so), the main thread runs the model, and a writer thread stitches each batch's maps into the
+canvases at the map downsample. Batches are written in order, so the canvases are the same as a sequential run's.
+Neither the slide nor the maps are ever held in memory.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -80,22 +83,66 @@ def prefetch(items: Iterable, depth: int) -> Iterator:
         thread.join(timeout=5)
 
 
-def read_batches(slide, table: pd.DataFrame, patch_size_px: int, batch_size: int, read_patch) -> Iterator[tuple]:
+def read_batches(
+    slide, table: pd.DataFrame, patch_size_px: int, batch_size: int, read_patch, pool: ThreadPoolExecutor | None = None
+) -> Iterator[tuple]:
     """(first row, uint8 (n, S, S, 3) batch, seconds spent reading) for consecutive rows of the table.
 
-    A patch whose level-0 extent is not square (width != height) is read as its width; the tiling stage writes
-    square patches.
+    With a `pool` a batch's patches are read concurrently (in table order). A patch whose level-0 extent is not
+    square (width != height) is read as its width; the tiling stage writes square patches.
     """
+
+    def one(box):
+        return read_patch(slide, *box, patch_size_px)
+
     for start in range(0, len(table), batch_size):
         t0 = time.perf_counter()
         rows = table.iloc[start : start + batch_size]
-        batch = np.stack(
-            [
-                read_patch(slide, int(x), int(y), int(w), patch_size_px)
-                for x, y, w in zip(rows.x, rows.y, rows.width, strict=True)
-            ]
-        )
+        boxes = [(int(x), int(y), int(w)) for x, y, w in zip(rows.x, rows.y, rows.width, strict=True)]
+        batch = np.stack(list(pool.map(one, boxes)) if pool is not None else [one(b) for b in boxes])
         yield start, batch, time.perf_counter() - t0
+
+
+class Writer:
+    """Calls `handle(item)` for every submitted item, in order, in a background thread holding at most `depth`
+    waiting items (depth 0: in the caller's thread). An exception in `handle` re-raises in the caller at its next
+    `submit` or at `close`. `stall_s`: seconds `submit` blocked on a full queue (the model waiting on the host)."""
+
+    def __init__(self, handle: Callable, depth: int):
+        self.handle, self.depth, self.stall_s, self.error = handle, depth, 0.0, None
+        if depth > 0:
+            self.queue: queue.Queue = queue.Queue(maxsize=depth)
+            self.thread = threading.Thread(target=self._work, name="canvas-writer", daemon=True)
+            self.thread.start()
+
+    def _work(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.handle(item)
+                except BaseException as exc:  # handed to the caller, which re-raises it
+                    self.error = exc
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, item) -> None:
+        if self.depth <= 0:
+            self.handle(item)
+            return
+        self._raise()
+        t0 = time.perf_counter()
+        self.queue.put(item)
+        self.stall_s += time.perf_counter() - t0
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for every submitted item to be handled (or, after an error, dropped), then re-raise any error."""
+        if self.depth > 0 and self.thread.is_alive():
+            self.queue.put(None)
+            self.thread.join()
+        if raise_error:
+            self._raise()
 
 
 def _per_pixel(a: np.ndarray, n: int, s: int) -> np.ndarray:
@@ -160,35 +207,30 @@ def run_inference(
     patch_kde=None,
     progress=None,
     border_px: int = 0,
+    read_threads: int = 1,
+    write_queue_batches: int = 0,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Run the detector over every patch of `table`, stitching into `canvas`; returns the per-patch table and timings.
 
     patch_kde: optional function flags (S, S) -> (S, S) in [0, 1]; its result is stitched as the `kde_patch` map
-    (the canvas must have that map). timings: seconds spent reading (in the reader thread), waiting for the reader,
-    in the model and writing into the canvases, plus the wall time.
+    (the canvas must have that map). timings: seconds spent reading (in the reader thread, summed over batches),
+    waiting for the reader, in the model, writing into the canvases (in the writer thread), the model waiting on a
+    full writer queue (`stall_s`) and on the last writes (`drain_s`), plus the wall time.
     """
     if read_patch is None:
         from proganomaly.data.slide import read_patch
     columns = ["slide_id", "x", "y", "width", "height", "flagged_fraction", "mean_d2", "max_d2", "score"]
-    timings = {"read_s": 0.0, "wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "wall_s": 0.0, "patches": len(table)}
+    timings = {"read_s": 0.0, "wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "stall_s": 0.0, "drain_s": 0.0}
+    timings.update(wall_s=0.0, patches=len(table))
     if len(table) == 0:
         log.warning("slide %s has no tissue patches: its maps will be empty", slide_id)
         return pd.DataFrame({c: pd.Series(dtype="str" if c == "slide_id" else "float32") for c in columns}), timings
     wall0 = time.perf_counter()
     parts: list[dict[str, np.ndarray]] = []
-    batches = prefetch(read_batches(slide, table, detector.patch_size_px, batch_size, read_patch), prefetch_batches)
-    while True:
+
+    def write(item) -> None:
         t0 = time.perf_counter()
-        item = next(batches, None)
-        timings["wait_s"] += time.perf_counter() - t0
-        if item is None:
-            break
-        start, batch, read_s = item
-        timings["read_s"] += read_s
-        t0 = time.perf_counter()
-        out = detector(batch)
-        timings["model_s"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
+        start, batch, out = item
         maps = batch_maps(batch, out)
         parts.append(batch_scores(maps, out, border_px))
         rows = table.iloc[start : start + len(batch)]
@@ -199,6 +241,34 @@ def run_inference(
         timings["write_s"] += time.perf_counter() - t0
         if progress is not None:
             progress(len(batch))
+
+    pool = ThreadPoolExecutor(read_threads, thread_name_prefix="patch-read") if read_threads > 1 else None
+    writer = Writer(write, write_queue_batches)
+    batches = prefetch(
+        read_batches(slide, table, detector.patch_size_px, batch_size, read_patch, pool), prefetch_batches
+    )
+    try:
+        while True:
+            t0 = time.perf_counter()
+            item = next(batches, None)
+            timings["wait_s"] += time.perf_counter() - t0
+            if item is None:
+                break
+            start, batch, read_s = item
+            timings["read_s"] += read_s
+            t0 = time.perf_counter()
+            out = detector(batch)
+            timings["model_s"] += time.perf_counter() - t0
+            writer.submit((start, batch, out))
+        t0 = time.perf_counter()
+        writer.close()
+        timings["drain_s"] = time.perf_counter() - t0
+    finally:  # on an error: stop the reader before its pool, and let the writer finish or drop what it holds
+        batches.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        writer.close(raise_error=False)
+    timings["stall_s"] = writer.stall_s
     timings["wall_s"] = time.perf_counter() - wall0
     result = pd.DataFrame({"slide_id": slide_id, **{c: table[c].to_numpy() for c in PATCH_COLUMNS}})
     for key in parts[0]:

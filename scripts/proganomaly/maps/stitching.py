@@ -44,6 +44,42 @@ class MapGrid:
         return None if self.mpp is None else self.mpp * self.downsample
 
 
+def map_downsample(map_mpp: float, slide_mpp: float) -> int:
+    """Level-0 px per map pixel for a target map resolution: the nearest whole number, at least 1."""
+    if not (map_mpp > 0 and slide_mpp > 0):
+        raise ValueError(f"map_mpp {map_mpp} and slide mpp {slide_mpp} must be positive")
+    return max(1, round(map_mpp / slide_mpp))
+
+
+def canvas_bytes(grid: MapGrid, channels: dict[str, int]) -> int:
+    """Bytes of a canvas's float32 arrays (every map's sum plus the covered area) once fully written."""
+    pixels = max(grid.height, 1) * max(grid.width, 1)
+    return 4 * pixels * (sum(channels.values()) + 1)
+
+
+class CanvasSpaceError(OSError):
+    """Not enough free disk for a slide's canvases; the message names the slide, the bytes and the fix."""
+
+
+def check_free_space(directory: str | Path, grid: MapGrid, channels: dict[str, int], slide: str) -> int:
+    """Raise CanvasSpaceError unless the file system of `directory` has room for the canvases; returns their bytes.
+
+    The arrays are sparse files, but the tissue's rows get written, so only the full size is a safe bound.
+    """
+    need = canvas_bytes(grid, channels)
+    probe = Path(directory).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise CanvasSpaceError(
+            f"slide {slide}: its inference canvases ({grid.width}×{grid.height} map px at downsample "
+            f"{grid.downsample}) need {need / 1e9:.2f} GB ({need} bytes) but {probe} has {free / 1e9:.2f} GB free; "
+            "free disk there or raise stitching.map_mpp (coarser maps: the size falls with its square)"
+        )
+    return need
+
+
 class DiskArray:
     """An array in a .npy file, read and written through short-lived row-band mappings.
 

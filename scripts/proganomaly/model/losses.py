@@ -30,15 +30,17 @@ def l2(a, b, normalize: bool = True):
     return tf.reduce_mean(d, _axes(d)) if normalize else tf.reduce_sum(d, _axes(d))
 
 
-def kernel_penalty(variables, l1_weight: float, l2_weight: float):
-    """l1·Σ|W| + l2·ΣW² over the kernels (biases are not regularised); 0 without work when both weights are 0."""
+def kernel_penalty(variables, l1_weight: float, l2_weight: float, replicas: int = 1):
+    """(l1·Σ|W| + l2·ΣW²) / replicas over the kernels (biases are not regularised); 0 without work when both weights
+    are 0. Under MirroredStrategy every replica adds its share and the gradients are summed, so the penalty counts once.
+    """
     kernels = [v for v in variables if "kernel" in v.name]
     total = tf.constant(0.0)
     if l1_weight:
         total += l1_weight * tf.add_n([tf.reduce_sum(tf.abs(k)) for k in kernels])
     if l2_weight:
         total += l2_weight * tf.add_n([tf.reduce_sum(tf.square(k)) for k in kernels])
-    return total
+    return total / float(replicas) if replicas > 1 else total
 
 
 def gradient_penalty(critic: Callable, real, fake, u, target: float = 1.0):

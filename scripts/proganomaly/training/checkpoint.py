@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import tensorflow as tf
@@ -78,13 +79,28 @@ class Counters(dict):
 
 
 class Checkpointer:
-    """Saves and restores the networks, optimisers and counters of a run as one checkpoint."""
+    """Saves and restores the networks, optimisers and counters of a run as one checkpoint.
 
-    def __init__(self, directory: str | Path, objects: dict, counters: Counters, fingerprint: str, keep: int):
+    Saves are due every `every_minutes` of wall clock (and every `every_images` when set): a checkpoint of the paper's
+    model is about 1 GB, which at 4–32 px a count of images would ask for every few seconds.
+    """
+
+    def __init__(self, directory: str | Path, objects: dict, counters: Counters, fingerprint: str, keep: int,
+                 every_minutes: float = 30.0, every_images: int | None = None):  # fmt: skip
         self.counters = counters
         self.store = CheckpointStore(directory, tf.train.Checkpoint(**objects, **counters.variables), fingerprint, keep)
+        self.every_s, self.every_images = float(every_minutes) * 60.0, every_images
+        self.last_save = time.monotonic()
+
+    def due(self, images_before: int) -> bool:
+        """Whether a save is due after a step that took images_seen from `images_before` to its current value."""
+        every, now = self.every_images, self.counters["images_seen"]
+        if every and now // every > images_before // every:
+            return True
+        return time.monotonic() - self.last_save >= self.every_s
 
     def save(self) -> None:
+        self.last_save = time.monotonic()
         c = self.counters
         c.to_variables()
         self.store.save(c["global_step"], phase_index=c["phase_index"], phase_iteration=c["phase_iteration"],
@@ -92,6 +108,7 @@ class Checkpointer:
 
     def restore(self) -> bool:
         """Load the last checkpoint into the objects and counters; False when there is none to resume."""
+        self.last_save = time.monotonic()
         if self.store.restore() is None:
             return False
         self.counters.from_variables()

@@ -13,8 +13,8 @@ from proganomaly.config import ModelConfig, TrainingConfig
 
 # Training settings that change no number of the result (so changing them does not invalidate a checkpoint).
 _NOT_MATH = {
-    "checkpoint_every_images", "keep_checkpoints", "log_every_steps", "max_nan_rollbacks",
-    "heldout_examples", "sample_images", "save_phase_weights",
+    "checkpoint_every_images", "checkpoint_every_minutes", "keep_checkpoints", "log_every_steps", "max_nan_rollbacks",
+    "heldout_examples", "heldout_batch_size", "sample_images", "save_phase_weights",
 }  # fmt: skip
 
 
@@ -24,6 +24,7 @@ class RunSpec:
     training: TrainingConfig
     seed: int
     patch_size_px: int
+    replicas: int = 1  # devices of the MirroredStrategy: each draws its own masks and noise
 
 
 def enable_determinism(seed: int) -> None:
@@ -37,12 +38,18 @@ def fingerprint(spec: RunSpec, data: str = "") -> str:
     training = {k: v for k, v in dataclasses.asdict(spec.training).items() if k not in _NOT_MATH}
     blob = json.dumps(
         {"model": dataclasses.asdict(spec.model), "training": training, "seed": spec.seed,
-         "patch_size_px": spec.patch_size_px, "data": data},
+         "patch_size_px": spec.patch_size_px, "data": data, **({"replicas": spec.replicas} if spec.replicas > 1 else {})},
         sort_keys=True,
     )  # fmt: skip
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def phase_seed(seed: int, phase_index: int) -> int:
-    """The data-order seed of one phase."""
-    return (int(seed) * 1009 + phase_index * 7919 + 17) % (2**31 - 1)
+def phase_seed(seed: int, phase_index: int, rollbacks: int = 0) -> int:
+    """The data-order seed of one phase; each NaN rollback gives the replay a new order."""
+    return (int(seed) * 1009 + phase_index * 7919 + rollbacks * 104729 + 17) % (2**31 - 1)
+
+
+def step_seed(seed: int, rollbacks: int = 0) -> int:
+    """The seed of the steps' masks, noise and penalty mixes; each NaN rollback moves to fresh numbers, so that a NaN
+    from the training dynamics is not replayed exactly until the rollback budget is spent."""
+    return int(seed) if not rollbacks else (int(seed) + 7368787 * int(rollbacks)) % (2**31 - 1)

@@ -51,10 +51,46 @@ def _all_reduce(grads):
     return [None if g is None else next(summed) for g in grads]
 
 
-def make_replica_step(nets, optimizers: dict, phase: Phase, *, seed: int, global_batch: int, compute_dtype=tf.float32):
+def _replicas() -> int:
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+class _Updates:
+    """Gradient → all-reduce → (loss-scaled: unscale, skip when not finite) → Adam, for each network of a step."""
+
+    def __init__(self, optimizers: dict, loss_scale):
+        self.optimizers, self.loss_scale, self.finite = optimizers, loss_scale, []
+
+    def target(self, loss):
+        """What to differentiate (computed where the tape records)."""
+        return loss if self.loss_scale is None else self.loss_scale.scaled(loss)
+
+    def apply(self, name: str, tape, target, variables) -> None:
+        grads = _all_reduce(tape.gradient(target, variables))
+        if self.loss_scale is None:
+            self.optimizers[name].apply(grads, variables)
+            return
+        grads, finite = self.loss_scale.unscale(grads)
+        self.finite.append(finite)
+
+        def update():
+            self.optimizers[name].apply(grads, variables)
+            return tf.constant(True)
+
+        tf.cond(finite, update, lambda: tf.constant(False))
+
+    def finish(self) -> None:
+        if self.loss_scale is not None:
+            self.loss_scale.update(tf.reduce_all(self.finite))
+
+
+def make_replica_step(nets, optimizers: dict, phase: Phase, *, seed: int, global_batch: int, compute_dtype=tf.float32,
+                      loss_scale=None):  # fmt: skip
     """The per-replica step ``(images, global_step, alpha) → dict of losses``; wrap in tf.function / strategy.run.
 
-    optimizers: {"generator": Adam, "discriminator": Adam, "encoder": Adam or None}.
+    optimizers: {"generator": Adam, "discriminator": Adam, "encoder": Adam or None}; loss_scale: a
+    precision.LossScale for float16, else None.
     """
     cfg = nets.cfg
     w = nets.loss_weights()
@@ -74,6 +110,9 @@ def make_replica_step(nets, optimizers: dict, phase: Phase, *, seed: int, global
 
         x = to_float(images)
         seeds = step_seeds(seed, global_step)
+        updates = _Updates(optimizers, loss_scale)
+        # Each replica's gradients are summed across replicas: its share of a kernel penalty is 1/replicas.
+        replicas = _replicas()
         with tf.GradientTape(persistent=train_encoder) as tape:
             fwd = Forward(nets, phase, alpha, x, seeds, compute_dtype)
             nets.train_forward(fwd)
@@ -84,45 +123,48 @@ def make_replica_step(nets, optimizers: dict, phase: Phase, *, seed: int, global
             with tape.stop_recording():
                 with tf.GradientTape() as d_tape:
                     u = tf.random.stateless_uniform((tf.shape(x)[0],), seeds[PURPOSES["gp_mix"]])
-                    reg_d = LS.kernel_penalty(d_vars, w.discriminator.kernel_l1, w.discriminator.kernel_l2)
+                    reg_d = LS.kernel_penalty(d_vars, w.discriminator.kernel_l1, w.discriminator.kernel_l2, replicas)
                     out = LS.critic_losses(
                         critic, x, {k: tf.stop_gradient(fakes[k]) for k in d_fakes}, w.discriminator, u,
                         global_batch=global_batch, gp_coefficient=cfg.gradient_penalty_coefficient,
                         gp_target=cfg.gradient_penalty_target, epsilon_drift=cfg.epsilon_drift, reg=reg_d,
                     )  # fmt: skip
-                d_grads = d_tape.gradient(out["discriminator_total_loss"], d_vars)
-                optimizers["discriminator"].apply(_all_reduce(d_grads), d_vars)
+                    d_target = updates.target(out["discriminator_total_loss"])
+                updates.apply("discriminator", d_tape, d_target, d_vars)
             # the generator's adversarial terms read the critic as just updated
             adv = {LS._logged(k) + "_for_generator": reduce(critic(fakes[k])) for k in g_adv}
             adv_by_key = {k: adv[LS._logged(k) + "_for_generator"] for k in g_adv}
-            reg_g = LS.kernel_penalty(g_vars, w.generator.kernel_l1, w.generator.kernel_l2)
+            reg_g = LS.kernel_penalty(g_vars, w.generator.kernel_l1, w.generator.kernel_l2, replicas)
             g_total = LS.network_total(terms, adv_by_key, w.generator, reg_g)
+            g_target = updates.target(g_total)
             if train_encoder:
-                reg_e = LS.kernel_penalty(e_vars, w.encoder.kernel_l1, w.encoder.kernel_l2)
+                reg_e = LS.kernel_penalty(e_vars, w.encoder.kernel_l1, w.encoder.kernel_l2, replicas)
                 e_total = LS.network_total(terms, adv_by_key, w.encoder, reg_e)
-        g_grads = tape.gradient(g_total, g_vars)
-        optimizers["generator"].apply(_all_reduce(g_grads), g_vars)
+                e_target = updates.target(e_total)
+        updates.apply("generator", tape, g_target, g_vars)
         out.update(terms)
         out.update(adv)
         out["generator_reg_loss"] = reg_g
         out["generator_total_loss"] = g_total
         if train_encoder:
-            e_grads = tape.gradient(e_total, e_vars)
-            optimizers["encoder"].apply(_all_reduce(e_grads), e_vars)
+            updates.apply("encoder", tape, e_target, e_vars)
             out["encoder_reg_loss"] = reg_e
             out["encoder_total_loss"] = e_total
+        updates.finish()
         return out
 
     return step
 
 
 def make_train_step(
-    nets, optimizers, phase, *, seed, global_batch, compute_dtype=tf.float32, jit_compile=True, strategy=None
-):
+    nets, optimizers, phase, *, seed, global_batch, compute_dtype=tf.float32, jit_compile=True, strategy=None,
+    loss_scale=None,
+):  # fmt: skip
     """The compiled step of one phase (traced once: images have a static shape, step and alpha are tensors)."""
     replica_step = make_replica_step(
-        nets, optimizers, phase, seed=seed, global_batch=global_batch, compute_dtype=compute_dtype
-    )
+        nets, optimizers, phase, seed=seed, global_batch=global_batch, compute_dtype=compute_dtype,
+        loss_scale=loss_scale,
+    )  # fmt: skip
     if strategy is None or strategy.num_replicas_in_sync == 1:
         return tf.function(replica_step, jit_compile=jit_compile, reduce_retracing=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -52,6 +53,8 @@ class Slide(abc.ABC):
         # Neighbouring patches share segments; a small LRU of decoded ones avoids decoding each many times.
         self._cache: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
         self._cache_bytes, self._cache_max = 0, cache_bytes
+        # Patches are read by a small thread pool: the LRU's bookkeeping is locked, decoding is not.
+        self._cache_lock = threading.Lock()
 
     @abc.abstractmethod
     def _decode(self, level: int, row: int, col: int) -> np.ndarray:
@@ -148,19 +151,42 @@ class Slide(abc.ABC):
             carry, done = part[finished - done :], finished
         return out
 
+    def whole_downsample(self, level: int) -> int | None:
+        """The level's downsample as a whole number k when its sizes are level 0's divided by k (rounded either way),
+        so that its pixel (c, r) is level-0 [c·k, (c+1)·k) × [r·k, (r+1)·k); None for other levels."""
+        lv, (w0, h0) = self.levels[level], self.dimensions
+        k = round(lv.downsample[0])
+        if k < 1 or round(lv.downsample[1]) != k:
+            return None
+        ok = lv.width in (w0 // k, -(-w0 // k)) and lv.height in (h0 // k, -(-h0 // k))
+        return k if ok else None
+
+    def patch_level(self, x: int, y: int, size_l0: int, out_px: int) -> tuple[int, int]:
+        """(level, k): the coarsest level whose whole downsample k is at most size_l0 / out_px (so reading there loses
+        nothing the patch keeps) and divides x, y and size_l0 (so the patch is whole level pixels); (0, 1) if none."""
+        best = (0, 1)
+        for i in range(1, len(self.levels)):
+            k = self.whole_downsample(i)
+            if k and k > best[1] and k * out_px <= size_l0 and not (x % k or y % k or size_l0 % k):
+                best = (i, k)
+        return best
+
     def _segment(self, level: int, row: int, col: int, use_cache: bool) -> np.ndarray:
         key = (level, row, col)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
         seg = self._decode(level, row, col)
         if use_cache:
-            self._cache[key] = seg
-            self._cache_bytes += seg.nbytes
-            while self._cache_bytes > self._cache_max and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cache_bytes -= old.nbytes
+            with self._cache_lock:
+                if key not in self._cache:
+                    self._cache[key] = seg
+                    self._cache_bytes += seg.nbytes
+                while self._cache_bytes > self._cache_max and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cache_bytes -= old.nbytes
         return seg
 
 
