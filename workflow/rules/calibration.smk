@@ -5,7 +5,7 @@
 
 
 rule fit_error_distribution:
-    """Mean and covariance of per-pixel RGB reconstruction errors, streamed exactly over the calibrate slides."""
+    """Mean and covariance of the scorer's per-pixel features (calibration.scorer), streamed exactly over the calibrate slides."""
     input:
         model_json="results/model/model.json",
         weights="results/model/generator.weights.h5",

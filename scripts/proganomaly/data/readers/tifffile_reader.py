@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,9 @@ class TiffSlide(Slide):
         ]
         super().__init__(path, levels, mpp, mpp_source, cache_bytes)
         self._tif, self._pages = tif, pages
+        # tifffile's own FileHandle.lock is a no-op unless switched on; the read pool's threads share one file
+        # position, so seek + read must be atomic here.
+        self._read_lock = threading.Lock()
 
     def _close(self) -> None:
         self._tif.close()
@@ -76,7 +80,7 @@ class TiffSlide(Slide):
         fh = self._tif.filehandle
         data = None
         if count:
-            with fh.lock:
+            with self._read_lock:
                 fh.seek(offset)
                 data = fh.read(count)
         try:
