@@ -157,18 +157,25 @@ def test_quantile_tau_is_numpys_quantile_and_within_a_bin_from_the_histogram(q):
         threshold.quantile_tau(1.0, d2)
 
 
-def test_tau_without_labels_leaves_the_annotated_anomalies_out():
-    """τ from collect_d2's normal pixels equals numpy's over the pixels outside the annotations (and every pixel of
-    the unannotated slide), not numpy's over all pixels."""
+def two_slide_batches(seed: int):
+    """Ten 8-px patches in a row (six of slide a, four of slide b) as record batches, their errors under the
+    stand-in model, the errors' Gaussian and the patch-extent lookup the labeller needs."""
     model = StandIn(8)
-    images = random_patches(10, 8, seed=7)
+    images = random_patches(10, 8, seed=seed)
     slides = np.array([b"a"] * 6 + [b"b"] * 4)
     xs, ys = np.arange(10) * 8, np.zeros(10, np.int64)
     ds = tf.data.Dataset.from_tensor_slices({"image": images, "slide_id": slides, "x": xs, "y": ys}).batch(4)
     e = rgb(model)(tf.constant(images)).numpy()
     gauss = stats.gaussian_fit(stats.moments_of(e.reshape(-1, 3)))
-    geom = union_of([shapely.box(9, 2, 13, 6)])
     lookup = {(s.decode(), int(x), 0): (8, 8) for s, x in zip(slides, xs, strict=True)}
+    return model, xs, ys, ds, e, gauss, lookup
+
+
+def test_tau_without_labels_leaves_the_annotated_anomalies_out():
+    """τ from collect_d2's normal pixels equals numpy's over the pixels outside the annotations (and every pixel of
+    the unannotated slide), not numpy's over all pixels."""
+    model, xs, ys, ds, e, gauss, lookup = two_slide_batches(seed=7)
+    geom = union_of([shapely.box(9, 2, 13, 6)])
     edges = stats.log_edges(1e-4, 1e8, 100)
     labeller = errors.make_labeller(lookup, {"a": geom}, 8)
     out = errors.collect_d2(rgb(model), ds, gauss, edges, labeller=labeller, max_exact_pixels=10**6)
@@ -209,14 +216,7 @@ def test_device_binning_counts_equal_the_numpy_reference(jit):
 
 
 def test_collect_d2_device_counts_equal_numpy_counts_of_the_returned_values():
-    model = StandIn(8)
-    images = random_patches(10, 8, seed=5)
-    slides = np.array([b"a"] * 6 + [b"b"] * 4)
-    xs, ys = np.arange(10) * 8, np.zeros(10, np.int64)
-    ds = tf.data.Dataset.from_tensor_slices({"image": images, "slide_id": slides, "x": xs, "y": ys}).batch(4)
-    e = rgb(model)(tf.constant(images)).numpy()
-    gauss = stats.gaussian_fit(stats.moments_of(e.reshape(-1, 3)))
-    lookup = {(s.decode(), int(x), 0): (8, 8) for s, x in zip(slides, xs, strict=True)}
+    model, _, _, ds, _, gauss, lookup = two_slide_batches(seed=5)
     edges = stats.log_edges(1e-3, 1e3, 10)
     labeller = errors.make_labeller(lookup, {"a": union_of([shapely.box(10, 2, 30, 6)])}, 8)
     out = errors.collect_d2(rgb(model), ds, gauss, edges, labeller=labeller, max_exact_pixels=10**6)

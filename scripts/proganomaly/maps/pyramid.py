@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from proganomaly.common.io import atomic_path
+
 COMPRESSIONS = ("jpeg", "deflate", "zstd", "none")
 LOSSLESS = ("deflate", "zstd", "none")
 # tifffile gathers this many tiles per encoder thread before encoding them in parallel; its default buffer (512 MiB)
@@ -148,11 +150,10 @@ def write_pyramid(
         **({"Description": description} if description else {}),
         **({"Channel": {"Name": [channel_name]}} if channel_name else {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     stores: list[_BlockStore] = []
     try:
         with (
+            atomic_path(path) as partial,
             tempfile.TemporaryDirectory(dir=tmpdir or path.parent, prefix=".pyramid-") as tmp,
             tifffile.TiffWriter(partial, bigtiff=raw_bytes > 2**31 - 2**26, ome=True) as tif,
         ):
@@ -175,11 +176,9 @@ def write_pyramid(
                     **options,
                 )
                 source = nxt
-        partial.replace(path)
     finally:
         for store in stores:
             store.close()
-        partial.unlink(missing_ok=True)
     return shapes
 
 

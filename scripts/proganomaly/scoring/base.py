@@ -41,18 +41,16 @@ def register(cls: type[Scorer]) -> type[Scorer]:
 
 @functools.cache
 def default_settings() -> dict:
-    """The schema's defaults of the `scoring` config section (the one place they are written down); read with
-    PyYAML alone, since the model's environment has no validator."""
-    import yaml
-
-    from proganomaly.config import CONFIG_SCHEMA
+    """The schema's defaults of the `scoring` config section (the one place they are written down), from the
+    schema the config package has already parsed."""
+    from proganomaly.config.build import load_schema
 
     def defaults(node: dict):
         if node.get("type") == "object" and "properties" in node:
             return {k: defaults(v) for k, v in node["properties"].items()}
         return node.get("default")
 
-    return defaults(yaml.safe_load(CONFIG_SCHEMA.read_text())["properties"]["scoring"])
+    return defaults(load_schema()["properties"]["scoring"])
 
 
 def plain_settings(settings) -> dict:
