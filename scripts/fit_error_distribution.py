@@ -5,14 +5,19 @@ e = |x − G(x)|, x in [-1, 1], inference mode). The scorer's own state (if it f
 mean, sample covariance (plus the scorer's ridge), its inverse and Cholesky factors go to
 results/calibration/error_distribution.json together with per-channel histograms and quantiles of e (for the
 report) and provenance.
+
+With `resources.gpus.calibration` > 1 every batch of `calibration.batch_size` patches is split over that many GPUs
+(MirroredStrategy, the model's weights mirrored on each); the per-GPU moments are merged exactly on the host.
 """
 
+import contextlib
 import math
 from pathlib import Path
 
 import numpy as np
 
 from proganomaly.calibration import errors, stats
+from proganomaly.common.devices import replica_strategy
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import from_params
 from proganomaly.data.records import count_examples, make_dataset
@@ -25,14 +30,17 @@ manifests = list(snakemake.input.manifests)
 if not manifests:
     raise SystemExit("no slide of split 'calibrate' in the slide sheet: add one (config/slides.tsv) to fit the errors")
 model_dir = Path(snakemake.input.model_json).parent
-trained = load_trained(model_dir)
+strategy = replica_strategy(cfg.resources.gpus.calibration, "resources.gpus.calibration")
+with strategy.scope() if strategy else contextlib.nullcontext():  # weights mirrored on every GPU
+    trained = load_trained(model_dir)
+    scorer = make_scorer(cfg.calibration.scorer, trained, settings=cfg.scoring)
 size = int(trained.patch_size_px)
-scorer = make_scorer(cfg.calibration.scorer, trained, settings=cfg.scoring)
 n_patches = count_examples(manifests, size)  # also fails early, naming the manifest, when a resolution is missing
 if n_patches == 0:
     raise SystemExit(f"the calibrate slides {manifests} have no tissue patches; check their tiling QC")
 batch = cfg.calibration.batch_size
-log.info("%s model (%d px) over %d calibrate patches in batches of %d", trained.architecture, size, n_patches, batch)
+log.info("%s model (%d px) over %d calibrate patches in batches of %d on %s", trained.architecture, size, n_patches,
+         batch, f"{strategy.num_replicas_in_sync} GPUs" if strategy else "one device")  # fmt: skip
 
 edges = stats.linear_edges(*scorer.histogram_range, cfg.calibration.error_histogram_bins)
 progress = Progress(math.ceil(n_patches / batch), "fit_error_distribution", "batches", logger=log)
@@ -40,6 +48,7 @@ moments, counts = errors.fit_error_distribution(
     scorer,
     make_dataset(manifests, size, batch_size=batch),
     edges,
+    strategy=strategy,
     progress=progress,
     jit_compile=cfg.calibration.jit_compile,
     border_px=cfg.calibration.border_px,

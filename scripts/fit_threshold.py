@@ -6,8 +6,12 @@ pixels (all but those inside the annotations of annotated slides), the unsupervi
 an annotation polygon). `calibration.threshold_method` picks the one that is exported. Writes
 results/calibration/threshold.json with all three, the pixel counts they used, d² quantiles and histogram (also by
 label), and the F-β curve.
+
+With `resources.gpus.calibration` > 1 every batch is split over that many GPUs (MirroredStrategy), as in
+fit_error_distribution; moments and histogram counts are merged exactly on the host.
 """
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -15,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from proganomaly.calibration import errors, stats, threshold
+from proganomaly.common.devices import replica_strategy
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import from_params
 from proganomaly.data.geojson import read_polygons
@@ -40,11 +45,13 @@ if cc.threshold_method == "supervised" and not annotations:
 
 ed = json.loads(Path(snakemake.input.error_distribution).read_text())
 gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"])}
-trained = load_trained(Path(snakemake.input.model_json).parent)
+strategy = replica_strategy(cfg.resources.gpus.calibration, "resources.gpus.calibration")
+with strategy.scope() if strategy else contextlib.nullcontext():  # weights mirrored on every GPU
+    trained = load_trained(Path(snakemake.input.model_json).parent)
+    scorer = scorer_from_record(
+        ed, trained, expected=cc.scorer, source=snakemake.input.error_distribution, settings=cfg.scoring
+    )
 size = int(trained.patch_size_px)
-scorer = scorer_from_record(
-    ed, trained, expected=cc.scorer, source=snakemake.input.error_distribution, settings=cfg.scoring
-)
 if size != ed["patch_size_px"]:
     raise SystemExit(
         f"{snakemake.input.error_distribution} was fitted at {ed['patch_size_px']} px, the model is {size} px"
@@ -76,6 +83,7 @@ out = errors.collect_d2(
     edges,
     labeller=labeller,
     max_exact_pixels=cc.supervised_max_exact_pixels,
+    strategy=strategy,
     progress=progress,
     jit_compile=cc.jit_compile,
     border_px=cc.border_px,

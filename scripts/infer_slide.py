@@ -4,6 +4,10 @@ Writes the per-patch table (slide_id, x, y, width, height, flagged_fraction, mea
 and the disk-backed stitching canvases (sums and covered area at the map downsample) that stitch_maps turns into
 maps, plus a JSON with timings and provenance. The slide is opened once and never held in memory.
 
+With `resources.gpus.inference` > 1 the SavedModel is loaded once under a MirroredStrategy over that many GPUs and
+each batch of `inference.batch_size` patches is split into equal contiguous shares, one per GPU
+(proganomaly.detector.load); the outputs are per patch, so the maps equal a one-GPU run's.
+
 By hand: python scripts/infer_slide.py SLIDE_ID SLIDE_FILE PATCHES.parquet SAVED_MODEL OUT_DIR [MPP]
 """
 
@@ -14,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from proganomaly.common import runlog
+from proganomaly.common.devices import replica_strategy
 from proganomaly.common.io import atomic_path
 from proganomaly.config import from_params, load_config
 from proganomaly.detector.load import load_detector
@@ -37,7 +42,10 @@ def main(
     from proganomaly.data.slide import open_slide, read_patch
 
     table = inference.check_patch_table(pd.read_parquet(patches_path), str(patches_path))
-    detector = load_detector(model_path)
+    gpus = config.resources.gpus.inference
+    detector = load_detector(model_path, strategy=replica_strategy(gpus, "resources.gpus.inference"))
+    if gpus > 1:
+        log.info("each batch of %d patches split over %d GPUs", config.inference.batch_size, gpus)
     channels = dict(inference.CANVAS_MAPS)
     patch_kde = None
     if config.stitching.kde.method == "patch":

@@ -5,6 +5,9 @@ import dataclasses
 import inspect
 import pickle
 import re
+import shutil
+import subprocess
+import sys
 import types
 import typing
 from pathlib import Path
@@ -226,6 +229,14 @@ def test_every_key_is_read_somewhere():
         ({"tiling": {"patch_size_px": 64}, "model": {"filters": [[8, 8]] * 4}}, "model.filters has 4 entries"),
         ({"tiling": {"patch_size_px": 64}, "training": {"batch_sizes": [4, 4]}}, "training.batch_sizes has 2"),
         ({"model": {"architecture": "berg"}}, "create_encoder"),
+        (
+            {"calibration": {"batch_size": 9}, "resources": {"gpus": {"calibration": 2}}},
+            "calibration.batch_size=9 does not divide by resources.gpus.calibration=2",
+        ),
+        (
+            {"inference": {"batch_size": 32}, "resources": {"gpus": {"inference": 3}}},
+            "inference.batch_size=32 does not divide by resources.gpus.inference=3",
+        ),
     ],
 )
 def test_cross_key_checks_name_the_keys(patch, words):
@@ -239,6 +250,25 @@ def test_demo_and_test_configs_pass_the_cross_key_checks():
     data = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     update_config(data, yaml.safe_load((ROOT / "tests" / "config" / "config.yaml").read_text()))
     check_cross_keys(Config.from_dict(validate_config(data)))
+
+
+def test_gpu_counts_that_divide_the_batches_pass():
+    raw = {"calibration": {"batch_size": 8}, "inference": {"batch_size": 30}}
+    raw["resources"] = {"gpus": {"calibration": 4, "inference": 3}}
+    check_cross_keys(Config.from_dict(validate_config(raw)))
+
+
+def test_batch_split_error_stops_the_workflow_at_parse_time(tmp_path):
+    """`snakemake -n` fails before any job, with the check's message naming both keys."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    extra = tmp_path / "gpus.yaml"
+    extra.write_text("resources:\n  gpus:\n    calibration: 2\ncalibration:\n  batch_size: 7\n")
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "workflow" / "Snakefile")]
+    cmd += ["--directory", str(tmp_path), "--configfile", str(extra), "-n", "--cores", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "calibration.batch_size=7 does not divide by resources.gpus.calibration=2" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_cross_key_checks_are_not_repeated_in_rule_scripts():

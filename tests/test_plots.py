@@ -433,7 +433,7 @@ def test_pixel_curves_and_summary_from_metrics_json():
     assert table.loc[1, "at_operating_point.all.f1"] == 0.3 and not any("class" in c for c in table.columns)
 
 
-def test_class_curves_table_and_scorer_table():
+def test_class_curves_and_table():
     from proganomaly.report import classes
 
     def res(auroc):
@@ -460,8 +460,41 @@ def test_class_curves_table_and_scorer_table():
         table.loc["blur", "oracle best-cell F1"]
     )
     assert "fixed" in classes.operating_point_text({"threshold": 0.2, "dilation": 1, "source": "fixed", "reason": "r"})
-    bench = {"rgb_error": {"ihc": {"test": {"auroc_mean": 0.95, "auroc_sd": 0.01, "ap_mean": 0.5, "ap_sd": None},
-                                   "validation": {"auroc_mean": 0.9, "auroc_sd": 0.02, "ap_mean": 0.4, "ap_sd": 0.1}}}}  # fmt: skip
-    st = classes.scorer_table(bench)
-    assert list(st.columns) == ["scorer", "class", "AUROC validation", "AP validation", "AUROC test", "AP test"]
-    assert st.loc[0, "AUROC test"] == "0.950 ± 0.010" and st.loc[0, "AP test"] == "0.500"
+
+
+def test_scorer_comparison_table_and_figure():
+    from proganomaly.report import scorers
+
+    def cell(auroc, sd, n=3):
+        return {"mahalanobis_d2": {"auroc_mean": auroc, "auroc_sd": sd, "ap_mean": auroc / 2, "ap_sd": 0.0, "n": n}}
+
+    summary = {
+        "default": {
+            "rgb_error": {"all": {"validation": cell(0.5, 0.1), "test": cell(0.6, 0.05)},
+                          "group:artefacts": {"validation": cell(0.4, 0.02), "test": cell(0.45, 0.01)}},
+            "critic": {"all": {"validation": cell(0.7, 0.0), "test": cell(0.72, 0.01)}},
+        },
+        "no_skips": {"critic": {"all": {"validation": cell(0.65, 0.0, 1), "test": cell(0.66, 0.0, 1)},
+                                "class:ihc": {"test": cell(0.9, 0.0, 1)}}},
+    }  # fmt: skip
+    table = scorers.comparison_table(summary)
+    assert list(table.columns) == ["anomalies", "variant", "scorer", "AUROC validation", "AP validation",
+                                   "AUROC test", "AP test", "seeds"]  # fmt: skip
+    assert table["anomalies"].tolist() == ["all anomalies"] * 3 + ["artefacts"]
+    first = table.iloc[0]
+    assert (first["scorer"], first["AUROC validation"], first["AUROC test"], first["seeds"]) == (
+        "rgb_error",
+        "0.500 ± 0.100",
+        "0.600 ± 0.050",
+        3,
+    )
+    assert table.iloc[2]["variant"] == "no_skips" and table.iloc[2]["seeds"] == 1
+    fig = scorers.plot_comparison(summary, chosen="critic")
+    ax_all, ax_art = fig.axes[:2]
+    assert [t.get_text() for t in ax_all.get_yticklabels()] == ["rgb_error", "critic", "critic [no_skips]"]
+    bold = [t.get_text() for t in ax_all.get_yticklabels() if t.get_fontweight() == "bold"]
+    assert bold == ["critic"]
+    # Each plotted point sits at its mean AUROC (validation first, then test, per row).
+    xs = [line.get_xdata()[0] for line in ax_all.lines if line.get_marker() in ("o", "s")]
+    assert xs == [0.5, 0.6, 0.7, 0.72, 0.65, 0.66]
+    assert [line.get_xdata()[0] for line in ax_art.lines if line.get_linestyle() == "--"] == [0.85]

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -75,13 +76,14 @@ def expected_request(profile: dict, rule: dict) -> dict:
     return {"partition": res["slurm_partition"], "gpus": gpus, "mem_mb": res["mem_mb"], "minutes": res["runtime"]}
 
 
-def cluster_shape(profile: dict) -> dict[str, str]:
+def cluster_shape(profile: dict, rules: dict) -> dict[str, str]:
     """start_slurm.sh settings that let the one node accept everything the profile asks for, unmodified."""
     default = profile["default-resources"]
     per_rule = list(profile.get("set-resources", {}).values())
     partitions = [default["slurm_partition"]]
     partitions += sorted({r["slurm_partition"] for r in per_rule if "slurm_partition" in r} - set(partitions))
-    gpus = max([int(r.get("gpu") or 0) for r in per_rule] + [1])
+    # the GPU counts are the rules' own (from the config), not the profile's
+    gpus = max([expected_request(profile, rule)["gpus"] for rule in rules.values() if not rule["local"]] + [1])
     models = {r["gpu_model"] for r in per_rule if r.get("gpu_model")}
     assert len(models) <= 1, f"the profile names several GPU models {models}; the test node has one kind"
     mem = max([int(r.get("mem_mb", 0)) for r in per_rule] + [int(default["mem_mb"])])
@@ -257,12 +259,12 @@ def _alive(pid: int, name: str) -> bool:
 
 
 @pytest.fixture(scope="module", params=MODES)
-def cluster(request):
+def cluster(request, parsed_rules):
     """A fresh single-node cluster in the given accounting mode; stopped (and checked stopped) afterwards."""
     mode = request.param
     if os.geteuid() != 0 and not shutil.which("sbatch"):
         pytest.skip("Slurm is not installed and installing and starting a local cluster needs root")
-    env = {**os.environ, **cluster_shape(load_profile()), "SLURM_TEST_ACCOUNTING": mode}
+    env = {**os.environ, **cluster_shape(load_profile(), parsed_rules), "SLURM_TEST_ACCOUNTING": mode}
     t0 = time.monotonic()
     started = subprocess.run(
         ["bash", str(SCRIPTS / "start_slurm.sh"), str(CLUSTER_DIR)], capture_output=True, text=True, env=env,
@@ -360,15 +362,75 @@ def test_profile_names_only_existing_rules(parsed_rules):
 def test_gpu_rules_get_the_gpu_partition(parsed_rules):
     """Every rule that asks for a GPU in the workflow gets one, in a GPU partition, from the profile."""
     profile, rules = load_profile(), parsed_rules
-    gpu_partitions = {
-        r["slurm_partition"] for r in profile["set-resources"].values() if r.get("gpu") or "gpu" in r.get("gres", "")
-    }
-    for name, rule in rules.items():
-        if rule["local"]:
-            continue
-        want = expected_request(profile, rule)
+    cpu_partition = profile["default-resources"]["slurm_partition"]
+    wants = {name: expected_request(profile, rule) for name, rule in rules.items() if not rule["local"]}
+    gpu_partitions = {want["partition"] for want in wants.values() if want["gpus"]}
+    assert gpu_partitions and cpu_partition not in gpu_partitions, f"GPU jobs would queue in {gpu_partitions}"
+    for name, want in wants.items():
         assert want["minutes"] and want["mem_mb"], f"{name} has no runtime or memory"
-        if rule["resources"].get("gpu"):
-            assert want["gpus"] >= 1 and want["partition"] in gpu_partitions, f"{name}: {want}"
+        if rules[name]["resources"].get("gpu"):
+            assert want["gpus"] == rules[name]["resources"]["gpu"], f"{name}: the profile overrides the GPU count"
         else:
             assert want["partition"] not in gpu_partitions or want["gpus"], f"{name} would idle in a GPU partition"
+
+
+def test_profile_leaves_the_gpu_count_to_the_rules():
+    """The count is the config's (resources.gpus.*, the rules' `gpu`): a `gpu`/`gres` in set-resources would win."""
+    for name, res in load_profile().get("set-resources", {}).items():
+        assert "gpu" not in res and "gres" not in res, f"slurm/config.yaml sets the GPU count of {name}: {res}"
+
+
+GPU_COUNTS = {"training": 2, "calibration": 4, "inference": 8}
+GPU_RULES = {
+    "train_reconstruction": GPU_COUNTS["training"],
+    "fit_error_distribution": GPU_COUNTS["calibration"],
+    "fit_threshold": GPU_COUNTS["calibration"],
+    "export_model": 1,
+    "infer_slide": GPU_COUNTS["inference"],
+}
+
+
+def planned_resources(out: str) -> dict[str, list[dict[str, str]]]:
+    """Each planned job's resources, by rule, from a dry run's job listing ("rule X:" ... "resources: k=v, ...")."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    for rule, text in re.findall(r"^rule (\w+):\n(?:    .*\n)*?    resources: (.*)$", out, flags=re.M):
+        jobs.setdefault(rule, []).append(dict(item.split("=", 1) for item in text.split(", ")))
+    return jobs
+
+
+@pytest.mark.parametrize("gpu_model", [None, "v100"])
+def test_sbatch_asks_for_the_configured_gpu_count(tmp_path, gpu_model):
+    """resources.gpus.* of 2/4/8 through `snakemake -n --profile slurm`: every GPU job's merged resources carry the
+    config's count (export_model 1), and the plugin's own GPU flag builder turns them into --gpus=[MODEL:]N."""
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    workdir = wfrun.copy_tree(tmp_path)
+    if gpu_model:
+        text = (workdir / PROFILE.relative_to(ROOT)).read_text()
+        marker = "    # gpu_model: a100 "
+        assert marker in text
+        (workdir / PROFILE.relative_to(ROOT)).write_text(text.replace(marker, f"    gpu_model: {gpu_model}  #", 1))
+    (workdir / "gpus.yaml").write_text(yaml.safe_dump({"resources": {"gpus": GPU_COUNTS}}))
+    target = f"results/slides/{slide_ids(workdir)[-1]}/patches.parquet"
+    cmd = [wfrun.SNAKEMAKE, "-n", "--profile", "slurm", "--configfile", str(wfrun.TEST_CONFIG), "gpus.yaml"]
+    code, out = wfrun.run([*cmd, "--", target], workdir, 600)
+    assert code == 0, out[-4000:]
+    jobs = planned_resources(out)
+    assert set(GPU_RULES) <= set(jobs), sorted(jobs)
+    for rule, resources in jobs.items():
+        for res in resources:
+            job = types.SimpleNamespace(resources=_Resources(res))
+            flag = set_gres_string(job).strip()
+            if rule not in GPU_RULES:
+                assert flag == "" and res["slurm_partition"] != "gpu", (rule, res)
+                continue
+            n = GPU_RULES[rule]
+            assert res["gpu"] == str(n), f"{rule}: the job asks for gpu={res['gpu']}, the config says {n}"
+            assert res["slurm_partition"] == "gpu", (rule, res)
+            assert flag == (f"--gpus={gpu_model}:{n}" if gpu_model else f"--gpus={n}"), (rule, flag)
+
+
+class _Resources(dict):
+    """A job's resources as the plugin reads them (attribute and .get access)."""
+
+    __getattr__ = dict.__getitem__

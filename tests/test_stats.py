@@ -220,6 +220,81 @@ def test_moments_merge_across_replicas():
     assert res.stdout.split() == ["ok", "2"]
 
 
+def test_two_devices_give_the_calibration_statistics_of_one():
+    """fit_error_distribution and collect_d2 (labelled, string slide ids) of a real model built under a MirroredStrategy
+    over 2 logical CPUs (what fit_error_distribution.py / fit_threshold.py do with resources.gpus.calibration: 2)
+    against one device. Tolerance: mean and covariance of e, d² and its moments within rtol 1e-7 (float64 merges in
+    another order; float32 convolutions of 3-patch shares instead of 6-patch batches could round differently; measured
+    4e-16 on this CPU); histogram counts within 4 values moved across a bin edge; labels and pixel counts exact."""
+    code = textwrap.dedent(
+        """
+        import json, pathlib, tempfile
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import shapely
+        from proganomaly.calibration import errors, stats
+        from proganomaly.common.devices import DeviceError, replica_strategy
+        from proganomaly.config import Config, validate_config
+        from proganomaly.data.patch_labels import union_of
+        from proganomaly.model import io
+        from proganomaly.model.architectures import build_networks
+        from proganomaly.scoring import make_scorer
+
+        try:  # no GPU here: the scripts' call fails naming the key
+            replica_strategy(2, "resources.gpus.calibration")
+            raise AssertionError("no DeviceError")
+        except DeviceError as err:
+            assert "resources.gpus.calibration=2 but this job sees 0 GPU(s)" in str(err), err
+        d = pathlib.Path(tempfile.mkdtemp())
+        cfg = Config.from_dict(validate_config({"model": {"filters": [[16, 16], [8, 8], [8, 8]], "latent_size": 32}}))
+        io.save_weights(build_networks(cfg.model, 16, seed=3), d / io.WEIGHTS)
+        (d / io.MODEL_JSON).write_text(json.dumps(io.model_record(cfg.model, 16, 3)))
+        strategy = replica_strategy(2, "resources.gpus.calibration", devices=["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            mirrored = make_scorer("rgb_error", io.load_trained(d))
+        assert any("Mirrored" in type(v).__name__ for v in io.inference_variables(mirrored.trained.nets).values())
+        single = make_scorer("rgb_error", io.load_trained(d))
+
+        n, rng = 22, np.random.default_rng(0)
+        images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+        edges = stats.linear_edges(0, 2, 32)
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(6)  # 22 = 3·6 + 4: shares of 3, then 2
+        m1, c1 = errors.fit_error_distribution(single, ds, edges, border_px=2)
+        m2, c2 = errors.fit_error_distribution(mirrored, ds, edges, border_px=2, strategy=strategy)
+        assert m1.n == m2.n == n * 12 * 12, (m1.n, m2.n)
+        g1, g2 = stats.gaussian_fit(m1), stats.gaussian_fit(m2)
+        worst = {k: float(np.max(np.abs(g2[k] - g1[k]) / np.abs(g1[k]))) for k in ("mean", "covariance")}
+        for k in worst:
+            np.testing.assert_allclose(g2[k], g1[k], rtol=1e-7, err_msg=k)
+        assert np.abs(c1 - c2).sum() <= 4, np.abs(c1 - c2).sum()
+
+        xs, ys = (np.arange(n) % 11) * 32, (np.arange(n) // 11) * 32
+        ids = np.array([b"a"] * 11 + [b"b"] * 11)
+        meta = {"image": images, "slide_id": ids, "x": xs, "y": ys}
+        lookup = {(s.decode(), int(x), int(y)): (32, 32) for s, x, y in zip(ids, xs, ys)}
+        labeller = errors.make_labeller(lookup, {"a": union_of([shapely.box(40, 0, 200, 20)])}, 16)
+        gauss = {"mean": g1["mean"], "precision": g1["precision"]}
+        d2_edges = stats.log_edges(1e-3, 1e5, 10)
+        kw = dict(labeller=labeller, max_exact_pixels=10**6, border_px=2)
+        o1 = errors.collect_d2(single, tf.data.Dataset.from_tensor_slices(meta).batch(6), gauss, d2_edges, **kw)
+        o2 = errors.collect_d2(mirrored, tf.data.Dataset.from_tensor_slices(meta).batch(6), gauss, d2_edges,
+                               strategy=strategy, **kw)
+        assert 0 < o1["labels"].sum() < o1["labels"].size
+        np.testing.assert_array_equal(o1["labels"], o2["labels"])  # same patches, same order
+        np.testing.assert_allclose(o2["d2"], o1["d2"], rtol=1e-7, atol=1e-9)
+        for key in ("moments", "normal_moments"):
+            assert o1[key].n == o2[key].n
+            np.testing.assert_allclose(o2[key].mean, o1[key].mean, rtol=1e-7)
+            np.testing.assert_allclose(stats.covariance(o2[key]), stats.covariance(o1[key]), rtol=1e-7)
+        for key in ("counts", "normal_counts", "pos_counts", "neg_counts"):
+            assert np.abs(o1[key] - o2[key]).sum() <= 4, key
+        print("worst relative difference", worst)
+        """
+    )
+    print(run_fresh_python(code, timeout=300).stdout)
+
+
 def test_xla_compiled_error_step_agrees():
     images = random_patches(9, 8, seed=4)
     edges = stats.linear_edges(0, 2, 32)

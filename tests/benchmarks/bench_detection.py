@@ -2,6 +2,13 @@
 
     .venv/bin/python tests/benchmarks/bench_detection.py [--seeds 1 2 3] [--scorers rgb_error,inpainting,...]
         [--variant NAME=overrides.yaml ...] [--work /tmp/proganomaly-bench-detection] [--out results/benchmarks]
+        [--settings NAME=overrides.yaml ...] [--also OTHER_WORK/rows.json ...] [--summarise-only]
+
+A scorer given as `combined=critic+texture_baseline` runs the combined scorer over those parts
+(scoring.combined.scorers) on the same trained model; `SCORER@NAME` runs it with the overrides of `--settings
+NAME=file.yaml` (τ, KDE and other settings after training), also on the same trained model. `--also` merges the
+rows of other runs (e.g. variants run in another work directory at the same time) into the table;
+`--summarise-only` runs nothing and only prints and writes the table of the rows there are.
 
 For each seed the whole workflow runs once in its own directory (the seed makes the cohort, the patch order and the
 initial weights), then once per scorer with `calibration.scorer` changed, so only calibration, export, inference,
@@ -96,7 +103,23 @@ def targets() -> list[str]:
     return [f"results/eval/pooled/{split}/metrics.json" for split in SPLITS]
 
 
-def bench(seeds, scorers, variants, work_root: Path, log: Path) -> list[dict]:
+def scorer_overrides(spec: str, settings: dict[str, dict] | None = None) -> tuple[str, dict]:
+    """`name`, `combined=a+b`, each optionally `@SETTINGS` (a --settings name): (the scorer, its config overrides)."""
+    spec, _, setting = spec.partition("@")
+    name, _, parts = spec.partition("=")
+    overrides: dict = {"calibration": {"scorer": name}}
+    if parts:
+        if name != "combined":
+            raise SystemExit(f"--scorers {spec!r}: only `combined` takes parts (combined=a+b)")
+        overrides["scoring"] = {"combined": {"scorers": parts.split("+")}}
+    if setting:
+        if setting not in (settings or {}):
+            raise SystemExit(f"--scorers {spec}@{setting}: no --settings {setting}=FILE.yaml was given")
+        overrides = _merge(settings[setting], overrides)
+    return name, overrides
+
+
+def bench(seeds, scorers, variants, work_root: Path, log: Path, settings: dict | None = None) -> list[dict]:
     """One row per (variant, seed, scorer); rows already in work_root/rows.json are kept, not rerun."""
     saved = work_root / "rows.json"
     rows = json.loads(saved.read_text()) if saved.is_file() else []
@@ -107,7 +130,7 @@ def bench(seeds, scorers, variants, work_root: Path, log: Path) -> list[dict]:
             for scorer in scorers:
                 if (variant, seed, scorer) in done:
                     continue
-                cfg = _merge(overrides, {"seed": seed, "calibration": {"scorer": scorer}})
+                cfg = _merge(overrides, {"seed": seed, **scorer_overrides(scorer, settings)[1]})
                 print(f"[bench] {variant} seed {seed} scorer {scorer}", flush=True)
                 row = {"variant": variant, "seed": seed, "scorer": scorer}
                 try:
@@ -191,6 +214,21 @@ def json_summary(rows: list[dict]) -> dict:
     return out
 
 
+GROUPS = ("group:foreign stain", "group:same-stain tissue", "group:artefacts")
+
+
+def validation_choice(summary: dict, map_name: str = "mahalanobis_d2") -> list[tuple[float, str, str]]:
+    """(criterion, variant, scorer), best first. The criterion, fixed before any run: the mean over the three anomaly
+    groups of the validation pixel AUROC of `map_name` (each a mean over seeds); test columns play no part."""
+    ranked = []
+    for variant, scorers in summary.items():
+        for scorer, parts in scorers.items():
+            vals = [((parts.get(g) or {}).get("validation") or {}).get(map_name, {}).get("auroc_mean") for g in GROUPS]
+            if all(v is not None for v in vals):
+                ranked.append((statistics.mean(vals), variant, scorer))
+    return sorted(ranked, reverse=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
@@ -200,6 +238,14 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/proganomaly-bench-detection"))
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
     ap.add_argument("--fresh", action="store_true", help="delete the work directory first")
+    ap.add_argument(
+        "--settings",
+        action="append",
+        default=[],
+        help="NAME=override.yaml of scorer-stage settings (τ, KDE …) used as SCORER@NAME in --scorers (no retraining)",
+    )
+    ap.add_argument("--also", type=Path, action="append", default=[], help="rows.json of another run to merge")
+    ap.add_argument("--summarise-only", action="store_true", help="run nothing; table the rows there are")
     ap.add_argument(
         "--coarse-grid",
         action="store_true",
@@ -217,15 +263,34 @@ def main() -> None:
     if args.fresh:
         shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = bench(args.seeds, scorers, variants, args.work, args.work / "workflow.log")
+    if args.summarise_only:
+        saved = args.work / "rows.json"
+        rows = json.loads(saved.read_text()) if saved.is_file() else []
+    else:
+        settings = {}
+        for spec in args.settings:
+            name, _, path = spec.partition("=")
+            settings[name] = yaml.safe_load(Path(path).read_text()) or {}
+        rows = bench(args.seeds, scorers, variants, args.work, args.work / "workflow.log", settings)
+    for other in args.also:
+        rows += json.loads(other.read_text())
     table, times = summarise(rows)
     pd.set_option("display.width", 250, "display.max_rows", 500, "display.max_columns", 20)
     print(table.to_string())
     print("\nmedian seconds per run (train: train_reconstruction; inference: calibration, export, infer_slide)")
     print(times.round(1).to_string())
+    summary = json_summary(rows)
+    print("\nvalidation choice (mean over groups of validation pixel AUROC, d² map | KDE map):")
+    kde = {(v, sc): c for c, v, sc in validation_choice(summary, "kde")}
+    for crit, variant, scorer in validation_choice(summary):
+        print(f"  {crit:.3f} | {kde.get((variant, scorer), float('nan')):.3f}  {variant:>14}  {scorer}")
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"seeds": args.seeds, "scorers": scorers, "variants": variants, "rows": rows,
-              "summary": json_summary(rows)}  # fmt: skip
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    seeds = sorted({r["seed"] for r in rows})
+    what = (f"pixel AUROC / AP pooled per split, {len(rows)} workflow runs over seeds {seeds} at commit "
+            f"{commit.strip() or 'unknown'}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    record = {"what": what, "seeds": seeds, "scorers": sorted({r["scorer"] for r in rows}),
+              "variants": variants, "rows": rows, "summary": summary}  # fmt: skip
     (args.out / "detection.json").write_text(json.dumps(record, indent=1))
     print(f"\nwrote {args.out / 'detection.json'}")
 

@@ -1,7 +1,9 @@
 # Calibration stage: the Gaussian of reconstruction errors on the calibrate slides (fit_error_distribution), the
 # dynamic threshold on the threshold and validation slides (fit_threshold), then one SavedModel with both baked in
 # (export_model).
-# All three run the generator, so they ask for a GPU like training.
+# fit_error_distribution and fit_threshold run the generator over every patch: they ask for resources.gpus.calibration
+# GPUs and split each batch over them (MirroredStrategy; calibration.batch_size must divide by the count, checked at
+# parse time). export_model only traces and saves the graph, so it asks for one GPU whatever the count.
 
 
 rule fit_error_distribution:
@@ -22,7 +24,7 @@ rule fit_error_distribution:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1,
+        gpu=CONFIG.resources.gpus.calibration,
     params:
         **config_params(
             "calibration.scorer",
@@ -31,6 +33,7 @@ rule fit_error_distribution:
             "calibration.error_histogram_bins",
             "calibration.jit_compile",
             "scoring",
+            "resources.gpus.calibration",
         ),
     script:
         "../../scripts/fit_error_distribution.py"
@@ -60,7 +63,7 @@ rule fit_threshold:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1,
+        gpu=CONFIG.resources.gpus.calibration,
     params:
         **config_params(
             "calibration.scorer",
@@ -75,6 +78,7 @@ rule fit_threshold:
             "calibration.annotation_classes",
             "calibration.jit_compile",
             "scoring",
+            "resources.gpus.calibration",
         ),
         annotated=annotated_slides(*TAU_SPLITS),
     script:

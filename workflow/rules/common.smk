@@ -3,12 +3,13 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 # This file's own location, not workflow.basedir (the main Snakefile's, which is the user's when this workflow is
 # used as a module).
 WORKFLOW_DIR = Path(workflow.current_basedir).parent
 sys.path.insert(0, str(WORKFLOW_DIR.parent / "scripts"))
+# The detection benchmark's summary (tests/benchmarks/bench_detection.py), shipped with the workflow: the report shows
+# it beside this run's own numbers.
+SCORER_BENCHMARK = WORKFLOW_DIR.parent / "docs" / "detection-benchmark.json"
 
 from proganomaly.config import (
     Config,
@@ -18,7 +19,7 @@ from proganomaly.config import (
     validate_config,
 )
 from proganomaly.config import config_params as _config_params
-from proganomaly.data.sheet import read_slide_sheet, records_for_validation
+from proganomaly.data.sheet import SLIDE_ID_PATTERN, read_slide_sheet, validate_rows
 
 # One validation, at parse time, before any job: defaults come from the schema, and the constraints between keys
 # are checked here and nowhere else.
@@ -29,12 +30,16 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"config: {exc}") from None
 SLIDES = read_slide_sheet(config["slides"])
-for _row in records_for_validation(SLIDES):
-    validate(_row, schema="../schemas/slides.schema.yaml")
+# Every row against the slides schema, with one compiled validator (snakemake.utils.validate per row re-reads the
+# schema each time: ~9 s of a 1000-slide dry run).
+validate_rows(SLIDES, WORKFLOW_DIR / "schemas" / "slides.schema.yaml", config["slides"])
 
 
+# {slide}: the sheet's id syntax, not an alternation of its ids. Snakemake compiles every rule file pattern's regex
+# with the constraint inside; with 1000 TCGA-like ids (~60 characters) each compile took ~75 ms, ~30 s of a dry run.
+# The syntax has no '/', so a slide wildcard is one path component; an id not in the sheet fails in sheet_row.
 wildcard_constraints:
-    slide="|".join(re.escape(s) for s in SLIDES.index),
+    slide=SLIDE_ID_PATTERN,
     res=r"\d+",
 
 
@@ -42,6 +47,18 @@ wildcard_constraints:
 # a 1000-slide dry run spend most of its time in DataFrame.loc.
 SPLIT_OF = SLIDES["split"].to_dict()
 ANNOTATIONS_OF = SLIDES["annotations"].to_dict()
+PATH_OF = SLIDES["path"].to_dict()
+MPP_OF = {s: (None if m != m else float(m)) for s, m in SLIDES["mpp"].items()}
+
+
+def sheet_row(column, slide):
+    """The sheet's value for a slide, or an error naming the sheet when the slide is not in it."""
+    try:
+        return column[slide]
+    except KeyError:
+        raise WorkflowError(
+            f"slide '{slide}' is not in the slide sheet {config['slides']}; add it there or check the target"
+        ) from None
 
 
 def slides_in(*splits):
@@ -50,18 +67,17 @@ def slides_in(*splits):
 
 
 def slide_file(wildcards):
-    return SLIDES.loc[wildcards.slide, "path"]
+    return sheet_row(PATH_OF, wildcards.slide)
 
 
 def slide_mpp(wildcards):
     """The sheet's mpp override for a slide, or None to use the file's metadata."""
-    mpp = SLIDES.loc[wildcards.slide, "mpp"]
-    return None if mpp != mpp else float(mpp)
+    return sheet_row(MPP_OF, wildcards.slide)
 
 
 def annotation_file(wildcards):
     """The slide's annotation GeoJSON, or an empty list when it has none."""
-    path = SLIDES.loc[wildcards.slide, "annotations"]
+    path = sheet_row(ANNOTATIONS_OF, wildcards.slide)
     return [path] if path else []
 
 
@@ -101,6 +117,7 @@ def infer_slide_params():
         "stitching.map_mpp",
         "stitching.kde.method",
         "calibration.border_px",
+        "resources.gpus.inference",
     ]
     if CONFIG.stitching.kde.method == "patch":
         paths += PATCH_KDE_KEYS
@@ -143,7 +160,7 @@ TAU_SPLITS = ("threshold", "validation")
 
 def threshold_annotations():
     """Annotation GeoJSONs of the annotated τ slides, in the order of annotated_slides(*TAU_SPLITS)."""
-    return [SLIDES.loc[s, "annotations"] for s in annotated_slides(*TAU_SPLITS)]
+    return [ANNOTATIONS_OF[s] for s in annotated_slides(*TAU_SPLITS)]
 
 
 # Report stage (report.smk): figures are targets only when some rule makes their inputs.
@@ -202,6 +219,11 @@ def report_targets():
             kind=("class", "group"),
         )
         targets.append("results/report/eval/class_metrics.html")
+    if SCORER_BENCHMARK.is_file():
+        targets += [
+            "results/report/eval/scorer_comparison.png",
+            "results/report/eval/scorer_comparison.html",
+        ]
     return targets
 
 

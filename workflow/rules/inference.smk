@@ -1,8 +1,9 @@
-# Inference stage: the exported detector over each test/threshold slide's tissue patches (infer_slide, GPU), then
+# Inference stage: the exported detector over each test/threshold slide's tissue patches (infer_slide, on
+# resources.gpus.inference GPUs, each batch split over them; inference.batch_size must divide by the count), then
 # the stitched maps, KDE heat map and report overviews (stitch_maps, CPU). The canvases between the two are sums and
 # covered area at the map downsample, on disk; re-running stitch_maps (e.g. new KDE settings) needs no GPU.
 
-from proganomaly.maps.slidemaps import FLOAT_MAPS, MAP_NAMES, RENDITION_SUFFIX
+from proganomaly.maps.names import FLOAT_MAPS, MAP_NAMES, RENDITION_SUFFIX
 
 
 rule infer_slide:
@@ -25,7 +26,7 @@ rule infer_slide:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=CONFIG.resources.gpus.inference,
     params:
         **infer_slide_params(),
         mpp=slide_mpp,

@@ -341,6 +341,40 @@ rule plot_class_metrics:
         "../../scripts/plot_class_metrics.py"
 
 
+rule plot_scorer_comparison:
+    """The detection benchmark's scorer comparison (docs/detection-benchmark.json): pixel AUROC / AP per scorer,
+    variant and anomaly group, validation and test, mean ± sd over seeds."""
+    input:
+        benchmark=SCORER_BENCHMARK,
+    output:
+        figure=report(
+            "results/report/eval/scorer_comparison.png",
+            caption="../report/scorer_comparison.rst",
+            category="Evaluation",
+            labels={"slide": "benchmark", "figure": "scorer comparison"},
+        ),
+        table=report(
+            "results/report/eval/scorer_comparison.html",
+            caption="../report/scorer_comparison.rst",
+            category="Evaluation",
+            labels={"slide": "benchmark", "figure": "scorer comparison table"},
+        ),
+    log:
+        "results/logs/plot_scorer_comparison/all.log",
+    benchmark:
+        "results/benchmarks/plot_scorer_comparison/all.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        **config_params("calibration.scorer"),
+    script:
+        "../../scripts/plot_scorer_comparison.py"
+
+
 rule report_figures:
     """Target: every report figure that the stages present can feed (then `snakemake --report`)."""
     input:

@@ -23,12 +23,32 @@ def interior(a, border_px: int):
     return a[:, border_px:-border_px, border_px:-border_px]
 
 
-def _replica_results(step, batch, strategy) -> list[tuple]:
-    """Results of one step as a list with one tuple per replica (a single tuple without a strategy)."""
+def _per_replica(step, strategy):
+    """batch -> one tuple of numpy results per replica (a single tuple without a strategy).
+
+    With a strategy, `step` runs on every replica's shard of the distributed batch inside one tf.function (the way
+    MirroredStrategy runs in parallel); nothing is reduced across replicas, every shard's results come back apart.
+    """
     if strategy is None:
-        return [tuple(np.asarray(t) for t in step(batch))]
-    per_replica = strategy.run(step, args=(batch,))
-    local = [strategy.experimental_local_results(t) for t in per_replica]
+        return lambda batch: [tuple(np.asarray(t) for t in step(batch))]
+    import tensorflow as tf
+
+    @tf.function
+    def run(batch):
+        return strategy.run(step, args=(batch,))
+
+    def results(batch):
+        local = [strategy.experimental_local_results(t) for t in run(batch)]
+        return [tuple(np.asarray(t[r]) for t in local) for r in range(len(local[0]))]
+
+    return results
+
+
+def _replica_meta(batch, keys, strategy) -> list[tuple]:
+    """The batch's `keys` as numpy, one tuple per replica in the order of `_per_replica`'s results."""
+    if strategy is None:
+        return [tuple(np.asarray(batch[k]) for k in keys)]
+    local = [strategy.experimental_local_results(batch[k]) for k in keys]
     return [tuple(np.asarray(t[r]) for t in local) for r in range(len(local[0]))]
 
 
@@ -67,17 +87,20 @@ def fit_error_distribution(
 ) -> tuple[stats.Moments, np.ndarray]:
     """Moments of the scorer's per-pixel features over every pixel of every patch, and per-channel histogram counts.
 
-    A scorer with its own state is fitted on the same patches first. With a tf.distribute strategy each replica's
-    (n, mean, M2) is merged on the host, so no replica's shard is lost.
+    A scorer with its own state is fitted on the same patches first (on the host's batches, undistributed). With a
+    tf.distribute strategy (a MirroredStrategy over `resources.gpus.calibration` GPUs) every global batch is split
+    over the replicas and each replica's (n, mean, M2) and counts are merged on the host, so no shard is lost and
+    the result equals one device's up to float64 rounding of the merge order. The scorer's model should be built
+    under `strategy.scope()`, so each replica reads its own copy of the weights.
     """
     if scorer.needs_fit:
         scorer.fit(_NumpyBatches(dataset))
-    step = error_step(scorer, edges, jit_compile, border_px)
+    step = _per_replica(error_step(scorer, edges, jit_compile, border_px), strategy)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
     parts, counts = [], np.zeros((len(scorer.channels), len(edges) + 1), np.int64)
     for batch in dataset:
-        for n, mean, m2, c in _replica_results(step, batch, strategy):
+        for n, mean, m2, c in step(batch):
             if int(n):
                 parts.append(stats.from_batch(n, mean, m2))
                 counts += c
@@ -89,18 +112,16 @@ def fit_error_distribution(
 
 
 def d2_step(scorer, gaussian: dict, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
-    """One batch's d², its moments and its histogram counts; binned on the device, inside the compiled function."""
+    """images -> one batch's d², its moments and its histogram counts; binned on the device, in the compiled
+    function. The patches' slide ids and coordinates never enter it: XLA has no string tensors and a GPU cannot hold
+    them."""
     import tensorflow as tf
 
     @tf.function(jit_compile=jit_compile)
-    def core(images):
+    def step(images):
         e = interior(scorer(images), border_px)
         d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"])
         return (d2, *stats.tf_batch_moments(d2[..., None]), stats.tf_bin_counts(d2, edges))
-
-    @tf.function  # the string slide ids pass around the compiled core: XLA has no string tensors
-    def step(batch):
-        return (*core(batch["image"]), batch["slide_id"], batch["x"], batch["y"])
 
     return step
 
@@ -148,18 +169,25 @@ def collect_d2(
     `max_exact_pixels`, their d² values (`normal_d2`, for an exact quantile). With a `labeller` (slide_ids, xs, ys →
     (labels (N, S, S) bool, labelled (N,) bool)) also the counts of positive and negative labelled pixels and, while
     they number at most `max_exact_pixels`, the labelled d² values themselves (for the exact F-β optimum).
+
+    With a tf.distribute strategy each global batch is split over the replicas as in `fit_error_distribution`; the
+    batches stay in host memory (the string slide ids cannot be copied to a GPU) and each replica copies its images.
     """
-    step = d2_step(scorer, gaussian, edges, jit_compile, border_px)
+    import tensorflow as tf
+
+    step = _per_replica(d2_step(scorer, gaussian, edges, jit_compile, border_px), strategy)
     label_counts = masked_counts_step(edges, jit_compile)
     if strategy is not None:
-        dataset = strategy.experimental_distribute_dataset(dataset)
+        host = tf.distribute.InputOptions(experimental_fetch_to_device=False)
+        dataset = strategy.experimental_distribute_dataset(dataset, host)
     n_bins = len(edges) + 1
     parts, counts = [], np.zeros(n_bins, np.int64)
     pos, neg = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
     kept_d2, kept_labels, n_labelled, exact = [], [], 0, max_exact_pixels > 0
     normal_parts, normal_counts, kept_normal, n_normal = [], np.zeros(n_bins, np.int64), [], 0
     for batch in dataset:
-        for d2, n, mean, m2, c, slide_ids, xs, ys in _replica_results(step, batch, strategy):
+        replicas = zip(step(batch["image"]), _replica_meta(batch, ("slide_id", "x", "y"), strategy), strict=True)
+        for (d2, n, mean, m2, c), (slide_ids, xs, ys) in replicas:
             if not int(n):
                 continue
             parts.append(stats.from_batch(n, mean, m2))

@@ -37,6 +37,7 @@ def check_cross_keys(cfg: Config) -> None:
                 f"{key} has {len(values)} entries; tiling.patch_size_px={patch} needs one per block, {blocks} blocks"
             )
     _check_replicas(cfg, blocks)
+    _check_batch_split(cfg)
     if cfg.model.architecture == "berg" and not cfg.model.create_encoder:
         raise ConfigError("model.architecture 'berg' needs the encoder E: set model.create_encoder: true")
 
@@ -59,4 +60,17 @@ def _check_replicas(cfg: Config, blocks: int) -> None:
             raise ConfigError(
                 f"training.batch_sizes[{block}]={batch} gives {per} per GPU on resources.gpus.training={gpus}, not a"
                 f" multiple of model.minibatch_stddev.group_size={group}; change the batch size or the group size"
+            )
+
+
+def _check_batch_split(cfg: Config) -> None:
+    """Calibration and inference split each batch over their GPUs (MirroredStrategy, or the detector's split)."""
+    for batch_key, batch, gpus_key, gpus in (
+        ("calibration.batch_size", cfg.calibration.batch_size, "resources.gpus.calibration", cfg.resources.gpus.calibration),
+        ("inference.batch_size", cfg.inference.batch_size, "resources.gpus.inference", cfg.resources.gpus.inference),
+    ):  # fmt: skip
+        if batch % gpus:
+            raise ConfigError(
+                f"{batch_key}={batch} does not divide by {gpus_key}={gpus}: every GPU takes an equal share of each"
+                " batch; use a multiple of the GPU count (or fewer GPUs)"
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,10 @@ from proganomaly.data.geojson import GeoJSONError, read_polygons
 SPLITS = ("train", "calibrate", "threshold", "validation", "test")
 # Annotation masks are images, read by the evaluation; everything else in the column is parsed as GeoJSON.
 _MASK_SUFFIXES = (".png", ".tif", ".tiff")
+# The slides schema's slide_id pattern (workflow/schemas/slides.schema.yaml), checked here with a friendlier message;
+# also the workflow's {slide} wildcard constraint (common.smk).
+SLIDE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_SLIDE_ID = re.compile(SLIDE_ID_PATTERN)
 
 
 class SheetError(ValueError):
@@ -39,12 +44,16 @@ def read_slide_sheet(path: str | Path, produced_prefix: str = "results/") -> pd.
     dup = sheet["slide_id"][sheet["slide_id"].duplicated()].unique()
     if len(dup):
         problems.append(f"duplicate slide_id(s) {sorted(dup)}: every slide needs its own id")
+    parsed: dict[str, str | None] = {}
     for row in sheet.itertuples(index=False):
         sid = row.slide_id
         if not sid or any(c in sid for c in "/\\") or sid.startswith("."):
             problems.append(f"slide '{sid}': slide_id must not be empty, start with '.' or contain '/' or '\\'")
-        elif not all(c.isalnum() or c in "._-" for c in sid):
-            problems.append(f"slide '{sid}': slide_id may only hold letters, digits, '.', '_' and '-'")
+        elif not _SLIDE_ID.fullmatch(sid):
+            problems.append(
+                f"slide '{sid}': slide_id may only hold letters, digits, '.', '_' and '-' (ASCII), and must start with"
+                " a letter or digit"
+            )
         if row.split not in SPLITS:
             problems.append(f"slide '{sid}': unknown split '{row.split}' (use one of {', '.join(SPLITS)})")
         if row.mpp:
@@ -58,7 +67,10 @@ def read_slide_sheet(path: str | Path, produced_prefix: str = "results/") -> pd.
             if value and not value.startswith(produced_prefix) and not Path(value).exists():
                 problems.append(f"slide '{sid}': {col} file {value} does not exist")
             elif col == "annotations" and value and Path(value).is_file():
-                problems.extend(_annotation_problems(sid, value))
+                if value not in parsed:  # each file parsed once, however many slides name it
+                    parsed[value] = _annotation_error(value)
+                if parsed[value]:
+                    problems.append(f"slide '{sid}': annotations {parsed[value]}")
         if not row.path:
             problems.append(f"slide '{sid}': path is empty")
     if problems:
@@ -69,16 +81,16 @@ def read_slide_sheet(path: str | Path, produced_prefix: str = "results/") -> pd.
     return sheet.set_index("slide_id", drop=False)
 
 
-def _annotation_problems(slide_id: str, path: str) -> list[str]:
+def _annotation_error(path: str) -> str | None:
     """Parse an annotation GeoJSON now, so a malformed one fails before any job runs (not after inference)."""
     if Path(path).suffix.lower() in _MASK_SUFFIXES:
-        return []
+        return None
     try:
         read_polygons(path)
     except GeoJSONError as err:  # names the file and the feature
         fix = "" if "QuPath" in str(err) else "; fix it, or export it again from QuPath as GeoJSON"
-        return [f"slide '{slide_id}': annotations {err}{fix}"]
-    return []
+        return f"{err}{fix}"
+    return None
 
 
 def records_for_validation(sheet: pd.DataFrame) -> list[dict]:
@@ -87,3 +99,24 @@ def records_for_validation(sheet: pd.DataFrame) -> list[dict]:
     for rec in sheet.to_dict("records"):
         rows.append({k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()})
     return rows
+
+
+def validate_rows(sheet: pd.DataFrame, schema_path: str | Path, source: str | Path) -> None:
+    """Check every row against the slides schema (workflow/schemas/slides.schema.yaml) with one compiled validator.
+
+    Raises SheetError listing each failing row as "slide 'ID': COLUMN: what is wrong". One validator for the whole
+    sheet: `snakemake.utils.validate` per row re-reads and re-compiles the schema for every row, ~9 s of a
+    1000-slide dry run.
+    """
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for row in records_for_validation(sheet):
+        for err in sorted(validator.iter_errors(row), key=lambda e: list(e.absolute_path)):
+            where = ".".join(map(str, err.absolute_path)) or "row"
+            problems.append(f"slide '{row.get('slide_id')}': {where}: {err.message} ({schema_path})")
+    if problems:
+        raise SheetError(f"slide sheet {source}:\n  - " + "\n  - ".join(problems))

@@ -53,17 +53,26 @@ class DetectorError(ValueError):
     """A SavedModel cannot be loaded or was given patches it cannot take; the message says what to change."""
 
 
-def load_detector(path: str | Path, required: tuple[str, ...] = REQUIRED_OUTPUTS) -> Detector:
+def load_detector(path: str | Path, required: tuple[str, ...] = REQUIRED_OUTPUTS, strategy=None) -> Detector:
     """Load the SavedModel from disk (any process); the patch size comes from the signature itself.
 
     `required`: the outputs the caller reads; a detector lacking one is refused here, not mid-slide.
+    `strategy`: a tf.distribute.MirroredStrategy (proganomaly.common.devices.replica_strategy) to split every call's
+    patches over its devices: the SavedModel is loaded once under its scope (weights mirrored on each device) and each
+    call runs the serving function on contiguous, equal shares of the patches, one per device, and concatenates the
+    outputs in patch order. Every output is per patch, so the result equals one device's.
     """
+    import contextlib
+
     import tensorflow as tf
 
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise DetectorError(f"{path}: not a SavedModel directory (no saved_model.pb); run the export_model rule")
-    loaded = tf.saved_model.load(str(path))
+    if strategy is not None and strategy.num_replicas_in_sync < 2:
+        strategy = None
+    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+        loaded = tf.saved_model.load(str(path))
     try:
         fn = loaded.signatures["serving_default"]
     except KeyError:
@@ -83,12 +92,42 @@ def load_detector(path: str | Path, required: tuple[str, ...] = REQUIRED_OUTPUTS
         sorted(fn.structured_outputs, key=lambda k: (OUTPUTS.index(k) if k in OUTPUTS else len(OUTPUTS), k))
     )
     # keep the loaded object alive with the function: the signature holds only weak references to its variables
-    return Detector(str(path), int(spec.shape[1]), outputs, _bound(fn, loaded), meta)
+    call = _bound(fn, loaded) if strategy is None else _split(fn, loaded, strategy)
+    return Detector(str(path), int(spec.shape[1]), outputs, call, meta)
 
 
 def _bound(fn, owner):
     def call(**kwargs):
         return fn(**kwargs)
+
+    call.owner = owner
+    return call
+
+
+def _split(fn, owner, strategy):
+    """fn(patches=...) with the patches split over the strategy's replicas: the batch is padded (repeating its last
+    patch) to a multiple of the replica count, each replica serves one contiguous share, the padding is dropped."""
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+
+    @tf.function
+    def run(shares):
+        return strategy.run(lambda p: fn(patches=p), args=(shares,))
+
+    def call(patches):
+        arr = np.asarray(patches)
+        n = len(arr)
+        per = -(-max(n, 1) // replicas)
+        if n < per * replicas:
+            fill = arr[-1:] if n else np.zeros((1, *arr.shape[1:]), arr.dtype)
+            arr = np.concatenate([arr, np.repeat(fill, per * replicas - n, axis=0)])
+        parts = [arr[r * per : (r + 1) * per] for r in range(replicas)]
+        shares = strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group])
+        )
+        out = run(shares)
+        return {k: tf.concat(strategy.experimental_local_results(v), 0)[:n] for k, v in out.items()}
 
     call.owner = owner
     return call

@@ -18,26 +18,9 @@ from PIL import Image
 from . import kde as kdelib
 from . import rendition, stitching
 from .colormap import apply_turbo
+from .names import FLOAT_MAPS, FRACTION_MAPS, MAP_NAMES, MASK_MAPS, RENDITION_SUFFIX, RGB_MAPS
 
 log = logging.getLogger("proganomaly.maps.slidemaps")
-
-RGB_MAPS = ("thumbnail", "reconstruction", "kde_color")
-MASK_MAPS = ("tissue", "coverage")
-FLOAT_MAPS = ("anomaly_map", "mahalanobis_d2", "flags", "kde")
-MAP_NAMES = (
-    "thumbnail",
-    "reconstruction",
-    "anomaly_map",
-    "mahalanobis_d2",
-    "flags",
-    "tissue",
-    "coverage",
-    "kde",
-    "kde_color",
-)
-# Float maps whose values are fractions in [0, 1]; their uint16 renditions share one fixed scale.
-FRACTION_MAPS = ("flags", "kde")
-RENDITION_SUFFIX = ".u16.tif"
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,8 @@
-"""Per-class evaluation figures and tables from the pooled metrics.json of each split, and the scorer comparison
-table from the detection benchmark's JSON. Every number is the evaluation stage's (or the benchmark's): this module
-only selects and plots.
+"""Per-class evaluation figures and tables from the pooled metrics.json of each split. Every number is the
+evaluation stage's: this module only selects and plots.
 """
 
 from __future__ import annotations
-
-import math
 
 import pandas as pd
 
@@ -93,26 +90,3 @@ def operating_point_text(op: dict) -> str:
     if op.get("chosen_on"):
         text += f"; chosen on {', '.join(op['chosen_on'].get('slides', []))}"
     return text + "."
-
-
-def scorer_table(bench: dict) -> pd.DataFrame:
-    """The detection benchmark {scorer: {class: {split: {auroc_mean, auroc_sd, ap_mean, ap_sd}}}} as one table:
-    a row per scorer and class, 'mean ± sd' of pixel AUROC and AP per split (validation before test)."""
-    splits = sorted({s for classes in bench.values() for per in classes.values() for s in per},
-                    key=lambda s: (s != "validation", s != "test", s))  # fmt: skip
-    rows = []
-    for scorer, per_class in bench.items():
-        for cls, per_split in per_class.items():
-            row = {"scorer": scorer, "class": cls}
-            for split in splits:
-                res = per_split.get(split) or {}
-                row[f"AUROC {split}"] = _pm(res.get("auroc_mean"), res.get("auroc_sd"))
-                row[f"AP {split}"] = _pm(res.get("ap_mean"), res.get("ap_sd"))
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _pm(mean, sd) -> str | None:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return None
-    return f"{mean:.3f}" if sd is None or (isinstance(sd, float) and math.isnan(sd)) else f"{mean:.3f} ± {sd:.3f}"
