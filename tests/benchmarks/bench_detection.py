@@ -61,6 +61,7 @@ def run_workflow(work: Path, overrides: dict, targets: list[str], log: Path) -> 
         "--directory", str(work),
         "--configfile", str(ROOT / "config" / "config.yaml"), str(override),
         "--cores", "2",
+        "--rerun-incomplete",  # a bench stopped mid-run leaves its jobs incomplete; resuming redoes them
         *targets,
     ]  # fmt: skip
     start = time.perf_counter()
@@ -217,16 +218,45 @@ def json_summary(rows: list[dict]) -> dict:
 GROUPS = ("group:foreign stain", "group:same-stain tissue", "group:artefacts")
 
 
-def validation_choice(summary: dict, map_name: str = "mahalanobis_d2") -> list[tuple[float, str, str]]:
-    """(criterion, variant, scorer), best first. The criterion, fixed before any run: the mean over the three anomaly
-    groups of the validation pixel AUROC of `map_name` (each a mean over seeds); test columns play no part."""
+def validation_choice(summary: dict, map_name: str = "mahalanobis_d2") -> list[tuple[int, float, str, str]]:
+    """(seeds, criterion, variant, scorer), best first. The criterion, fixed before any run: the mean over the three
+    anomaly groups of the validation pixel AUROC of `map_name` (each a mean over seeds); test columns play no part.
+    Rows measured on more seeds rank first: a one-seed number is not comparable with a three-seed mean."""
     ranked = []
     for variant, scorers in summary.items():
         for scorer, parts in scorers.items():
-            vals = [((parts.get(g) or {}).get("validation") or {}).get(map_name, {}).get("auroc_mean") for g in GROUPS]
+            cells = [((parts.get(g) or {}).get("validation") or {}).get(map_name, {}) for g in GROUPS]
+            vals = [c.get("auroc_mean") for c in cells]
             if all(v is not None for v in vals):
-                ranked.append((statistics.mean(vals), variant, scorer))
+                ranked.append((min(c.get("n", 0) for c in cells), statistics.mean(vals), variant, scorer))
     return sorted(ranked, reverse=True)
+
+
+def markdown_tables(summary: dict, times: pd.DataFrame) -> str:
+    """Markdown: per map, a row per variant × scorer × group (mean ± sd over seeds, seeds counted), then times."""
+    out = []
+    for name, label in (("mahalanobis_d2", "d² map"), ("kde", "KDE heat map")):
+        out += [f"### Pixel AUROC and AP of the {label}, per group (mean ± sd over seeds)", "",
+                "| variant | scorer | anomalies | validation AUROC | validation AP | test AUROC | test AP | seeds |",
+                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for variant, scorers in summary.items():
+            for scorer, parts in scorers.items():
+                for part in ("all", *GROUPS):
+                    cells = []
+                    for split in SPLITS:
+                        st = ((parts.get(part) or {}).get(split) or {}).get(name) or {}
+                        for k in ("auroc", "ap"):
+                            m = st.get(f"{k}_mean")
+                            cells.append("" if m is None else f"{m:.2f} ± {st.get(f'{k}_sd') or 0.0:.2f}")
+                    n = max((((parts.get(part) or {}).get(s) or {}).get(name) or {}).get("n", 0) for s in SPLITS)
+                    label_part = "all anomalies" if part == "all" else part.split(":", 1)[1]
+                    out.append(f"| {variant} | `{scorer}` | {label_part} | " + " | ".join(cells) + f" | {n} |")
+        out.append("")
+    out += ["### Median seconds per run", "", "| variant | scorer | train | calibration + export + inference |",
+            "|---|---|---|---|"]  # fmt: skip
+    for (variant, scorer), row in times.iterrows():
+        out.append(f"| {variant} | `{scorer}` | {row['train_s']:.0f} | {row['inference_s']:.0f} |")
+    return "\n".join(out) + "\n"
 
 
 def main() -> None:
@@ -245,6 +275,7 @@ def main() -> None:
         help="NAME=override.yaml of scorer-stage settings (τ, KDE …) used as SCORER@NAME in --scorers (no retraining)",
     )
     ap.add_argument("--also", type=Path, action="append", default=[], help="rows.json of another run to merge")
+    ap.add_argument("--markdown", type=Path, default=None, help="also write the tables as markdown here")
     ap.add_argument("--summarise-only", action="store_true", help="run nothing; table the rows there are")
     ap.add_argument(
         "--coarse-grid",
@@ -280,10 +311,10 @@ def main() -> None:
     print("\nmedian seconds per run (train: train_reconstruction; inference: calibration, export, infer_slide)")
     print(times.round(1).to_string())
     summary = json_summary(rows)
-    print("\nvalidation choice (mean over groups of validation pixel AUROC, d² map | KDE map):")
-    kde = {(v, sc): c for c, v, sc in validation_choice(summary, "kde")}
-    for crit, variant, scorer in validation_choice(summary):
-        print(f"  {crit:.3f} | {kde.get((variant, scorer), float('nan')):.3f}  {variant:>14}  {scorer}")
+    print("\nvalidation choice (most seeds first; mean over groups of validation pixel AUROC, d² map | KDE map):")
+    kde = {(v, sc): c for _, c, v, sc in validation_choice(summary, "kde")}
+    for n, crit, variant, scorer in validation_choice(summary):
+        print(f"  {n} seeds  {crit:.3f} | {kde.get((variant, scorer), float('nan')):.3f}  {variant:>14}  {scorer}")
     args.out.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     seeds = sorted({r["seed"] for r in rows})
@@ -292,6 +323,8 @@ def main() -> None:
     record = {"what": what, "seeds": seeds, "scorers": sorted({r["scorer"] for r in rows}),
               "variants": variants, "rows": rows, "summary": summary}  # fmt: skip
     (args.out / "detection.json").write_text(json.dumps(record, indent=1))
+    if args.markdown:
+        args.markdown.write_text(markdown_tables(summary, times))
     print(f"\nwrote {args.out / 'detection.json'}")
 
 
