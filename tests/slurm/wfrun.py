@@ -87,7 +87,10 @@ def chain_so_far(rules) -> list[Stage]:
 
 
 # What a run needs from the repository (relative paths, copied as they are).
-TREE = ("workflow", "scripts", "config", "envs", "slurm", "profiles", "tests/config")
+TREE = (
+    "workflow", "scripts", "config", "envs", "slurm", "profiles", "tests/config",
+    "docs/detection-benchmark.json",  # the report's scorer comparison reads it
+)  # fmt: skip
 
 
 def copy_tree(dest: Path) -> Path:
