@@ -10,14 +10,13 @@ With `resources.gpus.calibration` > 1 every batch of `calibration.batch_size` pa
 (MirroredStrategy, the model's weights mirrored on each); the per-GPU moments are merged exactly on the host.
 """
 
-import contextlib
 import math
 from pathlib import Path
 
 import numpy as np
 
 from proganomaly.calibration import errors, stats
-from proganomaly.common.devices import replica_strategy
+from proganomaly.common.devices import replica_strategy, scope
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import from_params
 from proganomaly.data.records import count_examples, make_dataset
@@ -31,7 +30,7 @@ if not manifests:
     raise SystemExit("no slide of split 'calibrate' in the slide sheet: add one (config/slides.tsv) to fit the errors")
 model_dir = Path(snakemake.input.model_json).parent
 strategy = replica_strategy(cfg.resources.gpus.calibration, "resources.gpus.calibration")
-with strategy.scope() if strategy else contextlib.nullcontext():  # weights mirrored on every GPU
+with scope(strategy):  # weights mirrored on every GPU
     trained = load_trained(model_dir)
     scorer = make_scorer(cfg.calibration.scorer, trained, settings=cfg.scoring)
 size = int(trained.patch_size_px)

@@ -11,7 +11,6 @@ With `resources.gpus.calibration` > 1 every batch is split over that many GPUs (
 fit_error_distribution; moments and histogram counts are merged exactly on the host.
 """
 
-import contextlib
 import json
 import math
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from proganomaly.calibration import errors, stats, threshold
-from proganomaly.common.devices import replica_strategy
+from proganomaly.common.devices import replica_strategy, scope
 from proganomaly.common.runlog import Progress, provenance, setup_logging, write_json
 from proganomaly.config import from_params
 from proganomaly.data.geojson import read_polygons
@@ -46,7 +45,7 @@ if cc.threshold_method == "supervised" and not annotations:
 ed = json.loads(Path(snakemake.input.error_distribution).read_text())
 gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"])}
 strategy = replica_strategy(cfg.resources.gpus.calibration, "resources.gpus.calibration")
-with strategy.scope() if strategy else contextlib.nullcontext():  # weights mirrored on every GPU
+with scope(strategy):  # weights mirrored on every GPU
     trained = load_trained(Path(snakemake.input.model_json).parent)
     scorer = scorer_from_record(
         ed, trained, expected=cc.scorer, source=snakemake.input.error_distribution, settings=cfg.scoring

@@ -16,6 +16,7 @@ os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(min(2, threads)))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 from proganomaly.common import runlog  # noqa: E402
+from proganomaly.common.devices import replica_strategy  # noqa: E402
 from proganomaly.config import from_params  # noqa: E402
 from proganomaly.data import records  # noqa: E402
 
@@ -44,15 +45,9 @@ if counts[patch] == 0:
 log.info("training on %d patches from %d train slides", counts[patch], len(train_manifests))
 
 gpus = tf.config.list_physical_devices("GPU")
-for gpu in gpus:
-    tf.config.experimental.set_memory_growth(gpu, True)
 replicas = config.resources.gpus.training
-if replicas > 1 and len(gpus) < replicas:
-    raise SystemExit(
-        f"resources.gpus.training={replicas} but this job sees {len(gpus)} GPU(s); check the Slurm request"
-    )
 # The replica count changes the numbers (per-replica masks and noise), so it comes from the config, not the node.
-strategy = tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(replicas)]) if replicas > 1 else None
+strategy = replica_strategy(replicas, "resources.gpus.training")
 log.info("devices: %d GPU(s) seen, %d used%s, %d CPU threads", len(gpus), replicas if gpus else 0,
          " with MirroredStrategy" if strategy else "", threads)  # fmt: skip
 if not gpus:

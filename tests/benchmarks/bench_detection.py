@@ -233,29 +233,23 @@ def validation_choice(summary: dict, map_name: str = "mahalanobis_d2") -> list[t
 
 
 def markdown_tables(summary: dict, times: pd.DataFrame) -> str:
-    """Markdown: per map, a row per variant × scorer × group (mean ± sd over seeds, seeds counted), then times."""
+    """Markdown: per map, the report's comparison table (a row per group × variant × scorer, mean ± sd over seeds,
+    seeds counted), then the times."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from proganomaly.report.scorers import comparison_table
+
+    def rows(df: pd.DataFrame) -> list[str]:
+        head = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+        return head + [
+            "| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in df.itertuples(index=False)
+        ]
+
     out = []
     for name, label in (("mahalanobis_d2", "d² map"), ("kde", "KDE heat map")):
-        out += [f"### Pixel AUROC and AP of the {label}, per group (mean ± sd over seeds)", "",
-                "| variant | scorer | anomalies | validation AUROC | validation AP | test AUROC | test AP | seeds |",
-                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for variant, scorers in summary.items():
-            for scorer, parts in scorers.items():
-                for part in ("all", *GROUPS):
-                    cells = []
-                    for split in SPLITS:
-                        st = ((parts.get(part) or {}).get(split) or {}).get(name) or {}
-                        for k in ("auroc", "ap"):
-                            m = st.get(f"{k}_mean")
-                            cells.append("" if m is None else f"{m:.2f} ± {st.get(f'{k}_sd') or 0.0:.2f}")
-                    n = max((((parts.get(part) or {}).get(s) or {}).get(name) or {}).get("n", 0) for s in SPLITS)
-                    label_part = "all anomalies" if part == "all" else part.split(":", 1)[1]
-                    out.append(f"| {variant} | `{scorer}` | {label_part} | " + " | ".join(cells) + f" | {n} |")
-        out.append("")
-    out += ["### Median seconds per run", "", "| variant | scorer | train | calibration + export + inference |",
-            "|---|---|---|---|"]  # fmt: skip
-    for (variant, scorer), row in times.iterrows():
-        out.append(f"| {variant} | `{scorer}` | {row['train_s']:.0f} | {row['inference_s']:.0f} |")
+        out += [f"### Pixel AUROC and AP of the {label}, per group (mean ± sd over seeds)", ""]
+        out += [*rows(comparison_table(summary, name)), ""]
+    out += ["### Median seconds per run", ""]
+    out += rows(times.round(0).astype(int).reset_index())
     return "\n".join(out) + "\n"
 
 

@@ -6,6 +6,7 @@ job that sees fewer GPUs stops with a message naming the key instead of silently
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 log = logging.getLogger("proganomaly.common.devices")
@@ -43,3 +44,8 @@ def replica_strategy(replicas: int, key: str, devices: list[str] | None = None):
         raise DeviceError(f"{key}={replicas} but {len(devices)} device(s) were given: {devices}")
     log.info("MirroredStrategy over %s (%s)", devices, key)
     return tf.distribute.MirroredStrategy(devices)
+
+
+def scope(strategy):
+    """The strategy's scope (variables mirrored on every replica), or a no-op without one."""
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()

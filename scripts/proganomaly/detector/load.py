@@ -62,16 +62,16 @@ def load_detector(path: str | Path, required: tuple[str, ...] = REQUIRED_OUTPUTS
     call runs the serving function on contiguous, equal shares of the patches, one per device, and concatenates the
     outputs in patch order. Every output is per patch, so the result equals one device's.
     """
-    import contextlib
-
     import tensorflow as tf
+
+    from proganomaly.common.devices import scope
 
     path = Path(path)
     if not (path / "saved_model.pb").is_file():
         raise DetectorError(f"{path}: not a SavedModel directory (no saved_model.pb); run the export_model rule")
     if strategy is not None and strategy.num_replicas_in_sync < 2:
         strategy = None
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+    with scope(strategy):
         loaded = tf.saved_model.load(str(path))
     try:
         fn = loaded.signatures["serving_default"]

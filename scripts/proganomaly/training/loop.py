@@ -12,7 +12,6 @@ only them (`_finish_pending_phase` on resume), never the phase's training.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from proganomaly.common.devices import scope
 from proganomaly.common.io import write_json
 from proganomaly.common.runlog import Progress
 from proganomaly.model import io as model_io
@@ -54,7 +54,7 @@ class Trainer:
         self.blocks = num_blocks(spec.patch_size_px)
         self.plans = plan(self.cfg, self.blocks)
         self.compute_dtype = COMPUTE_DTYPES[self.cfg.precision]
-        with self.strategy.scope() if self.strategy else contextlib.nullcontext():
+        with scope(self.strategy):
             self.nets = build_networks(spec.model, spec.patch_size_px, spec.seed)
             self.optimizers = build_optimizers(self.nets, self.cfg.optimizers)
             self.counters = Counters()
