@@ -1,5 +1,6 @@
 """Rule choose_operating_point: the threshold × dilation cell used for every evaluated slide, chosen on the pooled
-grid of the annotated validation slides (or the configured fixed cell when there are none, saying so)."""
+grid of the validation slides with an annotation file, normal-only slides included (best F1 within the budget of
+normal tissue inside the polygons by default; the configured fixed cell when there are none, saying so)."""
 
 from pathlib import Path
 
@@ -17,5 +18,7 @@ write_json(
     snakemake.output[0],
     op | {"provenance": provenance(config.to_dict(), inputs=[str(p) for p in snakemake.input.grids])},
 )
+if op.get("warning"):
+    log.warning("operating point: %s", op["warning"])
 log.info("operating point: %s, KDE > %g, dilation %g%s", op["source"], op["threshold"], op["dilation"],
          f" ({op['reason']})" if "reason" in op else "")  # fmt: skip

@@ -2,9 +2,11 @@
 
 Every pixel of every calibrate patch is one observation of the features e of `calibration.scorer` (for rgb_error
 e = |x − G(x)|, x in [-1, 1], inference mode). The scorer's own state (if it fits one), its `scoring` settings, the
-mean, sample covariance (plus the scorer's ridge), its inverse and Cholesky factors go to
-results/calibration/error_distribution.json together with per-channel histograms and quantiles of e (for the
-report) and provenance.
+mean, the covariance (`calibration.covariance`: the exact sample covariance, or its correlation shrunk towards the
+identity by OAS / Ledoit-Wolf estimated on one feature row per patch; plus the scorer's ridge), its inverse and
+Cholesky factors, the shrinkage α, the per-channel anomaly directions d² clips with (`calibration.one_sided`) and
+any warnings go to results/calibration/error_distribution.json together with per-channel histograms and quantiles
+of e (for the report) and provenance.
 
 With `resources.gpus.calibration` > 1 every batch of `calibration.batch_size` patches is split over that many GPUs
 (MirroredStrategy, the model's weights mirrored on each); the per-GPU moments are merged exactly on the host.
@@ -43,7 +45,7 @@ log.info("%s model (%d px) over %d calibrate patches in batches of %d on %s", tr
 
 edges = stats.linear_edges(*scorer.histogram_range, cfg.calibration.error_histogram_bins)
 progress = Progress(math.ceil(n_patches / batch), "fit_error_distribution", "batches", logger=log)
-moments, counts = errors.fit_error_distribution(
+moments, counts, rows = errors.fit_error_distribution(
     scorer,
     make_dataset(manifests, size, batch_size=batch),
     edges,
@@ -51,12 +53,23 @@ moments, counts = errors.fit_error_distribution(
     progress=progress,
     jit_compile=cfg.calibration.jit_compile,
     border_px=cfg.calibration.border_px,
+    with_rows=True,
 )
 inner = size - 2 * cfg.calibration.border_px
-if moments.n != n_patches * inner * inner:
+if moments.n != n_patches * inner * inner or len(rows) != n_patches:
     raise SystemExit(f"saw {moments.n} pixels, expected {n_patches}·{inner}² from the manifests: records are stale")
-gauss = stats.gaussian_fit(moments, ridge=scorer.ridge)
+kind = cfg.calibration.covariance
+gauss = stats.gaussian_fit(moments, ridge=scorer.ridge, rows=rows, kind=kind)
+shrinkage = gauss["shrinkage"]
 log.info("mean %s, covariance diagonal %s", np.round(gauss["mean"], 5), np.round(np.diag(gauss["covariance"]), 6))
+log.info("covariance %s: shrinkage α = %.4g from %d patch rows (%.1f per dimension)", kind, shrinkage["alpha"],
+         shrinkage["n_rows"], shrinkage["rows_per_dimension"])  # fmt: skip
+warnings = [w for w in [stats.sample_size_warning(n_patches, moments.dim)] if w]
+for w in warnings:
+    log.warning(w)
+one_sided = bool(cfg.calibration.one_sided)
+directions = list(scorer.directions) if one_sided else [0] * len(scorer.channels)
+log.info("d² one-sided: %s; directions %s", one_sided, dict(zip(scorer.channels, scorer.directions, strict=True)))
 
 write_json(
     snakemake.output.json,
@@ -72,8 +85,21 @@ write_json(
         "channels": list(scorer.channels),
         "mean": gauss["mean"],
         "covariance": gauss["covariance"],
-        "covariance_kind": "sample (ddof = 1), float64 Chan merges over batches",
+        "covariance_kind": kind,
+        "covariance_estimate": (
+            "sample (ddof = 1), float64 Chan merges over batches"
+            if kind == "sample"
+            else f"D ((1 - alpha) R + alpha I) D: R, D the exact sample correlation and standard deviations (float64 "
+            f"Chan merges), alpha = sklearn {kind} on one seeded interior pixel's features per patch, standardised"
+        ),
+        "shrinkage": shrinkage,
         "covariance_ridge": scorer.ridge,
+        "one_sided": one_sided,
+        "channel_directions": list(scorer.directions),
+        "directions": directions,
+        "directions_rule": "d2 = y^T precision y with y = e - mean, y_j clipped to >= 0 where directions_j = +1 and to "
+        "<= 0 where it is -1 (unclipped where 0)",
+        "warnings": warnings,
         "precision": gauss["precision"],
         "cholesky": gauss["cholesky"],
         "precision_cholesky": gauss["precision_cholesky"],

@@ -1,9 +1,10 @@
 """Rule fit_threshold: the dynamic threshold τ on d² from the threshold and validation slides.
 
-Streams d² = (e − μ)ᵀ Σ⁻¹ (e − μ) of every pixel of every patch of those slides. Always computes, over the normal
-pixels (all but those inside the annotations of annotated slides), the unsupervised τ = mean + k·std and the quantile
-τ; when slides have annotations, also the supervised τ maximising F-β over their pixels (labels: pixel centre inside
-an annotation polygon). `calibration.threshold_method` picks the one that is exported. Writes
+Streams d² = yᵀ Σ⁻¹ y, y = e − μ (clipped per channel to its anomalous side with the error distribution's
+one-sided "directions"), of every pixel of every patch of those slides. Always computes, over the normal pixels
+(every pixel of the patches that touch no annotation: a per-patch score spreads an anomaly over its whole patch),
+the unsupervised τ = mean + k·std and the quantile τ; when slides have annotations, also the supervised τ
+maximising F-β over all their pixels (labels: pixel centre inside an annotation polygon). `calibration.threshold_method` picks the one that is exported. Writes
 results/calibration/threshold.json with all three, the pixel counts they used, d² quantiles and histogram (also by
 label), and the F-β curve.
 
@@ -43,7 +44,12 @@ if cc.threshold_method == "supervised" and not annotations:
     )
 
 ed = json.loads(Path(snakemake.input.error_distribution).read_text())
-gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"])}
+if ed.get("one_sided") != cc.one_sided:
+    raise SystemExit(
+        f"{snakemake.input.error_distribution} was fitted with calibration.one_sided={ed.get('one_sided')}, the config "
+        f"has {cc.one_sided}: rerun fit_error_distribution"
+    )
+gauss = {"mean": np.asarray(ed["mean"]), "precision": np.asarray(ed["precision"]), "directions": ed.get("directions")}
 strategy = replica_strategy(cfg.resources.gpus.calibration, "resources.gpus.calibration")
 with scope(strategy):  # weights mirrored on every GPU
     trained = load_trained(Path(snakemake.input.model_json).parent)
@@ -88,9 +94,16 @@ out = errors.collect_d2(
     border_px=cc.border_px,
 )
 
-normal = threshold.normal_pixels_record(out["moments"].n, out["normal_counts"].sum(), annotations)
-log.info("normal pixels: %d of %d (%d inside annotations left out)", normal["n_normal"], normal["n_pixels"],
-         normal["n_excluded_annotated"])  # fmt: skip
+normal = threshold.normal_pixels_record(
+    out["moments"].n,
+    out["normal_counts"].sum(),
+    annotations,
+    n_anomalous=out["n_anomalous_pixels"],
+    touching=out["touching_anomaly"],
+)
+log.info("normal pixels: %d of %d (%d inside annotations and %d more of %d patches touching them left out)",
+         normal["n_normal"], normal["n_pixels"], normal["n_anomalous"],
+         normal["dropped_touching_anomaly"]["normal_pixels"], normal["dropped_touching_anomaly"]["patches"])  # fmt: skip
 if out["normal_moments"] is None:
     raise SystemExit(
         "every pixel of the threshold/validation slides lies inside an annotation, so no normal pixel is left to fit τ "
@@ -111,8 +124,11 @@ for rec in (unsup, quant):
 log.info("unsupervised τ = %.6g (mean %.6g + %g · std %.6g)", unsup["tau"], unsup["mean"], cc.k_std, unsup["std"])
 log.info("quantile τ = %.6g (%g-quantile of normal d2; %s)", quant["tau"], quant["q"], quant["how"])
 result = {
-    "definition": "a pixel is flagged when d2 > tau; d2 = (e - mean)^T precision (e - mean) with the fitted Gaussian",
+    "definition": "a pixel is flagged when d2 > tau; d2 = y^T precision y, y = e - mean clipped per channel to its "
+    "anomalous side (directions) with the fitted Gaussian",
     "scorer": scorer.name,
+    "one_sided": ed.get("one_sided"),
+    "directions": ed.get("directions"),
     "n_patches": n_patches,
     "n_pixels": out["moments"].n,
     "normal_pixels": normal,

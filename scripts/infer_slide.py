@@ -21,6 +21,7 @@ from proganomaly.common import runlog
 from proganomaly.common.devices import replica_strategy
 from proganomaly.common.io import atomic_path
 from proganomaly.config import from_params, load_config
+from proganomaly.data.stain import slide_normaliser
 from proganomaly.detector.load import load_detector
 from proganomaly.maps import inference, kde, stitching
 
@@ -37,6 +38,7 @@ def main(
     config,
     raw_config,
     log_path=None,
+    stain_path=None,
 ):
     log = runlog.setup_logging(log_path)
     from proganomaly.data.slide import open_slide, read_patch
@@ -60,6 +62,12 @@ def main(
             )  # fmt: skip
 
     inf = config.inference
+    read = functools.partial(read_patch, from_pyramid=inf.read_from_pyramid)
+    # The slide's one stain estimate (tile_slide's stain.json) maps every patch, as write_records did for training.
+    normaliser = slide_normaliser(config.stain.normalisation, stain_path)
+    if normaliser is not None:
+        read = _normalised(read, normaliser)
+        log.info("%s: patches stain-normalised (%s) with %s", slide_id, config.stain.normalisation, stain_path)
     with open_slide(slide_path, mpp=mpp) as slide:
         width, height = slide.dimensions
         ds = stitching.map_downsample(config.stitching.map_mpp, float(slide.mpp))
@@ -80,9 +88,8 @@ def main(
         progress = runlog.Progress(len(table), f"infer {slide_id}", unit="patches")
         result, timings = inference.run_inference(
             slide, table, detector, canvas, slide_id=slide_id, batch_size=inf.batch_size,
-            prefetch_batches=inf.prefetch_batches, read_patch=functools.partial(
-                read_patch, from_pyramid=inf.read_from_pyramid
-            ), patch_kde=patch_kde, progress=progress.update, border_px=config.calibration.border_px,
+            prefetch_batches=inf.prefetch_batches, read_patch=read, patch_kde=patch_kde, progress=progress.update,
+            border_px=config.calibration.border_px,
             read_threads=inf.read_threads, write_queue_batches=inf.write_queue_batches,
         )  # fmt: skip
     with atomic_path(out_patches) as tmp:
@@ -99,9 +106,17 @@ def main(
         runlog.provenance(
             raw_config, slide_id=slide_id, slide_file=str(slide_path), saved_model=str(model_path),
             patch_size_px=detector.patch_size_px, patches=len(table), map_grid=grid.__dict__, timings=timings,
-            patches_per_s=rate,
+            patches_per_s=rate, stain_normalisation=config.stain.normalisation,
+            stain_estimate=str(stain_path) if normaliser else None,
         ),
     )  # fmt: skip
+
+
+def _normalised(read, normaliser):
+    def read_normalised(*args, **kwargs):
+        return normaliser(read(*args, **kwargs))
+
+    return read_normalised
 
 
 if __name__ == "__main__" and "snakemake" not in globals():
@@ -113,10 +128,12 @@ if __name__ == "__main__" and "snakemake" not in globals():
     main(
         args[0], args[1], args[2], args[3], out / "patches.parquet", out / "canvas", out / "inference.json",
         float(args[5]) if len(args) == 6 else None, cfg, cfg.to_dict(),
+        stain_path=Path(args[2]).with_name(f"{args[0]}.stain.json"),  # tile_slide writes it beside the patch table
     )  # fmt: skip
 else:
     main(
         snakemake.wildcards.slide, snakemake.input.slide, snakemake.input.patches, snakemake.input.model,
         snakemake.output.patches, snakemake.output.canvas, snakemake.output.json, snakemake.params.mpp,
         (cfg := from_params(snakemake.params, snakemake.rule)), cfg.to_dict(), snakemake.log[0],
+        stain_path=snakemake.input.get("stain") or None,
     )  # fmt: skip

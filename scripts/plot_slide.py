@@ -8,18 +8,6 @@ from proganomaly.config import from_params
 from proganomaly.data.geojson import read_polygons
 from proganomaly.report import slides, style
 
-
-def operating_point(metrics: dict) -> str:
-    """'threshold t, dilation d' of the first mapping in metrics.json that states both (its chosen cell)."""
-    stack = [metrics]
-    while stack:
-        node = stack.pop(0)
-        if {"threshold", "dilation"} <= set(node):
-            return f"KDE > {float(node['threshold']):.3g}, dilation {float(node['dilation']):g}"
-        stack += [v for k, v in node.items() if isinstance(v, dict) and k != "provenance"]
-    return ""
-
-
 log = setup_logging(snakemake.log[0])
 cfg = from_params(snakemake.params, snakemake.rule)
 slide_id = snakemake.wildcards.slide
@@ -33,7 +21,8 @@ annotations, repairs = read_polygons(snakemake.input.annotations[0]) if snakemak
 for r in repairs:
     log.warning("%s: %s", slide_id, r)
 predicted = read_polygons(snakemake.input.predicted[0])[0] if snakemake.input.predicted else []
-point = operating_point(json.loads(Path(snakemake.input.metrics[0]).read_text())) if snakemake.input.metrics else ""
+metrics = json.loads(Path(snakemake.input.metrics[0]).read_text()) if snakemake.input.metrics else {}
+point = slides.operating_point_text(metrics)
 fig = slides.plot_slide_panels(
     slide_id,
     thumbnail=thumbnail,

@@ -1,5 +1,7 @@
-"""Rule pool_metrics: pool one split's evaluated slides: grids (areas summed per cell, all classes and per part),
-pixels (concatenated, weighted) and the areas at the validation-chosen operating point."""
+"""Rule pool_metrics: pool one split's evaluated slides (normal-only slides included): grids (areas summed per cell,
+all classes and per part), pixels (concatenated, weighted: one AUROC over every pixel of every slide, so per-slide
+offsets count), the areas at the validation-chosen operating point, and the specificity object (normal tissue
+flagged, FP area, lesion sensitivity, FROC, flag-everything F1)."""
 
 from pathlib import Path
 
@@ -8,7 +10,7 @@ import pandas as pd
 from proganomaly.common.io import atomic_path
 from proganomaly.common.runlog import provenance, setup_logging, write_json
 from proganomaly.config import from_params
-from proganomaly.evaluation import classes, metrics, operating
+from proganomaly.evaluation import classes, lesions, metrics, operating, specificity
 from proganomaly.evaluation import inputs as eval_io
 
 MAPS = ("mahalanobis_d2", "anomaly_map", "kde")
@@ -40,6 +42,14 @@ part_columns = {key: col for col in pixels.columns if (key := classes.parse_colu
 part_pixel = metrics.part_pixel_scores(pixels, part_columns, MAPS, pixels["weight"], ev.curve_points)
 best_parts = metrics.best_part_cells(pooled_parts, "f1")
 
+lesion_grid = pd.concat([pd.read_parquet(p) for p in inp.lesion_grids], ignore_index=True)
+froc = lesions.froc(pooled, lesion_grid, float(op["dilation"]), ev.lesion_min_overlap)
+froc["operating_threshold"] = float(op["threshold"])
+best_f1 = metrics.best_cell(pooled, "f1")
+spec = specificity.split_summary(per_slide, at_point, best_f1 and best_f1["value"], froc)
+for warning in spec["warnings"]:
+    log.warning("at the operating point: %s", warning)
+
 mode = str(grids[0]["dilation_mode"].iloc[0])
 point_frames = [operating.record_frames(r, op, mode) for r in at_point]
 at_op = operating.pooled_record([g for g, _ in point_frames], [p for _, p in point_frames], ev.beta)
@@ -51,6 +61,7 @@ summary = [
         "slide_id": m["slide_id"],
         "oracle_best_f1": m["best_f1"],
         "oracle_best_iou": m["best_iou"],
+        "normal_only": bool(m.get("normal_only", False)),
         "at_operating_point": {k: r["all"].get(k) for k in ("precision", "recall", "f1", "iou")},
         **{f"auroc_{k}": m["pixel"][k]["auroc"] for k in pixel},
         **{f"average_precision_{k}": m["pixel"][k]["average_precision"] for k in pixel},
@@ -69,10 +80,11 @@ write_json(
         "annotation_classes": groups,
         # best_f1 / best_iou are this split's own best cells (an oracle); at_operating_point is the reported one.
         "best_cells_are_oracle": True,
-        "best_f1": metrics.best_cell(pooled, "f1"),
+        "best_f1": best_f1,
         "best_iou": metrics.best_cell(pooled, "iou"),
         "operating_point": {k: v for k, v in op.items() if k != "provenance"},
         "at_operating_point": at_op,
+        "specificity": spec,
         "pixel": {"sampled_pixels": len(pixels), **pixel},
         "per_class": {
             level: {
@@ -86,7 +98,11 @@ write_json(
     },
 )
 log.info(
-    "pooled %s: %d slides (%s): oracle best F1 %s; at the operating point (%s) F1 %s",
-    split, len(slides), ", ".join(slides), metrics.best_cell(pooled, "f1"), op["source"], at_op["all"]["f1"],
+    "pooled %s: %d slides (%s; normal-only %s): oracle best F1 %s; at the operating point (%s) F1 %s (flag "
+    "everything %s), normal tissue inside polygons %s (normal-only slides) / %s (all), pixel flags %s, lesion "
+    "sensitivity %s",
+    split, len(slides), ", ".join(slides), spec["normal_only_slides"], best_f1 and best_f1["value"], op["source"],
+    at_op["all"]["f1"], spec["f1_flag_everything"], spec["normal_tissue_in_polygons"],
+    spec["normal_tissue_in_polygons_all"], spec["normal_tissue_flagged"], spec["lesion_sensitivity"],
 )  # fmt: skip
 log.info("per class AUROC (kde): %s", {n: r["kde"]["auroc"] for n, r in part_pixel.get("class", {}).items()})

@@ -57,5 +57,9 @@ else:
         Path(snakemake.output.overviews[0]).parent, snakemake.output.json,
         (cfg := from_params(snakemake.params, snakemake.rule)), cfg.to_dict(), snakemake.log[0],
     )  # fmt: skip
-    # Per-patch scores as QuPath tiles (level-0 px, like the slide), beside the maps they explain.
-    write_tiles(snakemake.output.tiles, pd.read_parquet(snakemake.input.patches), snakemake.wildcards.slide)
+    # Per-patch scores as QuPath tiles (level-0 px, like the slide), beside the maps they explain: each patch's stride
+    # cell, so the tiles do not overlap (geojson.tile_cells).
+    write_tiles(
+        snakemake.output.tiles, pd.read_parquet(snakemake.input.patches), snakemake.wildcards.slide,
+        stride=json.loads(Path(snakemake.input.qc).read_text())["patch"]["stride_level0_px"],
+    )  # fmt: skip

@@ -1,7 +1,10 @@
 """Rule tile_slide: tissue mask and patch table of one slide, with its QC record and report image.
 
 Outputs: the patch table (Parquet), the QC JSON, the overlay PNG (thumbnail, tissue outline, kept patches) and the
-binary tissue mask PNG (0/255, thumbnail resolution; its level-0 downsample is `thumbnail_downsample` in the QC JSON).
+binary tissue mask PNG (0/255, thumbnail resolution; its level-0 downsample is `thumbnail_downsample` in the QC JSON)
+and the slide's stain estimate (proganomaly.data.stain.estimate on the thumbnail's tissue pixels), which
+write_records and infer_slide read when stain.normalisation is on. It is written whatever that key says, so choosing a
+normalisation never re-tiles.
 File-level problems (missing, empty, truncated, not a TIFF, no mpp) fail in open_slide before any pixel is decoded.
 """
 
@@ -13,6 +16,7 @@ from PIL import Image
 from proganomaly.common.io import atomic_path
 from proganomaly.common.runlog import provenance, setup_logging, write_json
 from proganomaly.config import from_params
+from proganomaly.data import stain
 from proganomaly.data.slide import SlideError, open_slide
 from proganomaly.data.tiling import TilingError, render_overlay, tile_slide
 
@@ -53,6 +57,18 @@ save_png(out.mask, overlay)
 qc = dict(result.qc)
 qc["provenance"] = provenance(cfg.to_dict(), slide=str(slide_path))
 write_json(out.qc, qc)
+estimate = stain.estimate(result.thumbnail, result.mask)
+estimate["source"] = {
+    "image": "tissue thumbnail",
+    "thumbnail_mpp": qc["tissue"]["thumbnail_mpp"],
+    "thumbnail_downsample": qc["thumbnail_downsample"],
+    "thumbnail_shape": qc["thumbnail_shape"],
+}
+estimate["provenance"] = provenance(cfg.to_dict(), slide=str(slide_path))
+write_json(out.stain, estimate)
+if estimate["macenko"]["status"] != "ok":
+    log.warning("%s: Macenko stain estimate: %s", slide_id, estimate["macenko"]["reason"])
+log.info("%s: stain I0 %s (%s)", slide_id, [round(v, 1) for v in estimate["i0"]], estimate["i0_source"])
 log.info(
     "%s: tissue %.1f%% of the slide, %d of %d patches kept (%d level-0 px each), %.2f s",
     slide_id,

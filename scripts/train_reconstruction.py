@@ -2,6 +2,9 @@
 
 Held-out patches: the first training.heldout_examples patches (record order) of the calibrate slides, which training
 never reads; their reconstruction error is logged after every phase.
+
+With stain.augment_sigma > 0 the training batches (never the held-out ones) get Tellez's HED jitter
+(proganomaly.training.augment), seeded by each phase's data seed and the batch index.
 """
 
 import hashlib
@@ -25,6 +28,7 @@ logging.getLogger("absl").setLevel(logging.WARNING)  # one line per checkpoint s
 
 import tensorflow as tf  # noqa: E402
 
+from proganomaly.training.augment import stain_jitter  # noqa: E402
 from proganomaly.training.loop import Trainer  # noqa: E402
 from proganomaly.training.spec import RunSpec, enable_determinism  # noqa: E402
 
@@ -60,8 +64,9 @@ def dataset_fn(resolution, batch_size, seed):
     buffer = records.buffer_examples(train_manifests, resolution, config.training.shuffle_buffer_mb)
     log.info("%d px: shuffle buffer of %d examples (training.shuffle_buffer_mb=%g)", resolution, buffer,
              config.training.shuffle_buffer_mb)  # fmt: skip
-    return records.make_dataset(train_manifests, resolution, batch_size=batch_size, shuffle=True, seed=seed,
-                                repeat=True, drop_remainder=True, shuffle_buffer=buffer)  # fmt: skip
+    ds = records.make_dataset(train_manifests, resolution, batch_size=batch_size, shuffle=True, seed=seed,
+                              repeat=True, drop_remainder=True, shuffle_buffer=buffer)  # fmt: skip
+    return stain_jitter(ds, config.stain.augment_sigma, seed)
 
 
 def heldout_fn(resolution):
@@ -75,7 +80,10 @@ def heldout_fn(resolution):
 if not heldout_manifests:
     log.warning("no calibrate slides: no held-out error and no sample grids (samples/ stays empty)")
 
-data_fingerprint = hashlib.sha256(b"".join(Path(p).read_bytes() for p in train_manifests)).hexdigest()
+data_bytes = b"".join(Path(p).read_bytes() for p in train_manifests)
+if config.stain.augment_sigma > 0:  # the jitter changes the numbers: a checkpoint without it must not be resumed
+    data_bytes += f"stain.augment_sigma={config.stain.augment_sigma!r}".encode()
+data_fingerprint = hashlib.sha256(data_bytes).hexdigest()
 spec = RunSpec(config.model, config.training, config.seed, patch, replicas=replicas)
 trainer = Trainer(spec, out_dir, dataset_fn, heldout_fn, data_fingerprint=data_fingerprint, strategy=strategy)
 summary = trainer.run()

@@ -1,4 +1,8 @@
-"""Rule write_records: per-resolution TFRecords of one slide's tissue patches, and their manifest."""
+"""Rule write_records: per-resolution TFRecords of one slide's tissue patches, and their manifest.
+
+With stain.normalisation on, every patch is normalised with the slide's stain estimate (input `stain`, the
+tile_slide's stain.json) as it is read, and the manifest records the method and the estimate's checksum.
+"""
 
 import json
 from pathlib import Path
@@ -10,6 +14,7 @@ from proganomaly.common.runlog import Progress, provenance, setup_logging, write
 from proganomaly.config import from_params
 from proganomaly.data.records import build_manifest, write_slide_records
 from proganomaly.data.slide import open_slide
+from proganomaly.data.stain import slide_normaliser
 
 log = setup_logging(snakemake.log[0])
 cfg = from_params(snakemake.params, snakemake.rule)
@@ -18,12 +23,22 @@ patches = pd.read_parquet(snakemake.input.patches)
 qc = json.loads(Path(snakemake.input.qc).read_text())
 sizes = cfg.records.resolutions(cfg.tiling.patch_size_px)
 out_dir = Path(snakemake.output.records)
+method = cfg.stain.normalisation
+stain_path = snakemake.input.get("stain") or None
+normaliser = slide_normaliser(method, stain_path)
 
-log.info("%s: %d patches → records at %s px", slide_id, len(patches), sizes)
+log.info("%s: %d patches → records at %s px, stain normalisation %s", slide_id, len(patches), sizes, method)
 with open_slide(snakemake.input.slide, mpp=qc.get("mpp")) as slide:
     progress = Progress(len(patches), f"write_records {slide_id}", "patches", logger=log)
     resolutions = write_slide_records(
-        slide, patches, out_dir, sizes, cfg.records.shard_max_examples, cfg.tiling.patch_size_px, progress.update
+        slide,
+        patches,
+        out_dir,
+        sizes,
+        cfg.records.shard_max_examples,
+        cfg.tiling.patch_size_px,
+        progress.update,
+        transform=normaliser,
     )
 
 manifest = build_manifest(
@@ -40,6 +55,11 @@ manifest = build_manifest(
     },
     params={"sizes": sizes, "shard_max_examples": cfg.records.shard_max_examples},
     provenance=provenance(cfg.to_dict()),
+    stain={
+        "normalisation": method,
+        "estimate": stain_path,
+        "estimate_sha256": sha256_file(stain_path) if stain_path else None,
+    },
 )
 write_json(snakemake.output.manifest, manifest)
 log.info("wrote %s", {s: r["count"] for s, r in resolutions.items()})

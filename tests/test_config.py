@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import inspect
+import json
 import pickle
 import re
 import shutil
@@ -314,3 +315,182 @@ def test_from_params_types_the_slice_and_refuses_other_keys():
     assert cfg.to_dict() == {k: v for k, v in params.items() if k != "mpp"}
     with pytest.raises(ConfigError, match="expected int"):
         from_params({"tiling": {"patch_size_px": "64"}}, "some_rule")
+
+
+# ---------------------------------------------------------------------------- scorers checked before training
+def test_scorer_enums_equal_the_registry():
+    """The schema's names are the registry's (the workflow parses without importing TensorFlow, so it cannot ask the
+    registry itself): a new scorer module needs its name in both enums."""
+    from proganomaly.config import enum_of
+    from proganomaly.scoring import SCORERS
+
+    assert enum_of("calibration.scorer") == sorted(SCORERS)
+    assert enum_of("scoring.combined.scorers") == sorted(set(SCORERS) - {"combined"})
+
+
+@pytest.mark.parametrize(
+    ("patch", "path", "words"),
+    [
+        ({"calibration": {"scorer": "rgb_eror"}}, "calibration.scorer", "'rgb_eror' is not one of ['combined'"),
+        ({"scoring": {"combined": {"scorers": ["rgb_error", "combined"]}}}, "scoring.combined.scorers.1", "not one of"),
+        ({"scoring": {"combined": {"scorers": ["rgb_error", "rgb_error"]}}}, "scoring.combined.scorers", "non-unique"),
+    ],
+)
+def test_unknown_scorer_names_fail_validation_with_the_valid_names(patch, path, words):
+    with pytest.raises(ConfigError) as err:
+        validate_config(copy.deepcopy(patch))
+    assert f"config key {path}:" in str(err.value) and words in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("patch", "words"),
+    [
+        (
+            {"calibration": {"scorer": "inpainting"}, "scoring": {"inpainting": {"block_px": 24}}},
+            "scoring.inpainting.block_px=24 does not divide tiling.patch_size_px=64",
+        ),
+        (
+            {"calibration": {"scorer": "inpainting"}, "scoring": {"inpainting": {"block_px": 32, "masks": 5}}},
+            "scoring.inpainting.masks=5 exceeds the 4 blocks",
+        ),
+        (
+            {
+                "calibration": {"scorer": "combined"},
+                "scoring": {
+                    "combined": {"scorers": ["rgb_error", "gradient_similarity"]},
+                    "gradient_similarity": {"source": "inpainting"},
+                    "inpainting": {"block_px": 12},
+                },
+            },
+            "scoring.inpainting.block_px=12 does not divide tiling.patch_size_px=64 (a part of scoring.combined",
+        ),
+        (
+            {"calibration": {"scorer": "encoder_features"}, "scoring": {"encoder_features": {"layers": [1, 5]}}},
+            "scoring.encoder_features.layers [1, 5]: a tiling.patch_size_px=64 model has 5 blocks, so depths 0..4",
+        ),
+        (
+            {"calibration": {"scorer": "latent_distance"}, "model": {"create_encoder": False}},
+            "calibration.scorer latent_distance needs GANomaly's second encoder E",
+        ),
+        (
+            {"calibration": {"scorer": "combined"}, "scoring": {"combined": {"scorers": ["latent_distance"]}}},
+            "latent_distance (a part of scoring.combined.scorers) needs",
+        ),
+    ],
+    ids=["block_px", "masks", "combined_block_px", "encoder_layers", "latent_distance", "combined_latent"],
+)
+def test_scorer_settings_are_checked_at_parse_time(patch, words):
+    cfg = Config.from_dict(validate_config(copy.deepcopy(patch)))
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        check_cross_keys(cfg)
+
+
+def test_scorer_settings_that_fit_pass_and_unused_ones_are_not_checked():
+    ok = {
+        "calibration": {"scorer": "encoder_features"},
+        "scoring": {"encoder_features": {"layers": [0, 4]}, "inpainting": {"block_px": 24}},  # inpainting unused
+        "model": {"create_encoder": False},  # nor is the latent distance
+    }
+    check_cross_keys(Config.from_dict(validate_config(ok)))
+    # the demo's encoder-less GANomaly with the inpainting scorer: 8 px blocks divide 64, 64 blocks ≥ 4 masks
+    check_cross_keys(Config.from_dict(validate_config({"calibration": {"scorer": "inpainting"}})))
+    # Berg always has its encoder E
+    berg = {"model": {"architecture": "berg", "create_encoder": True}, "calibration": {"scorer": "latent_distance"}}
+    check_cross_keys(Config.from_dict(validate_config(berg)))
+
+
+def test_misspelt_scorer_stops_the_workflow_at_parse_time(tmp_path):
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    extra = tmp_path / "typo.yaml"
+    extra.write_text("calibration:\n  scorer: rgb_eror\n")
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "workflow" / "Snakefile")]
+    cmd += ["--directory", str(tmp_path), "--configfile", str(extra), "-n", "--cores", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "config key calibration.scorer: 'rgb_eror' is not one of" in out and "'rgb_error'" in out
+    assert not (tmp_path / "results").exists()
+
+
+# --------------------------------------------------------------------------- nested values from the command line
+def cli(*entries: str) -> dict:
+    """What Snakemake makes of `--config ENTRY ...` (its own parser), merged over the demo config as it does."""
+    from snakemake.cli import parse_config
+
+    overrides = parse_config(list(entries))
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(config, copy.deepcopy(overrides))
+    return config, overrides
+
+
+def test_command_line_mappings_get_their_schema_types():
+    from proganomaly.config import apply_overrides
+
+    config, overrides = cli(
+        "calibration={k_std: 3, one_sided: false, normal_quantile: 0.95}",
+        "tiling={target_mpp: 2}",
+        "evaluation={splits: [test], thresholds: [0.25, 1]}",
+        "detector=detectors/a",
+    )
+    assert overrides["calibration"]["k_std"] == "3"  # Snakemake hands over strings inside a mapping
+    cfg = Config.from_dict(validate_config(apply_overrides(config, overrides)))
+    assert cfg.calibration.k_std == 3.0 and cfg.calibration.one_sided is False
+    assert cfg.calibration.normal_quantile == 0.95 and cfg.tiling.target_mpp == 2.0
+    assert cfg.evaluation.splits == ["test"] and cfg.evaluation.thresholds == [0.25, 1.0]
+    assert cfg.detector == "detectors/a"
+    # the configfile's other keys of the same section are kept, and its typed values left alone
+    assert cfg.calibration.border_px == yaml.safe_load((ROOT / "config" / "config.yaml").read_text()).get(
+        "calibration", {}
+    ).get("border_px", validate_config({})["calibration"]["border_px"])
+    assert config_params(config, "calibration.k_std") == {"calibration": {"k_std": 3}}
+
+
+def test_command_line_strings_stay_strings_where_the_schema_wants_them():
+    from proganomaly.config import apply_overrides
+
+    config, overrides = cli("calibration={scorer: rgb_error}", "stain={normalisation: none}", "slides=a.tsv")
+    validate_config(apply_overrides(config, overrides))
+    assert config["calibration"]["scorer"] == "rgb_error" and config["stain"]["normalisation"] == "none"
+    assert config["slides"] == "a.tsv"
+    bad, overrides = cli("calibration={k_std: lots}")
+    with pytest.raises(ConfigError, match=r"config key calibration\.k_std: 'lots' is not of type 'number'"):
+        validate_config(apply_overrides(bad, overrides))
+
+
+def test_dotted_keys_expand_into_the_nested_config():
+    from proganomaly.config import expand_dotted_keys
+
+    config = {"calibration": {"border_px": 2}, "calibration.k_std": 3, "stitching.kde.bandwidth_um": 50.0}
+    expand_dotted_keys(config)
+    assert config == {"calibration": {"border_px": 2, "k_std": 3}, "stitching": {"kde": {"bandwidth_um": 50.0}}}
+    with pytest.raises(ConfigError, match=r"config has no key 'calibration\.k_sdt': calibration has \[.*'k_std'"):
+        expand_dotted_keys({"calibration.k_sdt": 3})
+    with pytest.raises(ConfigError, match=r"config has no key 'calibrat\.k_std': the top level has"):
+        expand_dotted_keys({"calibrat.k_std": 3})
+
+
+def test_nested_number_from_the_command_line_reaches_the_rule(tmp_path):
+    """`--config 'calibration={k_std: 3}'` parses (the schema types the string Snakemake hands over) and is in
+    fit_threshold's params (read back by a Snakefile that includes the workflow's); a misspelt key fails naming it."""
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    wrapper = tmp_path / "Snakefile"
+    wrapper.write_text(
+        f"include: {str(ROOT / 'workflow' / 'Snakefile')!r}\n\nimport json\n\n"
+        'print("PARAMS", json.dumps(dict(rules.fit_threshold.rule.params.items())["calibration"]))\n'
+    )
+    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(wrapper), "--directory", str(tmp_path)]
+    cmd += ["-n", "--cores", "1", "--config"]
+
+    def k_std(*entries):
+        proc = subprocess.run([*cmd, *entries], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = next(s for s in proc.stdout.splitlines() if s.startswith("PARAMS "))
+        return json.loads(line.removeprefix("PARAMS "))["k_std"]
+
+    default = k_std("seed=1")
+    assert default != 3
+    assert k_std("calibration={k_std: 3}") == 3
+    assert k_std("calibration={k_std: 2.5}") == 2.5
+    bad = subprocess.run([*cmd, "calibration={k_sdt: 3}"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0
+    assert "config key calibration:" in bad.stdout + bad.stderr and "'k_sdt' was unexpected" in bad.stdout + bad.stderr

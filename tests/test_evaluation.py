@@ -31,6 +31,7 @@ from proganomaly.evaluation.grid import (
     GridSpec,
     Region,
     cell_areas,
+    evaluate_all,
     evaluate_grid,
     evaluate_grids,
     predicted_polygons,
@@ -308,6 +309,7 @@ def write_slide(root, slide, seed, two_classes=False):
     maps = root / "slides" / slide / "maps"
     maps.mkdir(parents=True)
     tifffile.imwrite(maps / "kde.tif", kde, tile=(16, 16))
+    tifffile.imwrite(maps / "flags.tif", (kde > 0.1).astype(np.float32))
     tifffile.imwrite(maps / "mahalanobis_d2.tif", (kde * 50 + rng.random((h, w))).astype(np.float32))
     tifffile.imwrite(maps / "anomaly_map.tif", rng.random((h, w, 3)).astype(np.float32), photometric="rgb")
     (root / "slides" / slide / "maps.json").write_text(
@@ -336,6 +338,7 @@ def write_slide(root, slide, seed, two_classes=False):
     ann.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     return Files(
         kde=str(maps / "kde.tif"),
+        flags=str(maps / "flags.tif"),
         mahalanobis_d2=str(maps / "mahalanobis_d2.tif"),
         anomaly_map=str(maps / "anomaly_map.tif"),
         maps=str(root / "slides" / slide / "maps.json"),
@@ -369,7 +372,7 @@ def eval_outputs(root, slide):
     d = root / slide
     d.mkdir(parents=True)
     names = [("grid", "grid.parquet"), ("csv", "grid.csv"), ("class_grid", "class_grid.parquet"),
-             ("metrics", "metrics.json"), ("pixels", "pixels.parquet")]  # fmt: skip
+             ("metrics", "metrics.json"), ("pixels", "pixels.parquet"), ("lesion_grid", "lesion_grid.parquet")]  # fmt: skip
     return Files(**{k: str(d / f) for k, f in names})
 
 
@@ -452,6 +455,7 @@ def test_rule_scripts_end_to_end(tmp_path):
         metrics=[outs[s].metrics for s in test],
         pixels=[outs[s].pixels for s in test],
         at_point=[outs[s].at_point for s in test],
+        lesion_grids=[outs[s].lesion_grid for s in test],
         operating_point=str(op_path),
     )
     run_script("pool_metrics", pool_in, pooled_out, config, tmp_path / "pool.log", Files(split="test"))
@@ -608,3 +612,217 @@ def test_operating_point_is_the_pooled_validation_best():
     assert (
         operating.choose({"v1": g1}, SimpleNamespace(**(vars(ev) | {"operating_point": "fixed"})))["source"] == "fixed"
     )
+
+
+# --- normal-only slides, specificity, lesions, the budgeted operating point ------------------------------------------
+
+
+def write_normal_slide(root, slide, seed):
+    """A slide reviewed with nothing anomalous: the annotation file has zero features."""
+    files = write_slide(root, slide, seed)
+    Path(files.annotations[0]).write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    return files
+
+
+def tissue_pixels(shape=(64, 80)) -> np.ndarray:
+    """write_slide's tissue on its map grid: 64-px patches at downsample 4 (16 map px), all but the top-left one."""
+    m = np.zeros(shape, bool)
+    m[:64, :80] = True
+    m[:16, :16] = False
+    return m
+
+
+def test_flag_everything_f1_matches_sklearn():
+    from sklearn.metrics import f1_score
+
+    truth = np.random.default_rng(3).random(5000) < 0.1
+    p = truth.mean()
+    got = metrics.confusion_metrics(truth.sum(), (~truth).sum(), 0, 0)
+    assert float(got["f1_flag_everything"]) == pytest.approx(f1_score(truth, np.ones_like(truth)))
+    assert float(got["f1_flag_everything"]) == pytest.approx(2 * p / (1 + p))
+    # Normal-only: recall and F1 undefined (NaN), the share of normal tissue inside still defined.
+    none = metrics.confusion_metrics(0.0, 5.0, 0.0, 15.0)
+    assert all(np.isnan(none[k]) for k in ("recall", "f1", "iou", "f1_flag_everything"))
+    assert float(none["normal_in_polygons"]) == 0.25 and float(none["precision"]) == 0.0
+
+
+def test_lesion_cover_exact_and_raster_agree_with_shapely():
+    from proganomaly.evaluation import lesions
+
+    kde = np.zeros((40, 40), np.float32)
+    kde[10:20, 10:20] = 0.9  # prediction: the square [10, 20)² (map px, downsample 1)
+    tissue = box(0, 0, 40, 40)
+    a, b, c = box(15, 15, 25, 25), box(19.95, 5, 30, 12), box(30, 30, 38, 38)  # 25 %, 0.5 % and 0 % covered
+    region = Region.clipped(tissue, shapely.union_all([a, b, c]))
+    for method in ("exact", "raster"):
+        sp = spec((0.5,), (1.0, 2.0), method=method)
+        _, _, lg = evaluate_all(kde, 1.0, region, sp, 1.0, {}, [a, b, c])
+        for d in (1.0, 2.0):
+            pred = affinity.scale(box(10, 10, 20, 20), d, d, origin=(15, 15))
+            want = [pred.intersection(g).area for g in (a, b, c)]
+            got = lg[lg.dilation == d].sort_values("lesion")["covered"].to_numpy()
+            # Raster: within the grid's stated tolerance (here the outlines coincide, its worst case).
+            bound = raster_tolerance(pred.area, region.annotation.area, d, sp, 1.0)[0] if method == "raster" else 1e-9
+            np.testing.assert_allclose(got, want, atol=bound)
+    hit = lesions.hits([25.0, 0.5, 0.0], [100.0, 70.25, 64.0], 0.01)
+    assert hit.tolist() == [True, False, False]
+    table = pd.DataFrame({"lesion": [0, 1, 2], "class": ["T", "T", "I"], "group": ["g", "g", "I"],
+                          "area": [100.0, 70.25, 64.0], "covered": [25.0, 0.5, 0.0]})  # fmt: skip
+    sens = lesions.sensitivity(table, 0.01)
+    assert (sens["lesions"], sens["hit"], sens["sensitivity"]) == (3, 1, pytest.approx(1 / 3))
+    assert sens["class"]["T"]["sensitivity"] == 0.5 and sens["group"]["I"]["sensitivity"] == 0.0
+
+
+def budget_grid(cells):
+    """A one-slide grid from (threshold, dilation, tp, fp, fn, tn) rows, with µm² areas (mpp 1)."""
+    df = pd.DataFrame(cells, columns=["threshold", "dilation", *AREAS]).assign(dilation_mode="scale")
+    return metrics.with_metrics(df.assign(tissue_area=df[list(AREAS)].sum(axis=1)), 1.0)
+
+
+def test_operating_point_within_the_fp_budget():
+    from proganomaly.evaluation import operating
+
+    ev = SimpleNamespace(**validate_config({})["evaluation"])
+    assert ev.operating_point == "best_f1_within_budget" and ev.fp_budget == 0.01
+    # Annotated slide: flagging almost everything has the best F1 but covers 90 % of normal tissue.
+    a = budget_grid([(0.0, 1.0, 30, 10, 0, 60), (0.2, 1.0, 20, 0.5, 10, 69.5), (0.5, 1.0, 5, 0, 25, 70)])
+    # Normal-only slide (no anomalous tissue): its FP counts in the pooled budget.
+    n = budget_grid([(0.0, 1.0, 0, 90, 0, 10), (0.2, 1.0, 0, 0.5, 0, 99.5), (0.5, 1.0, 0, 0, 0, 100)])
+    op = operating.choose({"a": a, "n": n}, ev)
+    # Pooled normal share: 100/170, 1/170 ≈ 0.0059 ≤ 0.01, 0 → best F1 among the last two is threshold 0.2; without
+    # the budget, slide a alone prefers flagging (nearly) everything.
+    assert (op["threshold"], op["dilation"]) == (0.2, 1.0) and "warning" not in op
+    assert op["chosen_on"]["slides"] == ["a", "n"]
+    assert (
+        operating.choose({"a": a}, SimpleNamespace(**(vars(ev) | {"operating_point": "best_f1"})))["threshold"] == 0.0
+    )
+    # Only normal-only validation slides: the most sensitive cell within the budget (lowest threshold, then
+    # largest dilation).
+    n2 = budget_grid([(0.0, 1.0, 0, 50, 0, 50), (0.1, 1.0, 0, 0.5, 0, 99.5), (0.1, 2.0, 0, 0.9, 0, 99.1),
+                      (0.1, 3.0, 0, 5, 0, 95), (0.4, 3.0, 0, 0, 0, 100)])  # fmt: skip
+    op = operating.choose({"n": n2}, ev)
+    assert (op["threshold"], op["dilation"]) == (0.1, 2.0) and "no anomalous tissue" in op["reason"]
+    # No cell within budget: the least normal tissue inside, with a warning.
+    bad = budget_grid([(0.0, 1.0, 10, 50, 0, 40), (0.3, 1.0, 5, 20, 5, 70)])
+    op = operating.choose({"b": bad}, ev)
+    assert (op["threshold"], op["dilation"]) == (0.3, 1.0)
+    assert "fp_budget" in op["warning"] and op["reason"] == op["warning"]
+
+
+def test_normal_only_slides_and_the_specificity_contract(tmp_path):
+    config = validate_config(
+        {"evaluation": {"thresholds": [0.0, 0.05, 0.1, 0.3], "dilations": [1, 2, 30], "max_pixels": 2000}}
+    )
+    slides = {"v1": "validation", "v0": "validation", "s1": "test", "n1": "test"}
+    ins, outs = {}, {}
+    for i, slide in enumerate(slides):
+        writer = write_normal_slide if slide in ("v0", "n1") else write_slide
+        ins[slide] = writer(tmp_path / "in", slide, i)
+        outs[slide] = eval_outputs(tmp_path / "eval", slide)
+        run_script("evaluate_slide", ins[slide], outs[slide], config, tmp_path / f"{slide}.log", Files(slide=slide))
+    m = json.loads(open(outs["n1"].metrics).read())
+    assert m["normal_only"] is True and m["best_f1"] is None and m["annotation_classes"] == {}
+    assert m["pixel"]["kde"]["auroc"] is None and m["lesions"]["count"] == 0
+    g = pd.read_parquet(outs["n1"].grid)
+    assert g.f1.isna().all() and g.recall.isna().all()
+    np.testing.assert_allclose(g.normal_in_polygons, g.false_positive / (g.false_positive + g.true_negative))
+    # Pixel flags and KDE > 0.25 on the normal tissue, counted by hand on the map grid.
+    tissue = tissue_pixels()
+    kde, flags = tifffile.imread(ins["n1"].kde), tifffile.imread(ins["n1"].flags)
+    sp = m["specificity_pixels"]
+    assert sp["normal_tissue_flagged"] == pytest.approx((flags[tissue] > 0).mean())
+    assert sp["kde_above_0.25"] == pytest.approx((kde[tissue] > 0.25).mean())
+    assert sp["areas_um2"]["tissue"] == pytest.approx(tissue.sum() * (4 * 0.5) ** 2)
+    s1 = json.loads(open(outs["s1"].metrics).read())
+    assert s1["normal_only"] is False and s1["lesions"]["count"] == 1
+
+    op_path = tmp_path / "eval" / "operating_point.json"
+    grids = Files(grids=[outs["v1"].grid, outs["v0"].grid])
+    run_script("choose_operating_point", grids, [str(op_path)], config, tmp_path / "op.log")
+    op = json.loads(op_path.read_text())
+    pooled_val = metrics.pool_grids([pd.read_parquet(outs[s].grid) for s in ("v1", "v0")])
+    within = pooled_val[pooled_val.normal_in_polygons <= 0.01]
+    want = within.loc[within.f1.idxmax()]
+    assert (op["threshold"], op["dilation"]) == (want.threshold, want.dilation) and op["fp_budget"] == 0.01
+    for slide in slides:
+        d = Path(outs[slide].grid).parent
+        outs[slide].geojson, outs[slide].at_point = str(d / "predicted.geojson"), str(d / "at_operating_point.json")
+        exp_in = Files(**vars(ins[slide]), operating_point=str(op_path))
+        exp_out = Files(geojson=outs[slide].geojson, metrics=outs[slide].at_point)
+        run_script("export_predictions", exp_in, exp_out, config, tmp_path / f"x{slide}.log", Files(slide=slide))
+    at_n = json.loads(open(outs["n1"].at_point).read())
+    assert at_n["normal_only"] is True and at_n["all"]["f1"] is None and at_n["lesions"]["lesions"] == 0
+    fp, tn = at_n["all"]["false_positive_um2"], at_n["all"]["true_negative_um2"]
+    assert at_n["specificity"]["normal_tissue_in_polygons"] == pytest.approx(fp / (fp + tn))
+    # The predicted polygons' area outside annotations, by shapely, is the FP area.
+    gj = json.loads(open(outs["n1"].geojson).read())
+    pred_area = sum(shapely.geometry.shape(f["geometry"]).area for f in gj["features"]) * 0.5**2
+    assert fp == pytest.approx(pred_area)
+    at_s = json.loads(open(outs["s1"].at_point).read())
+    ann = box(140, 90, 190, 130)
+    pred = shapely.union_all(
+        [shapely.geometry.shape(f["geometry"]) for f in json.loads(open(outs["s1"].geojson).read())["features"]]
+    )
+    covered = pred.intersection(ann).area / ann.area if not pred.is_empty else 0.0
+    assert at_s["lesions"]["hit"] == int(covered >= 0.01) and at_s["lesions"]["per_lesion"][0][
+        "covered_fraction"
+    ] == pytest.approx(covered)
+    assert at_s["warning"] is None
+
+    pooled_dir = tmp_path / "eval" / "pooled" / "test"
+    pooled_dir.mkdir(parents=True)
+    pooled_out = Files(grid=str(pooled_dir / "grid.parquet"), csv=str(pooled_dir / "grid.csv"),
+                       class_grid=str(pooled_dir / "class_grid.parquet"), metrics=str(pooled_dir / "metrics.json"))  # fmt: skip
+    test = ["s1", "n1"]
+    pool_in = Files(**{k: [getattr(outs[s], k2) for s in test] for k, k2 in (
+        ("grids", "grid"), ("class_grids", "class_grid"), ("metrics", "metrics"), ("pixels", "pixels"),
+        ("at_point", "at_point"), ("lesion_grids", "lesion_grid"))}, operating_point=str(op_path))  # fmt: skip
+    run_script("pool_metrics", pool_in, pooled_out, config, tmp_path / "pool.log", Files(split="test"))
+    pm = json.loads(open(pooled_out.metrics).read())
+    spec_ = pm["specificity"]
+    assert spec_["normal_only_slides"] == ["n1"] and set(spec_["per_slide"]) == {"s1", "n1"}
+    assert spec_["normal_tissue_in_polygons"] == pytest.approx(fp / (fp + tn))
+    assert spec_["normal_tissue_flagged"] == pytest.approx(sp["normal_tissue_flagged"])
+    assert spec_["kde_above_0.25"] == pytest.approx(sp["kde_above_0.25"])
+    tps = at_s["all"]["true_positive_um2"]
+    fps, fns, tns = (at_s["all"][f"{k}_um2"] for k in ("false_positive", "false_negative", "true_negative"))
+    tissue_all = tps + fps + fns + tns + fp + tn
+    assert spec_["fp_area_mm2_per_mm2"] == pytest.approx((fps + fp) / tissue_all)
+    p = (tps + fns) / tissue_all
+    assert spec_["f1_flag_everything"] == pytest.approx(2 * p / (1 + p))
+    assert spec_["f1_at_operating_point"] == pytest.approx(2 * tps / (2 * tps + fps + fp + fns))
+    assert spec_["lesion_sensitivity"] == at_s["lesions"]["hit"] and spec_["best_f1"] == pm["best_f1"]["value"]
+    froc = spec_["froc"]
+    assert froc["threshold"] == [0.0, 0.05, 0.1, 0.3] and len(froc["fp_area_mm2_per_mm2"]) == 4
+    assert froc["dilation"] == op["dilation"] and froc["lesion_sensitivity"][-1] in (0.0, 1.0)
+    pg = pd.read_parquet(pooled_out.grid)
+    at_d = pg[pg.dilation == op["dilation"]].sort_values("threshold")
+    np.testing.assert_allclose(
+        froc["fp_area_mm2_per_mm2"], at_d.false_positive_um2 / (at_d.false_positive_um2 + at_d.true_negative_um2)
+    )
+    # An operating point that flags the whole slide gets a warning, in the log and in at_operating_point.json.
+    everything = tmp_path / "eval" / "everything.json"
+    everything.write_text(json.dumps({"source": "fixed", "threshold": 0.0, "dilation": 30.0}))
+    exp_out = Files(geojson=str(tmp_path / "e.geojson"), metrics=str(tmp_path / "e.json"))
+    run_script("export_predictions", Files(**vars(ins["n1"]), operating_point=str(everything)), exp_out, config,
+               tmp_path / "e.log", Files(slide="n1"))  # fmt: skip
+    at_e = json.loads(open(exp_out.metrics).read())
+    assert at_e["specificity"]["predicted_tissue_fraction"] > 0.5 and "n1: the predicted polygons" in at_e["warning"]
+    assert "WARNING" in (tmp_path / "e.log").read_text()
+    # Pooled pixel AUROC: every pixel of both slides, the normal-only slide's as negatives (sklearn reference).
+    px = pd.concat([pd.read_parquet(outs[s].pixels) for s in test], ignore_index=True)
+    ok = px["kde"].notna()
+    want = roc_auc_score(px["label"][ok], px["kde"][ok], sample_weight=px["weight"][ok])
+    assert pm["pixel"]["kde"]["auroc"] == pytest.approx(want) and (~px["label"][px.slide_id == "n1"]).all()
+
+
+def test_cover_warning_above_half_the_tissue():
+    from proganomaly.evaluation import specificity
+
+    assert specificity.cover_warning({"tp": 10, "fp": 40, "fn": 0, "tn": 50}, "s") is None  # exactly half
+    text = specificity.cover_warning({"tp": 10, "fp": 50, "fn": 0, "tn": 40}, "s")
+    assert text.startswith("s:") and "60%" in text
+    summary = specificity.point_summary({"tp": 10, "fp": 50, "fn": 0, "tn": 40})
+    assert summary["normal_tissue_in_polygons"] == pytest.approx(50 / 90)
+    assert summary["f1_flag_everything"] == pytest.approx(2 * 0.1 / 1.1)
+    assert summary["f1_at_operating_point"] == pytest.approx(20 / 70)

@@ -191,3 +191,43 @@ def test_real_model_from_disk_exports_and_serves_its_reconstruction(tmp_path):
     np.testing.assert_allclose(served["anomaly_map"], e, rtol=1e-4, atol=1e-5)
     d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])
     np.testing.assert_allclose(served["mahalanobis_d2"], d2, rtol=1e-3, atol=1e-4)
+
+
+def test_one_sided_saved_model_d2_equals_the_numpy_reference(saved, tmp_path):
+    """With one-sided directions the SavedModel's d² (plain and XLA graphs) equals stats.mahalanobis_d2 with them,
+    and scipy's on the deviations clipped by hand; the directions are recorded in the metadata and the model card."""
+    model, gauss, _, _ = saved
+    dirs = [1, -1, 0]
+    one_sided = {**gauss, "directions": dirs}
+    images = random_patches(5, SIZE, seed=21)
+    for jit in (False, True):
+        meta = export.save_detector(rgb(model), one_sided, 4.0, tmp_path / f"sm{jit}", jit_compile=jit)
+        det = load.load_detector(tmp_path / f"sm{jit}")
+        assert meta["directions"] == dirs and meta["one_sided"] and det.directions == tuple(dirs)
+        out = det(images)
+        e = out["anomaly_map"].astype(np.float64)
+        np.testing.assert_allclose(
+            out["mahalanobis_d2"],
+            stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"], dirs),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        y = e.reshape(-1, 3) - gauss["mean"]
+        y[:, 0], y[:, 1] = np.maximum(y[:, 0], 0), np.minimum(y[:, 1], 0)
+        want = np.array([mahalanobis(v, np.zeros(3), gauss["precision"]) ** 2 for v in y]).reshape(5, SIZE, SIZE)
+        np.testing.assert_allclose(out["mahalanobis_d2"], want, rtol=1e-4, atol=1e-4)
+        two_sided = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])
+        assert (np.abs(out["mahalanobis_d2"] - two_sided) > 1e-3).any()  # the clipping is in the served graph
+        np.testing.assert_array_equal(out["flags"], (out["mahalanobis_d2"] > np.float32(4.0)).astype(np.uint8))
+    card = model_card(
+        config={}, metadata=meta, model_files={}, manifests={},
+        error_distribution={"one_sided": True, "channel_directions": dirs, "shrinkage": {"kind": "oas", "alpha": 0.2}},
+        threshold={"method": "unsupervised"},
+    )  # fmt: skip
+    ed = card["error_distribution"]
+    assert ed["directions"] == dirs and ed["one_sided"] and ed["channels"] == ["R", "G", "B"]
+    assert ed["shrinkage"]["alpha"] == 0.2
+    # a SavedModel exported without directions is two-sided (its metadata says so)
+    assert load.load_detector(saved[2]).directions == (0, 0, 0)
+    with pytest.raises(stats.StatsError, match="must be 3 values"):
+        export.build_module(rgb(model), {**gauss, "directions": [1, 1]}, 4.0)

@@ -139,7 +139,9 @@ def test_tiles_are_qupath_tiles_with_scores_as_measurements(tmp_path):
     path = tmp_path / "tiles.geojson"
     write_tiles(path, patches, "s")
     doc = json.loads(path.read_text())  # strict JSON: the NaN became null
-    assert doc["proganomaly"] == {"slide_id": "s", "coordinates": "level-0 px"}
+    # Without a stride the whole patches are written, and the file says that they overlap.
+    assert doc["proganomaly"]["slide_id"] == "s" and doc["proganomaly"]["coordinates"] == "level-0 px"
+    assert "overlap" in doc["proganomaly"]["tiles"] and "stride_level0_px" not in doc["proganomaly"]
     first = doc["features"][0]
     assert first["properties"]["objectType"] == "tile" and "classification" not in first["properties"]
     assert first["properties"]["measurements"] == {
@@ -189,3 +191,77 @@ def test_sheet_parses_every_annotation_file_before_any_job(tmp_path):
     assert "slide 'a'" not in message
     sheet.write_text("slide_id\tpath\tsplit\tannotations\n" + f"a\t{slide}\ttest\t{good}\n")
     assert read_slide_sheet(sheet).loc["a", "annotations"] == str(good)
+
+
+def test_zero_features_is_a_normal_only_slide(tmp_path):
+    """A reviewed slide with nothing anomalous: zero features read as no regions, not an error."""
+    from proganomaly.evaluation import classes, lesions
+
+    path = tmp_path / "normal.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    assert read_polygons(path) == ([], [])
+    assert classes.feature_classes(path) == {} and classes.class_regions(path) == ({}, {})
+    assert classes.feature_regions(path) == [] and classes.part_regions({}, {}) == {}
+    geoms, table = lesions.slide_lesions(path, shapely.MultiPolygon(), box(0, 0, 10, 10))
+    assert geoms == [] and len(table) == 0 and list(table.columns) == list(lesions.TABLE_COLUMNS)
+
+
+def test_each_feature_is_one_lesion(tmp_path):
+    from proganomaly.evaluation import classes, lesions
+
+    feats = [
+        {"type": "Feature", "geometry": mapping(g), "properties": {"classification": {"name": n}}}
+        for g, n in (
+            (box(0, 0, 4, 4), "T"),
+            (box(10, 10, 12, 12), "I"),
+            (box(2, 2, 6, 6), "T"),
+            (box(50, 50, 60, 60), "T"),
+        )
+    ]
+    path = tmp_path / "a.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    assert [c for _, c, _ in classes.feature_regions(path)] == ["T", "T", "T", "I"]
+    # The last T lies outside the tissue and is left out; overlapping features stay separate lesions.
+    geoms, table = lesions.slide_lesions(path, None, box(0, 0, 20, 20))
+    assert table["class"].tolist() == ["T", "T", "I"] and table["area"].tolist() == [16.0, 16.0, 4.0]
+    assert table["lesion"].tolist() == [0, 1, 2] and geoms[1].equals(box(2, 2, 6, 6))
+
+
+def test_prediction_ids_never_collide_with_annotation_or_tile_ids(tmp_path):
+    """Annotations (the demo's and write_polygons' ids: uuid5 of slide/annotation/index), tiles and predictions of the
+    same slide get disjoint ids; predictions at another operating point get other ids; reruns the same ones."""
+    import uuid
+
+    import pandas as pd
+
+    from proganomaly.data.geojson import feature_id, prediction_id, write_predictions, write_tiles
+
+    geoms = [box(i, i, i + 1, i + 1) for i in range(50)]
+    slide = "s1"
+    write_polygons(tmp_path / "truth.geojson", geoms, slide_id=slide)
+    write_predictions(tmp_path / "pred.geojson", geoms, slide, 0.3, 1.5, "Anomaly (predicted)", [1, 2, 3])
+    patches = pd.DataFrame({"x": range(50), "y": 0, "width": 4, "height": 4})
+    write_tiles(tmp_path / "tiles.geojson", patches, slide, stride=2)
+
+    def ids(name):
+        return [f["id"] for f in json.loads((tmp_path / name).read_text())["features"]]
+
+    truth, pred, tiles = ids("truth.geojson"), ids("pred.geojson"), ids("tiles.geojson")
+    assert truth == [feature_id(slide, "annotation", i) for i in range(50)]
+    assert pred == [prediction_id(slide, 0.3, 1.5, i) for i in range(50)]
+    assert len(set(truth) | set(pred) | set(tiles)) == 150 and all(uuid.UUID(i).version == 5 for i in pred)
+    # The documented name: uuid5 of "prediction/<slide>/<threshold>/<dilation>/<index>" in the module's namespace.
+    namespace = uuid.UUID("5a0d6f3e-7f3b-4e59-9a52-3f7d0c8b1e21")
+    assert pred[0] == str(uuid.uuid5(namespace, "prediction/s1/0.3/1.5/0"))
+    assert truth[0] == str(uuid.uuid5(namespace, "s1/annotation/0"))
+    assert not {prediction_id(slide, 0.35, 1.5, i) for i in range(50)} & set(pred)
+    assert not {prediction_id(slide, 0.3, 2.0, i) for i in range(50)} & set(pred)
+    # A slide named like a prediction prefix cannot produce a prediction's name either (3 parts vs 5).
+    assert not {feature_id("prediction", "annotation", i) for i in range(50)} & {
+        prediction_id("prediction", 0.3, 1.5, i) for i in range(50)
+    }
+    write_predictions(tmp_path / "again.geojson", geoms, slide, 0.3, 1.5, "Anomaly (predicted)", [1, 2, 3])
+    assert (tmp_path / "again.geojson").read_bytes() == (tmp_path / "pred.geojson").read_bytes()
+    doc = json.loads((tmp_path / "pred.geojson").read_text())
+    assert doc["proganomaly"]["slide_id"] == slide
+    assert {f["properties"]["classification"]["name"] for f in doc["features"]} == {"Anomaly (predicted)"}

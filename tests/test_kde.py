@@ -59,25 +59,83 @@ def test_tiled_small_object_removal_equals_skimage(tmp_path):
 
 
 def test_slide_kde_is_a_fixed_scale_shared_by_slides(tmp_path):
-    """A fully flagged region reads 1; the same blob gives the same values on a small and a large slide."""
+    """A fully flagged region reads 1; the same tissue and blob give the same values on a small and a large slide."""
     blob = np.zeros((40, 40), np.float32)
     blob[10:30, 12:28] = 1.0
     small = blob
     large = np.zeros((200, 300), np.float32)
     large[100:140, 150:190] = blob
+    tissue = np.zeros_like(large)
+    tissue[100:140, 150:190] = 1.0  # the small slide is all tissue; around it, the large one is glass
     for name in "abc":
         (tmp_path / name).mkdir()
     a = kde.slide_kde(small, tmp_path / "a", sigma_px=3.0, min_area_px=4, ceiling=0.5, tile=16)
-    b = kde.slide_kde(large, tmp_path / "b", sigma_px=3.0, min_area_px=4, ceiling=0.5, tile=64)
+    b = kde.slide_kde(large, tmp_path / "b", sigma_px=3.0, min_area_px=4, ceiling=0.5, tile=64, weight=tissue)
     np.testing.assert_allclose(b[100:140, 150:190], a[:, :], atol=1e-6)
     assert a[20, 20] == pytest.approx(1.0)  # inside the blob: fraction ≈ 1 ≥ ceiling
-    assert 0.0 <= b[:, :].min() and b[:, :].max() <= 1.0
-    assert b[0, 0] == 0.0
+    assert 0.0 <= np.nanmin(b[:, :]) and np.nanmax(b[:, :]) <= 1.0
+    assert np.isnan(b[0, 0])  # no tissue within the kernel
     full = np.ones((30, 30), np.float32)
     c = kde.slide_kde(full, tmp_path / "c", sigma_px=2.0, min_area_px=4, ceiling=1.0, tile=16)
     assert c[15, 15] == pytest.approx(1.0, abs=1e-6)  # the normalised kernel: full coverage is exactly 1
+    assert c[0, 0] == pytest.approx(1.0, abs=1e-6)  # ... also at the slide's corner
     with pytest.raises(ValueError, match="ceiling"):
         kde.slide_kde(full, tmp_path / "c", sigma_px=2.0, min_area_px=4, ceiling=0.0)
+
+
+def _normalised_reference(flags, weight, sigma, truncate=4.0):
+    """scipy: gaussian_filter(flags·w) / gaussian_filter(w), zeros beyond the map, NaN under the weight floor."""
+    top = ndimage.gaussian_filter(np.nan_to_num(flags) * weight, sigma, mode="constant", truncate=truncate)
+    mass = ndimage.gaussian_filter(weight.astype(np.float64), sigma, mode="constant", truncate=truncate)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(mass >= kde.WEIGHT_FLOOR, top / mass, np.nan), mass
+
+
+def _tissue_with_an_edge(h, w, seed):
+    """Random flag fractions on a tissue region with a wavy edge, glass (NaN flags, weight 0) beyond it."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:h, 0:w]
+    tissue = cols < 0.55 * w + 6 * np.sin(rows / 5.0)
+    tissue[: h // 5, : w // 4] = False  # a notch of glass inside
+    flags = rng.random((h, w)) * (rng.random((h, w)) < 0.3)
+    flags = np.where(tissue, flags, np.nan)  # uncovered glass has no flags at all
+    return flags, tissue.astype(np.float64)
+
+
+@pytest.mark.parametrize(("sigma", "tile"), [(1.5, 7), (3.0, 32), (20.0, 25)])  # direct and FFT paths
+def test_normalised_smoothing_equals_scipy_tiled_and_whole(sigma, tile):
+    flags, weight = _tissue_with_an_edge(90, 200, seed=int(sigma * 10))
+    want, mass = _normalised_reference(flags, weight, sigma)
+    whole = np.full(flags.shape, -1.0)
+    kde.normalised_smooth_tiled(flags, weight, whole, sigma, tile=10**6)
+    tiled = np.full(flags.shape, -1.0)
+    kde.normalised_smooth_tiled(flags, weight, tiled, sigma, tile=tile)
+    np.testing.assert_allclose(whole, want, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tiled, whole, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(np.isnan(tiled), mass < kde.WEIGHT_FLOOR)
+    assert np.isnan(tiled).any() and not np.isnan(tiled[weight > 0]).any()
+
+
+def test_uniformly_flagged_disc_reads_its_fraction_up_to_the_rim(tmp_path):
+    """A tissue disc 20 % flagged everywhere: kde = 0.2 / ceiling on the whole disc, rim included (glass used to
+    dilute the rim to about half); NaN where no tissue lies within the kernel."""
+    h = w = 160
+    rows, cols = np.mgrid[0:h, 0:w]
+    disc = (rows - 80) ** 2 + (cols - 70) ** 2 <= 40**2
+    flags = np.where(disc, 0.2, np.nan).astype(np.float32)
+    sigma, ceiling = 6.0, 0.5
+    got = kde.slide_kde(
+        flags, tmp_path, sigma_px=sigma, min_area_px=0, ceiling=ceiling, tile=48, weight=disc.astype(np.float32)
+    )[:, :]
+    np.testing.assert_allclose(got[disc], 0.2 / ceiling, rtol=1e-5)
+    rim = disc & ~ndimage.binary_erosion(disc)
+    old = ndimage.gaussian_filter(np.where(disc, 0.2, 0.0), sigma, mode="constant") / ceiling  # the previous KDE
+    assert old[rim].max() < 0.7 * 0.2 / ceiling
+    _, mass = _normalised_reference(flags, disc.astype(np.float64), sigma)
+    far = mass < kde.WEIGHT_FLOOR
+    np.testing.assert_array_equal(np.isnan(got), far)
+    dist = ndimage.distance_transform_edt(~disc)
+    assert far[dist > 4 * sigma + 2].all() and not far[dist < 2 * sigma].any()
 
 
 def test_grid_kde_matches_sklearn():

@@ -25,7 +25,10 @@ def maps(tmp_path):
             (rgb[..., 0] > 127).astype(np.uint8) * 255,
             {"compression": "deflate", "channel_name": "tissue"},
         ),
-        "kde.u16.tif": (rendition.Quantised(kde, 1 / 65535), {"compression": "deflate", "channel_name": "kde"}),
+        "kde.u16.tif": (
+            rendition.Quantised(kde, rendition.slide_scale(kde, fraction=True)),
+            {"compression": "deflate", "channel_name": "kde", "nodata": rendition.NODATA},
+        ),
     }
     for name, (image, options) in written.items():
         write_pyramid(tmp_path / name, image, MPP, tile=128, description=f"proganomaly {name}", **options)
@@ -81,22 +84,34 @@ def levels_of(path):
         return [lv.asarray() for lv in tif.series[0].levels]
 
 
-def test_uint16_rendition_keeps_values_to_a_count(written):
+def test_uint16_rendition_keeps_values_to_a_count_and_nan_as_nodata(written):
     path, images = written
     kde = images["kde.tif"][0]
-    counts = levels_of(path / "kde.u16.tif")[0]
+    levels = levels_of(path / "kde.u16.tif")
+    counts = levels[0]
     assert counts.dtype == np.uint16
     finite = np.isfinite(kde)
-    assert np.abs(counts[finite] / 65535.0 - kde[finite]).max() <= 0.5 / 65535 + 1e-7
-    assert (counts[~finite] == 0).all()
+    # Hand-written decoding of the documented contract: 0 = no data, value = (count - 1) / 65534.
+    decoded = np.where(counts == 0, np.nan, (counts.astype(np.float64) - 1) / 65534)
+    assert np.abs(decoded[finite] - kde[finite]).max() <= 0.5 / 65534 + 1e-7
+    np.testing.assert_array_equal(np.isnan(decoded), ~finite)
+    np.testing.assert_allclose(rendition.dequantise(counts, 1 / 65534), decoded, rtol=1e-15)
+    # A value of exactly 0 is not "no data", and 1.0 is the last count.
+    np.testing.assert_array_equal(rendition.quantise(np.array([0.0, 1.0, np.nan]), 1 / 65534), [1, 65535, 0])
+    # Reduced levels: the nodata corner stays nodata, its scored neighbours keep their values.
+    float_levels = levels_of(path / "kde.tif")
+    for k in (1, 2):
+        nan = np.isnan(float_levels[k])
+        np.testing.assert_array_equal(levels[k] == 0, nan)
+        assert np.abs((levels[k][~nan] - 1.0) / 65534 - float_levels[k][~nan]).max() < 2 / 65534
 
 
 def test_slide_scale_is_fixed_for_fractions_and_the_maximum_otherwise():
     values = np.array([[0.0, 3.0], [np.nan, 12.0]], np.float32)
-    assert rendition.slide_scale(values, fraction=True) == 1 / 65535
-    assert rendition.slide_scale(values, fraction=False, band_rows=1) == pytest.approx(12.0 / 65535)
-    assert rendition.slide_scale(np.zeros((2, 2), np.float32), fraction=False) == 1 / 65535
-    np.testing.assert_array_equal(rendition.Quantised(values, 12.0 / 65535)[:, :], [[0, 16384], [0, 65535]])
+    assert rendition.slide_scale(values, fraction=True) == 1 / 65534
+    assert rendition.slide_scale(values, fraction=False, band_rows=1) == pytest.approx(12.0 / 65534)
+    assert rendition.slide_scale(np.zeros((2, 2), np.float32), fraction=False) == 1 / 65534
+    np.testing.assert_array_equal(rendition.Quantised(values, 12.0 / 65534)[:, :], [[1, 16385], [0, 65535]])
 
 
 def test_openslide_sees_only_level_0_of_the_ome_subifd_pyramid(written):

@@ -78,5 +78,8 @@ def jobs(out: str, rule: str) -> list[str]:
 def test_dag_builds_and_writes_records_only_for_the_splits_that_read_them(tmp_path, configfile):
     out = dry_run(tmp_path, *(["--configfile", configfile] if configfile else []))
     records = jobs(out, "write_records")
-    assert sorted(records) == [f"slide=demo_{s}" for s in ("calibrate", "train_a", "train_b", "validation")]
-    assert "slide=demo_test" in jobs(out, "infer_slide")  # test slides are still mapped, from the slide file
+    assert sorted(records) == [f"slide=demo_{s}" for s in ("calibrate", "train_a", "train_b", "validation",
+                                                           "validation_labc", "validation_normal")]  # fmt: skip
+    inferred = jobs(out, "infer_slide")
+    for slide in ("demo_test", "demo_test_labd", "demo_test_normal", "demo_test_normal_labd"):
+        assert f"slide={slide}" in inferred  # test slides are still mapped, from the slide file

@@ -498,3 +498,196 @@ def test_scorer_comparison_table_and_figure():
     xs = [line.get_xdata()[0] for line in ax_all.lines if line.get_marker() in ("o", "s")]
     assert xs == [0.5, 0.6, 0.7, 0.72, 0.65, 0.66]
     assert [line.get_xdata()[0] for line in ax_art.lines if line.get_linestyle() == "--"] == [0.85]
+
+
+def test_grid_heatmap_marks_the_operating_point_and_flag_everything_f1():
+    grid, truth, _ = pixel_grid()
+    op = {"threshold": 0.2, "dilation": 1.0, "source": "best_f1_within_budget"}
+    fig = evaluation.plot_grid_heatmaps(grid, "Slide s", operating_point=op)
+    m = metrics.cell_metrics(grid)
+    matrix = m.pivot(index="threshold", columns="dilation", values="f1")
+    r, c = list(matrix.index).index(0.2), list(matrix.columns).index(1.0)
+    ax = fig.axes[0]
+    boxes = [p for p in ax.patches if isinstance(p, mpatches.Rectangle) and p.get_edgecolor()[:3] == (1, 1, 1)]
+    assert len(boxes) == 1 and boxes[0].get_xy() == (c, r)
+    # Flagging everything: F1 = 2p / (1 + p), sklearn on an all-positive prediction.
+    assert f"{f1_score(truth, np.ones_like(truth)):.3f}" in ax.get_title()
+    assert f"{matrix.iat[r, c]:.3f}" in ax.get_title()
+
+
+def test_metrics_table_has_the_specificity_columns_and_froc_figure():
+    froc = {"threshold": [0.0, 0.5, 1.0], "fp_area_mm2_per_mm2": [0.6, 0.01, 0.0],
+            "lesion_sensitivity": [1.0, 0.5, 0.0], "dilation": 2.0, "lesions": 4, "operating_threshold": 0.5}  # fmt: skip
+    spec = {"normal_only_slides": ["n1"], "normal_tissue_in_polygons": 0.004, "normal_tissue_flagged": 0.2,
+            "kde_above_0.25": 0.01, "fp_area_mm2_per_mm2": 0.003, "lesion_sensitivity": 0.5,
+            "f1_at_operating_point": 0.4, "f1_flag_everything": 0.18, "best_f1": 0.5, "warnings": [], "froc": froc}  # fmt: skip
+    metrics_ = {
+        "s": {"specificity": {"normal_only": False, "warning": "s: covers 80 %", "f1_flag_everything": 0.2}},
+        "pooled/test": {"specificity": spec, "at_operating_point": {"all": {"f1": 0.4}}},
+    }
+    table = evaluation.metrics_summary(metrics_)
+    assert table.loc[1, "normal tissue in polygons"] == 0.004 and table.loc[1, "F1 flagging everything"] == 0.18
+    assert table.loc[1, "normal only"] == "n1" and table.loc[0, "warning"] == "s: covers 80 %"
+    assert table.loc[0, "normal only"] == False  # noqa: E712
+    assert not any(c.startswith("specificity.") for c in table.columns)
+    fig = evaluation.plot_froc({"test": froc})
+    line = fig.axes[0].get_lines()[0]
+    np.testing.assert_allclose(line.get_xdata(), froc["fp_area_mm2_per_mm2"])
+    np.testing.assert_allclose(line.get_ydata(), froc["lesion_sensitivity"])
+    assert labelled(fig.axes[0])
+
+
+# ------------------------------------------------------------------------------------------------- issue 20: figures
+
+
+def test_save_writes_an_svg_twin_beside_each_png_identical_on_rerun(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    def figure():
+        fig, axes = style.subplots()
+        axes[0, 0].plot([0, 1], [0, 1], label="line")
+        axes[0, 0].set_title("T")
+        return fig
+
+    png = style.save(figure(), tmp_path / "f.png")
+    svg = style.vector_twin(png)
+    assert svg == tmp_path / "f.svg" and svg.is_file()
+    root = ET.fromstring(svg.read_bytes())  # well-formed SVG, its text kept as glyph paths or text
+    assert root.tag.endswith("svg")
+    first = svg.read_bytes()
+    style.save(figure(), png)
+    assert svg.read_bytes() == first  # no date, fixed ids: a rerun writes the same SVG
+    style.save(figure(), tmp_path / "g.png", vector=False)
+    assert not (tmp_path / "g.svg").exists()
+    style.save(figure(), tmp_path / "h.svg")  # an SVG target is written once, as SVG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "f.svg", "g.png", "h.svg"]
+
+
+@pytest.mark.parametrize(("width", "bar"), [(500.0, 100.0), (1234.0, 200.0), (9.0, 1.0), (30000.0, 5000.0)])
+def test_scale_bar_is_a_round_length_near_a_fifth_of_the_width(width, bar):
+    assert slides.scale_bar_um(width) == bar
+    with pytest.raises(ValueError, match="width"):
+        slides.scale_bar_um(0.0)
+
+
+def test_overlay_draws_kde_polygons_legend_and_scale_bar():
+    from matplotlib.offsetbox import AnchoredOffsetbox
+
+    w, h, mpp = 2000, 1000, 0.5  # level 0; the images are at other downsamples
+    thumb = RNG.integers(0, 255, (h // 4, w // 4, 3), dtype=np.uint8)
+    kde = RNG.random((h // 2, w // 2))
+    kde[:, :100] = np.nan  # not scored: transparent
+    ann = [shapely.box(100, 50, 300, 250)]
+    pred = [shapely.box(120, 60, 280, 240), shapely.box(1500, 500, 1600, 600)]
+    fig = slides.plot_overlay("s9", thumbnail=thumb, kde=kde, level0_size=(w, h), mpp=mpp, annotations=ann,
+                              predicted=pred, split="validation", operating_point="at KDE > 0.3")  # fmt: skip
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("Slide s9 (validation split)\nat KDE > 0.3")
+    assert ax.get_xlim() == pytest.approx((0, w * mpp / 1000)) and ax.get_ylim() == pytest.approx((h * mpp / 1000, 0))
+    thumb_img, kde_img = ax.get_images()
+    assert thumb_img.get_array().shape == thumb.shape
+    layer = kde_img.get_array()
+    assert layer.mask[:, :100].all() and not layer.mask[:, 100:].any()  # NaN masked (transparent), the rest shown
+    assert kde_img.get_alpha() == slides.OVERLAY_ALPHA and kde_img.get_clim() == (0, 1)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "true (annotation) (1 polygon)",
+        "predicted at operating point (2 polygons)",
+        "not scored: no heat-map colour",
+    ]
+    # Polygons in mm of the slide: level-0 px × mpp / 1000.
+    true_ring = ax.collections[0].get_paths()[0].vertices
+    assert true_ring[:, 0].max() == pytest.approx(300 * mpp / 1000)
+    assert len(ax.collections[1].get_paths()) == 2
+    bars = [a for a in ax.artists if isinstance(a, AnchoredOffsetbox)]
+    assert len(bars) == 1 and bars[0].get_gid() == "scale-bar-200um"  # 1000 µm wide → 200 µm bar
+    assert any(a.get_ylabel().startswith("KDE heat map") for a in fig.axes[1:])
+
+
+def test_overlay_without_annotations_or_evaluation_says_so():
+    fig = slides.plot_overlay("t1", thumbnail=np.zeros((10, 20, 3), np.uint8), kde=np.full((10, 20), np.nan),
+                              level0_size=(200, 100), mpp=0.25, split="threshold",
+                              note="no annotation file: no true polygons")  # fmt: skip
+    ax = fig.axes[0]
+    assert "not evaluated" in ax.get_title() and "no annotation file" in ax.get_title()
+    assert ax.get_images()[1].get_array().mask.all()
+    assert [t.get_text() for t in ax.get_legend().get_texts()][:2] == [
+        "true (annotation) (0 polygons)",
+        "predicted at operating point (0 polygons)",
+    ]
+
+
+def test_operating_point_text_reads_the_cell_of_at_operating_point_json():
+    at = {"slide_id": "s", "operating_point": {"threshold": 0.25, "dilation": 1.5, "source": "x"}, "all": {"f1": 1}}
+    assert slides.operating_point_text(at) == "KDE > 0.25, dilation 1.5"
+    assert slides.operating_point_text({"all": {}}) == ""
+
+
+def test_scorer_comparison_bolds_the_configured_combined_scorer_not_its_namesake():
+    """The demo configures combined over [critic, texture_baseline]: the benchmark's row for that is
+    `combined=critic+texture_baseline`; its plain `combined` row ran the schema's default parts, and was bolded."""
+    from proganomaly.config.build import load_schema
+    from proganomaly.report import scorers
+
+    def cell(auroc):
+        return {"all": {s: {"mahalanobis_d2": {"auroc_mean": auroc, "auroc_sd": 0.0, "n": 1}} for s in SPLITS}}
+
+    SPLITS = ("validation", "test")
+    labels = ["rgb_error", "combined", "combined=critic+texture_baseline", "critic", "critic@k3"]
+    summary = {"default": {name: cell(0.5 + i / 20) for i, name in enumerate(labels)},
+               "no_skips": {"combined=critic+texture_baseline": cell(0.7)}}  # fmt: skip
+    default = load_schema()["properties"]["scoring"]["properties"]["combined"]["properties"]["scorers"]["default"]
+    assert scorers.benchmark_key("combined=a+b@k3") == ("combined", ("a", "b"), "k3")
+    assert scorers.benchmark_key("critic") == ("critic", None, None)
+    chosen = scorers.configured_labels(summary, "combined", ["critic", "texture_baseline"], default)
+    assert chosen == {"combined=critic+texture_baseline"}
+    assert scorers.configured_labels(summary, "combined", list(default), default) == {"combined"}
+    assert scorers.configured_labels(summary, "critic", None, default) == {"critic"}  # not critic@k3
+    assert scorers.configured_labels(summary, "inpainting", None, default) == set()
+    fig = scorers.plot_comparison(summary, chosen=chosen)
+    ticks = fig.axes[0].get_yticklabels()
+    bold = [t.get_text() for t in ticks if t.get_fontweight() == "bold"]
+    assert bold == ["combined=critic+texture_baseline"]  # the default variant's row only, not [no_skips]
+    table = scorers.comparison_table(summary)
+    flags = list((table["variant"] == "default") & table["scorer"].isin(chosen))
+    html = tables.page("t", [("h", table, flags)])
+    strong = [row for row in html.split("<tr") if row.startswith(' class="strong"')]
+    assert len(strong) == 1 and "combined=critic+texture_baseline" in strong[0] and "default" in strong[0]
+    with pytest.raises(ValueError, match="bold flags"):
+        tables.table_html(table, bold=[True])
+
+
+def test_metrics_reading_table_picks_the_pathologists_columns():
+    at_slide = {"f1": 0.41234, "precision": 0.5, "recall": 0.35, "specificity": 0.98, "iou": 0.2}
+    metrics_ = {
+        "v1": {
+            "pixel": {"mahalanobis_d2": {"auroc": 0.81}, "kde": {"auroc": 0.77}},
+            "at_operating_point": {"all": at_slide},
+            "specificity": {"normal_only": False, "normal_tissue_in_polygons": 0.02, "lesion_sensitivity": 0.5,
+                            "f1_flag_everything": 0.18, "warning": None},
+        },
+        "n1": {
+            "pixel": {"kde": {"auroc": None}},
+            "at_operating_point": {"all": {"f1": None, "precision": 0.0, "recall": None, "specificity": 0.9}},
+            "specificity": {"normal_only": True, "normal_tissue_in_polygons": 0.1, "lesion_sensitivity": None,
+                            "f1_flag_everything": None, "warning": "n1: covers 80 %"},
+        },
+        "pooled/validation": {
+            "pixel": {"mahalanobis_d2": {"auroc": 0.8}, "kde": {"auroc": 0.75}},
+            "at_operating_point": {"all": {"f1": 0.3, "precision": 0.4, "recall": 0.3, "specificity": 0.95}},
+            "specificity": {"normal_only_slides": ["n1"], "normal_tissue_in_polygons": 0.1,
+                            "normal_tissue_in_polygons_all": 0.05, "lesion_sensitivity": 0.5,
+                            "f1_flag_everything": 0.1, "warnings": ["n1: covers 80 %"]},
+        },
+    }  # fmt: skip
+    table = tables.reading_table(metrics_, {"v1": "validation", "n1": "validation"}).set_index("slide")
+    assert list(table.columns) == list(tables.READING_COLUMNS[1:]) and len(tables.READING_COLUMNS) == 13
+    v1, n1, pooled = table.loc["v1"], table.loc["n1"], table.loc["pooled/validation"]
+    assert (v1["split"], v1["F1"], v1["specificity"], v1["pixel AUROC, d²"]) == ("validation", 0.412, 0.98, 0.81)
+    only = "normal tissue inside polygons, normal-only slides"
+    assert v1["normal tissue inside polygons"] == 0.02 and pd.isna(v1[only])
+    assert n1[only] == 0.1 and pd.isna(n1["F1"])
+    assert n1["warning"] == "n1: covers 80 %" and pd.isna(n1["pixel AUROC, d²"])
+    assert pooled["split"] == "validation (pooled)" and pooled["normal tissue inside polygons"] == 0.05
+    assert pooled[only] == 0.1 and pooled["warning"] == "n1: covers 80 %"
+    html = tables.page("Evaluation metrics", [("At the operating point", table.reset_index())])
+    assert html.count('<th class="text">') == 13 and "0.412" in html

@@ -103,6 +103,49 @@ def test_float32_map_is_stored_as_float32_with_nan(tmp_path):
     assert max(levels[-1].shape) <= 64
 
 
+def _covered_children_mean(level: np.ndarray, nodata=None) -> np.ndarray:
+    """Loop reference: each parent is the mean of its existing, covered children (not NaN / not nodata); no data if
+    none. Integers round half up."""
+    h, w = level.shape
+    out = np.zeros(((h + 1) // 2, (w + 1) // 2))
+    for r in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            kids = level[2 * r : 2 * r + 2, 2 * c : 2 * c + 2].astype(np.float64).ravel()
+            kids = kids[~np.isnan(kids)] if nodata is None else kids[kids != nodata]
+            if nodata is None:
+                out[r, c] = kids.mean() if kids.size else np.nan
+            else:
+                out[r, c] = np.floor(kids.mean() + 0.5) if kids.size else nodata
+    return out
+
+
+def test_pyramid_levels_are_nan_means_of_covered_children(tmp_path):
+    rng = np.random.default_rng(7)
+    image = rng.random((157, 203)).astype(np.float32)
+    image[rng.random(image.shape) < 0.4] = np.nan  # scattered unscored pixels
+    image[:, 120:] = np.nan  # an unscored region
+    write_pyramid(tmp_path / "f.tif", image, 2.0, tile=32, compression="deflate")
+    levels, _ = read_levels(tmp_path / "f.tif")
+    for k in range(1, len(levels)):
+        np.testing.assert_allclose(levels[k], _covered_children_mean(levels[k - 1]), rtol=1e-6, equal_nan=True)
+    assert np.isnan(levels[1][:, 60:]).all() and not np.isnan(levels[2][:-1, :28]).any()
+
+
+def test_uint16_nodata_is_left_out_of_reduced_levels(tmp_path):
+    rng = np.random.default_rng(8)
+    counts = rng.integers(1, 65536, (131, 77), dtype=np.uint16)
+    counts[rng.random(counts.shape) < 0.4] = 0
+    counts[:40, :40] = 0
+    block = counts[..., None]
+    np.testing.assert_array_equal(downscale2(block, nodata=0)[..., 0], _covered_children_mean(counts, nodata=0))
+    write_pyramid(tmp_path / "u.tif", counts, 2.0, tile=32, compression="deflate", nodata=0)
+    levels, _ = read_levels(tmp_path / "u.tif")
+    np.testing.assert_array_equal(levels[0], counts)
+    for k in range(1, len(levels)):
+        np.testing.assert_array_equal(levels[k], _covered_children_mean(levels[k - 1], nodata=0))
+    assert (levels[1][:20, :20] == 0).all()
+
+
 def test_uint8_single_channel_and_fixed_level_count(tmp_path):
     image = (np.arange(500 * 300) % 251).astype(np.uint8).reshape(500, 300)
     path = tmp_path / "gray.tif"

@@ -113,3 +113,26 @@ def test_empty_slide_and_missing_resolution(tmp_path):
         count_examples([manifest], 32)
     with pytest.raises(RecordsError, match="does not exist"):
         read_manifest(tmp_path / "nope.manifest.json")
+
+
+def test_write_slide_records_applies_the_transform_before_downscaling(tmp_path):
+    """The stain normalisation hook: records hold transform(patch) at every resolution."""
+    import pandas as pd
+    import tifffile
+
+    from proganomaly.data.records import write_slide_records
+    from proganomaly.data.slide import open_slide
+
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    res = {"resolution": (1e4 / 0.5, 1e4 / 0.5), "resolutionunit": "CENTIMETER"}
+    tifffile.imwrite(tmp_path / "s.tif", img, tile=(16, 16), photometric="rgb", **res)
+    table = pd.DataFrame({"slide_id": ["s"] * 2, "x": [0, 32], "y": [16, 0], "width": [32, 32], "height": [32, 32]})
+    with open_slide(tmp_path / "s.tif") as slide:
+        out = write_slide_records(slide, table, tmp_path / "s", [8, 16, 32], 10, 32, transform=lambda p: 255 - p)
+    manifest = tmp_path / "s.manifest.json"
+    manifest.write_text(json.dumps(build_manifest("s", tmp_path / "s", out, 32)))
+    for size in (8, 32):
+        got = list(make_dataset([manifest], size).as_numpy_iterator())
+        for image, (x, y) in zip(got, [(0, 16), (32, 0)], strict=True):
+            np.testing.assert_array_equal(image, downscale_area(255 - img[y : y + 32, x : x + 32], size))

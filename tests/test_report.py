@@ -82,9 +82,10 @@ def report(demo_run):  # noqa: F811
 
 
 def expected_items(workdir: Path) -> set[str]:
-    """Report figures of this stage that the run made (all of results/report/ except helper tables)."""
+    """Report figures of this stage that the run made (all of results/report/ except helper tables and the SVG twins
+    of the PNG figures)."""
     made = {str(p.relative_to(workdir)) for p in (workdir / "results" / "report").rglob("*") if p.is_file()}
-    return {p for p in made if not p.endswith((".tsv", ".csv"))}
+    return {p for p in made if not p.endswith((".tsv", ".csv", ".svg"))}
 
 
 def test_every_figure_is_a_report_item(report):
@@ -111,6 +112,29 @@ def test_every_figure_is_a_report_item(report):
         assert "Training" in cats
     if any(p.startswith("results/report/eval/") for p in expected):
         assert "Evaluation" in cats and "Slide maps" in cats
+
+
+def test_every_mapped_slide_has_an_overlay_and_every_figure_an_svg_twin(report):
+    """Issue 20: an overlay picture per slide that infer_slide maps (validation, test, threshold), in the report
+    under its slide; each PNG figure of results/report/ has a vector copy beside it."""
+    import csv
+    import xml.etree.ElementTree as ET
+
+    results, workdir = report["results"], report["workdir"]
+    with open(workdir / "config" / "slides.tsv") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    mapped = [r["slide_id"] for r in rows if r["split"] in ("validation", "test", "threshold")]
+    assert mapped
+    for slide in mapped:
+        item = results.get(f"results/report/overlays/{slide}.png")
+        assert item, f"no overlay of mapped slide {slide} in the report"
+        assert item["labels"].get("slide") == slide and item["labels"].get("map") == "overlay", item["labels"]
+    pngs = list((workdir / "results" / "report").rglob("*.png"))
+    lacking = [str(p) for p in pngs if not p.with_suffix(".svg").is_file()]
+    assert pngs and not lacking, f"PNG figures without an SVG twin: {lacking}"
+    for png in pngs[:5]:
+        assert ET.parse(png.with_suffix(".svg")).getroot().tag.endswith("svg")
+    assert "results/report/eval/metrics.csv" in results  # the full metrics, downloadable from the report
 
 
 def test_methods_paragraph_renders_config_values(report):

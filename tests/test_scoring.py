@@ -50,10 +50,13 @@ def exported(tmp_path_factory):
     for arch, name in CASES:
         scorer = make_scorer(name, tiny_model(arch))
         ds = tf.data.Dataset.from_tensor_slices(images).batch(4)
-        moments, counts = errors.fit_error_distribution(scorer, ds, stats.linear_edges(*scorer.histogram_range, 16))
+        edges = stats.linear_edges(*scorer.histogram_range, 16)
+        moments, counts, rows = errors.fit_error_distribution(scorer, ds, edges, with_rows=True)
         c = len(scorer.channels)
-        assert moments.n == 9 * TINY * TINY and moments.dim == c and counts.shape == (c, 18)
-        gauss = stats.gaussian_fit(moments, ridge=scorer.ridge)
+        assert moments.n == 9 * TINY * TINY and moments.dim == c and counts.shape == (c, 18) and rows.shape == (9, c)
+        # as fit_error_distribution.py fits it by default: shrunk covariance, one-sided d²
+        gauss = stats.gaussian_fit(moments, ridge=scorer.ridge, rows=rows, kind="oas")
+        gauss["directions"] = list(scorer.directions)
         # what the JSON record holds, rebuilt as fit_threshold and export_model rebuild it
         record = json.loads(
             json.dumps({"scorer": name, "scorer_state": scorer.state, "scorer_settings": scorer.settings})
@@ -61,6 +64,7 @@ def exported(tmp_path_factory):
         again = scorer_from_record(record, tiny_model(arch), expected=name, source="ed.json", settings=None)
         meta = export.save_detector(again, gauss, 3.0, root / f"{arch}-{name}", jit_compile=False)
         assert meta["scorer"] == name and meta["anomaly_map_channels"] == list(scorer.channels)
+        assert meta["directions"] == list(scorer.directions)
         out[arch, name] = scorer, gauss, root / f"{arch}-{name}"
     return out
 
@@ -83,7 +87,7 @@ def test_every_scorer_meets_the_contract(case, exported):
     np.testing.assert_allclose(scorer(tf.constant(images[perm])).numpy(), eager[perm], rtol=1e-4, atol=1e-4)
     served = load.load_detector(path)(images)
     np.testing.assert_allclose(served["anomaly_map"], eager, rtol=1e-4, atol=1e-5)
-    d2 = stats.mahalanobis_d2(eager, gauss["mean"], gauss["precision"])
+    d2 = stats.mahalanobis_d2(eager, gauss["mean"], gauss["precision"], gauss["directions"])
     np.testing.assert_allclose(served["mahalanobis_d2"], d2, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(
         load.load_detector(path)(images, batch_size=1)["mahalanobis_d2"], served["mahalanobis_d2"], rtol=1e-4, atol=1e-3
@@ -349,3 +353,35 @@ def test_changed_scoring_settings_force_a_refit():
         scorer_from_record(record, trained, expected="inpainting", source="ed.json", settings=other)
     # a setting the scorer does not read changes nothing
     scorer_from_record({"scorer": "rgb_error"}, trained, expected="rgb_error", source="ed.json", settings=other)
+
+
+def test_scorers_declare_the_anomalous_side_of_each_channel():
+    """+1 for error magnitudes and distances, −1 for the critic's logit (the WGAN critic is trained to score real
+    tissue higher: critic_losses minimises mean D(fake) − mean D(x)), 0 for two-sided statistics; combined
+    concatenates its parts'."""
+    from proganomaly.model import losses
+
+    g = tiny_model("ganomaly")
+    full = scoring_base.default_settings()
+    want = {"rgb_error": (1, 1, 1), "inpainting": (1, 1, 1), "latent_distance": (1,), "critic": (-1,),
+            "gradient_similarity": (1,), "texture_baseline": (0,) * 20}  # fmt: skip
+    for name, dirs in want.items():
+        assert make_scorer(name, g).directions == dirs, name
+    assert set(make_scorer("encoder_features", g).directions) == {0}
+    per_scale = {**full, "gradient_similarity": {**full["gradient_similarity"], "per_scale": True}}
+    assert make_scorer("gradient_similarity", g, settings=per_scale).directions == (1,) * 4
+    combined = {**full, "combined": {"scorers": ["critic", "texture_baseline"]}}
+    assert make_scorer("combined", g, settings=combined).directions == (-1,) + (0,) * 20
+    # the sign of the critic's loss: a critic that scores the real batch higher has the lower loss
+    weights = type("Weights", (), {"D_of_x": 1.0, "D_of_G_of_x": 1.0})()
+    real, fake = tf.ones((2, 4, 4, 3)), -tf.ones((2, 4, 4, 3))
+
+    def loss(real_logit: float) -> float:
+        def critic(x):  # real_logit on real patches, 0 on fakes
+            return real_logit * tf.reduce_mean(tf.maximum(x, 0.0), axis=[1, 2, 3])[:, None]
+
+        out = losses.critic_losses(critic, real, {"D_of_G_of_x": fake}, weights, tf.zeros(2), global_batch=2,
+                                   gp_coefficient=0.0, gp_target=1.0, epsilon_drift=0.0)  # fmt: skip
+        return float(out["discriminator_total_loss"])
+
+    assert loss(5.0) < loss(0.0) < loss(-5.0)

@@ -305,3 +305,168 @@ def test_xla_compiled_error_step_agrees():
     assert xla.n == plain.n
     np.testing.assert_allclose(stats.covariance(xla), stats.covariance(plain), rtol=1e-5)
     assert np.abs(c_xla - c_plain).sum() <= 4  # a value on a bin edge may round to the other side
+
+
+# --- shrinkage of the covariance (calibration.covariance) -----------------------------------------------------------
+
+
+def _scaled_gaussian(n: int, d: int, seed: int, factors: int = 4):
+    """n draws of a d-dim Gaussian with correlated channels on wildly different scales (1e-2 … 50, as a critic
+    logit next to LBP fractions), and its true covariance."""
+    rng = np.random.default_rng(seed)
+    loadings = rng.normal(size=(d, factors))
+    corr = loadings @ loadings.T + np.eye(d)
+    s = np.sqrt(np.diag(corr))
+    scales = np.logspace(-2, 1.7, d)
+    cov = corr / np.outer(s, s) * np.outer(scales, scales)
+    return rng.multivariate_normal(np.linspace(-3, 3, d), cov, size=n), cov
+
+
+@pytest.mark.parametrize("kind", ["oas", "ledoit_wolf"])
+def test_shrunk_covariance_is_sklearns_estimate_on_the_standardised_rows(kind):
+    """Per-patch features: the pixels' moments are the rows' own, so Σ' must be sklearn's estimate on the rows
+    standardised by the exact standard deviations, rescaled (sklearn's is the population (ddof 0) version)."""
+    from sklearn.covariance import OAS, LedoitWolf
+
+    x, _ = _scaled_gaussian(80, 21, seed=3)
+    g = stats.gaussian_fit(stats.moments_of(x), rows=x, kind=kind)
+    std = np.sqrt(np.diag(np.cov(x, rowvar=False)))
+    z = (x - x.mean(axis=0)) / std
+    ref = (OAS() if kind == "oas" else LedoitWolf()).fit(z)
+    assert 0 < ref.shrinkage_ < 1
+    assert g["shrinkage"]["alpha"] == pytest.approx(ref.shrinkage_, abs=1e-10)
+    want = np.outer(std, std) * ref.covariance_ * 80 / 79
+    np.testing.assert_allclose(g["covariance"], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    np.testing.assert_allclose(np.diag(g["covariance"]), std**2, rtol=1e-10)  # the variances stay exact
+    assert g["shrinkage"] == {
+        "kind": kind,
+        "alpha": g["shrinkage"]["alpha"],
+        "n_rows": 80,
+        "rows_per_dimension": 80 / 21,
+    }
+    if kind == "oas":  # and sklearn's OAS is its published formula (Chen et al. 2010, as sklearn ≥ 1.3 writes it)
+        s = np.cov(z, rowvar=False, ddof=0)
+        mu, a = np.trace(s) / 21, np.mean(s**2)
+        assert ref.shrinkage_ == pytest.approx(min((a + mu**2) / (81 * (a - mu**2 / 21)), 1.0), rel=1e-10)
+
+
+def test_shrinkage_vanishes_with_many_patches_per_dimension():
+    x, _ = _scaled_gaussian(50_000, 5, seed=4)
+    m = stats.moments_of(x)
+    sample = stats.gaussian_fit(m)
+    for kind in ("oas", "ledoit_wolf"):
+        g = stats.gaussian_fit(m, rows=x, kind=kind)
+        assert 0 <= g["shrinkage"]["alpha"] < 1e-3
+        np.testing.assert_allclose(
+            g["covariance"], sample["covariance"], rtol=1e-3, atol=1e-3 * sample["covariance"].max()
+        )
+    assert sample["shrinkage"]["kind"] == "sample" and sample["shrinkage"]["alpha"] == 0.0
+
+
+def test_shrinkage_brings_out_of_sample_d2_back_towards_d():
+    """80 patches for 21 dimensions (the demo's combined scorer): under the sample covariance fresh normal data have
+    a mean d² about 40 % above d (its expectation is d·(n−1)/(n−d−2)·(1 + 1/n) ≈ 29.4); shrinkage removes most of it."""
+    d, mean_d2 = 21, {"sample": [], "oas": [], "ledoit_wolf": []}
+    for rep in range(10):
+        x, cov = _scaled_gaussian(80, d, seed=100 + rep)
+        fresh = np.random.default_rng(200 + rep).multivariate_normal(np.linspace(-3, 3, d), cov, size=4000)
+        m = stats.moments_of(x)
+        for kind in mean_d2:
+            g = stats.gaussian_fit(m, rows=x, kind=kind)
+            mean_d2[kind].append(stats.mahalanobis_d2(fresh, g["mean"], g["precision"]).mean())
+    got = {k: float(np.mean(v)) for k, v in mean_d2.items()}
+    assert 1.3 < got["sample"] / d < 1.5, got  # the inflation the review found
+    for kind in ("oas", "ledoit_wolf"):
+        assert abs(got[kind] - d) < 0.3 * abs(got["sample"] - d), got
+
+
+def test_shrinkage_needs_rows_and_a_known_kind_and_warns_about_few_patches():
+    x, _ = _scaled_gaussian(30, 4, seed=5)
+    m = stats.moments_of(x)
+    with pytest.raises(stats.StatsError, match="one feature row per patch"):
+        stats.gaussian_fit(m, kind="oas")
+    with pytest.raises(stats.StatsError, match=r"calibration.covariance 'nope'"):
+        stats.gaussian_fit(m, rows=x, kind="nope")
+    assert "80 calibrate patches for 21 feature dimensions (3.8 per dimension" in stats.sample_size_warning(80, 21)
+    assert stats.sample_size_warning(210, 21) is None
+    # a constant channel stays constant; the ridge keeps the fit invertible, as for the sample covariance
+    x[:, 1] = 2.0
+    g = stats.gaussian_fit(stats.moments_of(x), ridge=1e-6, rows=x, kind="oas")
+    assert g["covariance"][1, 1] > 0 and np.all(g["covariance"][1, [0, 2, 3]] == 0)
+
+
+def test_rows_are_one_seeded_interior_pixel_per_patch_whatever_the_batching():
+    images = random_patches(23, 8)
+    scorer = rgb(StandIn(8))
+    e = scorer(tf.constant(images)).numpy()[:, 2:6, 2:6].reshape(23, 16, 3)
+    got = []
+    for batch in (1, 5, 64):
+        ds = tf.data.Dataset.from_tensor_slices(images).batch(batch)
+        m, _, rows = errors.fit_error_distribution(scorer, ds, stats.linear_edges(0, 2, 8), border_px=2, with_rows=True)
+        assert rows.shape == (23, 3) and rows.dtype == np.float64 and m.n == 23 * 16
+        got.append(rows)
+    np.testing.assert_array_equal(got[0], got[1])
+    np.testing.assert_array_equal(got[0], got[2])
+    picks = errors._ROW_TABLE[np.arange(23)] % 16  # the documented choice: the table entry of the patch's index
+    np.testing.assert_array_equal(got[0], e[np.arange(23), picks].astype(np.float64))
+    assert len(set(picks.tolist())) > 5  # spread over the interior, not one fixed position
+
+
+def test_rows_of_a_per_patch_scorer_are_the_patch_vectors():
+    from proganomaly.scoring import texture_baseline as tf_tb
+
+    images = random_patches(7, 8, seed=2)
+    scorer = make_scorer("texture_baseline", StandIn(8))
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(3)
+    _, _, rows = errors.fit_error_distribution(scorer, ds, stats.linear_edges(0, 1, 8), border_px=1, with_rows=True)
+    want = tf_tb.patch_features(tf.constant(images)).numpy().astype(np.float32)
+    np.testing.assert_array_equal(rows, want.astype(np.float64))
+
+
+# --- one-sided d² (calibration.one_sided) --------------------------------------------------------------------------
+
+
+def test_one_sided_d2_numpy_tf_and_a_direct_reference_agree():
+    rng = np.random.default_rng(12)
+    x = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 4))
+    g = stats.gaussian_fit(stats.moments_of(x))
+    dirs = [1, -1, 0, 1]
+    e = rng.normal(size=(6, 5, 4)) * 2 + g["mean"]
+    y = e - g["mean"]
+    clipped = np.stack([np.maximum(y[..., 0], 0), np.minimum(y[..., 1], 0), y[..., 2], np.maximum(y[..., 3], 0)], -1)
+    want = np.array([mahalanobis(v, np.zeros(4), g["precision"]) ** 2 for v in clipped.reshape(-1, 4)]).reshape(6, 5)
+    got = stats.mahalanobis_d2(e, g["mean"], g["precision"], dirs)
+    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    got_tf = stats.tf_mahalanobis_d2(tf.constant(e.astype(np.float32)), g["mean"], g["precision"], dirs).numpy()
+    np.testing.assert_allclose(got_tf, want, rtol=1e-4, atol=1e-4)
+    # all-zero directions (or none) are the two-sided d²
+    np.testing.assert_array_equal(
+        stats.mahalanobis_d2(e, g["mean"], g["precision"], [0] * 4), stats.mahalanobis_d2(e, g["mean"], g["precision"])
+    )
+    with pytest.raises(stats.StatsError, match="must be 4 values"):
+        stats.mahalanobis_d2(e, g["mean"], g["precision"], [1, 2, 0, 0])
+
+
+def test_critic_logit_on_the_normal_side_scores_zero():
+    """A 1-D Gaussian of the critic's logit (direction −1: real tissue scores higher): a far higher logit than the
+    calibrate mean is no anomaly, a lower one is as anomalous as two-sided."""
+    g = {"mean": np.array([2.0]), "precision": np.array([[1 / 9.0]])}  # mean 2, std 3
+    e = np.array([[50.0], [2.0], [-7.0]])
+    np.testing.assert_array_equal(stats.mahalanobis_d2(e, g["mean"], g["precision"], [-1]), [0.0, 0.0, 9.0])
+    np.testing.assert_array_equal(stats.mahalanobis_d2(e, g["mean"], g["precision"]), [256.0, 0.0, 9.0])
+    tf_d2 = stats.tf_mahalanobis_d2(tf.constant(e, tf.float32), g["mean"], g["precision"], [-1]).numpy()
+    np.testing.assert_allclose(tf_d2, [0.0, 0.0, 9.0], atol=1e-6)
+
+
+def test_collect_d2_uses_the_gaussians_directions():
+    images = random_patches(5, 8, seed=13)
+    scorer = rgb(StandIn(8))
+    e = scorer(tf.constant(images)).numpy()
+    g = stats.gaussian_fit(stats.moments_of(e.reshape(-1, 3)))
+    gauss = {"mean": g["mean"], "precision": g["precision"], "directions": [1, 1, 1]}
+    meta = {"slide_id": tf.constant([b"s"] * 5), "x": tf.range(5, dtype=tf.int64), "y": tf.zeros(5, tf.int64)}
+    ds = tf.data.Dataset.from_tensor_slices({"image": images, **meta}).batch(2)
+    out = errors.collect_d2(scorer, ds, gauss, stats.log_edges(1e-3, 1e3, 10), max_exact_pixels=10**6)
+    want = stats.mahalanobis_d2(e, g["mean"], g["precision"], [1, 1, 1])
+    np.testing.assert_allclose(np.sort(out["normal_d2"]), np.sort(want.ravel()), rtol=1e-4, atol=1e-5)
+    assert (want == 0).any() and (want > 0).any()

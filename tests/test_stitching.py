@@ -27,7 +27,7 @@ def _reference(patches, width_l0, height_l0, ds):
     pad = ((0, h * ds - height_l0), (0, w * ds - width_l0))
     total = np.pad(total, pad).reshape(h, ds, w, ds).sum(axis=(1, 3))
     area = np.pad(area, pad).reshape(h, ds, w, ds).sum(axis=(1, 3))
-    return np.where(area > 0, total / np.where(area > 0, area, 1), 0.0), area
+    return np.where(area > 0, total / np.where(area > 0, area, 1), np.nan), area
 
 
 @pytest.mark.parametrize(
@@ -110,6 +110,30 @@ def test_mask_resampling_is_aligned_to_level0(tmp_path):
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (8, 11, 12, 15)
 
 
+def test_overview_box_mean_skips_nan():
+    image = np.full((6, 6), np.nan, np.float32)
+    image[0, 0], image[1, 1] = 1.0, 3.0  # box (0, 0): two scored pixels of four
+    image[4, 2] = 5.0  # box (1, 0)
+    small = stitching.overview(image, max_px=2)
+    np.testing.assert_array_equal(small, [[2.0, np.nan], [5.0, np.nan]])
+
+
+def test_scored_tissue_counts_unscored_tissue(tmp_path):
+    grid = stitching.MapGrid(8, 4, 1, 0.5)
+    canvas = stitching.create_canvas(tmp_path / "c", grid, {"v": 1})
+    stitching.add_patches(canvas, [(0, 0, 6, 4)], {"v": np.ones((1, 6, 6))}, border_px=1)
+    tissue = np.zeros((4, 8), np.uint8)
+    tissue[:, :7] = 255
+    w, stats = stitching.scored_tissue(canvas.count, tissue, tmp_path / "w.npy")
+    want = np.zeros((4, 8), np.float32)
+    want[1:3, 1:5] = 1  # interior of the 6×4 patch (its border px dropped); height 4 → 6 model rows over 4 px
+    covered = canvas.count[:, :] > 0
+    np.testing.assert_array_equal(w[:, :], (covered & (tissue > 0)).astype(np.float32))
+    assert stats["tissue_pixels"] == 28
+    assert stats["unscored_tissue_pixels"] == 28 - int(w[:, :].sum())
+    assert stats["unscored_tissue_fraction"] == pytest.approx(stats["unscored_tissue_pixels"] / 28)
+
+
 def test_overview_is_bounded_box_average():
     image = np.arange(45 * 70, dtype=np.float32).reshape(45, 70)
     small = stitching.overview(image, max_px=20)
@@ -168,14 +192,42 @@ def test_maps_round_trip_through_tifffile(tmp_path):
             assert image.dtype == np.uint8
     read = {n: tifffile.imread(tmp_path / "maps" / f"{n}.tif") for n in ("flags", "mahalanobis_d2", "kde", "tissue")}
     # Flags of patch 1 cover level-0 x 8..24, y 24..40 → map cols 4..12, rows 12..20; not inverted, not flipped.
-    want = np.zeros((32, 48), np.float32)
+    # The two patches cover level-0 x 0..64, y 16..48 → map cols 0..32, rows 8..24; elsewhere nothing was scored.
+    want = np.full((32, 48), np.nan, np.float32)
+    want[8:24, 0:32] = 0
     want[12:20, 4:12] = 1
     want[12:20, 20:28] = 1
     np.testing.assert_array_equal(read["flags"], want)
     np.testing.assert_array_equal(read["mahalanobis_d2"], want * 30)
-    assert read["kde"].max() <= 1 and read["kde"][16, 8] > read["kde"][16, 40] >= 0
+    assert np.nanmax(read["kde"]) <= 1 and read["kde"][16, 8] > read["kde"][16, 40] >= 0
     assert (read["tissue"][8:24] == 255).all() and (read["tissue"][:8] == 0).all()
     assert meta["kde"]["sigma_map_px"] == pytest.approx(4.0)
+    # Tissue rows 8..24 × all 48 columns; scored only where the patches are (cols 0..32).
+    assert meta["tissue_pixels"] == 16 * 48 and meta["unscored_tissue_pixels"] == 16 * 16
+    assert meta["unscored_tissue_fraction"] == pytest.approx(1 / 3)
+    assert meta["kde"]["definition"]["weight_floor"] == 1e-3
+    # The KDE is the normalised convolution over the scored tissue (an independent scipy reference).
+    from scipy import ndimage
+
+    weight = np.isfinite(want) & (read["tissue"] > 0)
+    flags = np.nan_to_num(want) * weight  # no object is below min_object_um2 here
+    top = ndimage.gaussian_filter(flags.astype(np.float64), 4.0, mode="constant")
+    mass = ndimage.gaussian_filter(weight.astype(np.float64), 4.0, mode="constant")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ref = np.where(mass >= 1e-3, np.minimum(top / mass / 0.5, 1.0), np.nan)
+    np.testing.assert_allclose(read["kde"], ref, atol=1e-6)
+    assert np.isnan(read["kde"][:, 46:]).all() and not np.isnan(read["kde"][8:24, :32]).any()  # > 3σ from tissue
+    # uint16 rendition: count 0 = no data, else 1 + round(value / scale).
+    counts = tifffile.imread(tmp_path / "maps" / "flags.u16.tif")
+    rend = meta["renditions"]["flags"]
+    assert (rend["nodata"], rend["offset"]) == (0, 1)
+    np.testing.assert_array_equal(counts == 0, np.isnan(want))
+    np.testing.assert_allclose((counts[~np.isnan(want)] - 1.0) * rend["value_per_count"], want[~np.isnan(want)])
+    # Overviews: transparent where not scored; kde_color grey where the KDE is NaN.
+    png = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "overview" / "mahalanobis_d2.png"))
+    assert png.shape[-1] == 4 and png[0, 0, 3] == 0 and png[-1, -1, 3] == 0 and png[6, 4, 3] == 255
+    color = tifffile.imread(tmp_path / "maps" / "kde_color.tif")
+    assert (color[np.isnan(read["kde"])] == 128).all() and not (color[~np.isnan(read["kde"])] == 128).all(axis=-1).any()
 
 
 def test_zero_patch_slide_gives_empty_maps_and_warning(tmp_path, caplog):
@@ -188,8 +240,9 @@ def test_zero_patch_slide_gives_empty_maps_and_warning(tmp_path, caplog):
         )  # fmt: skip
     assert "no tissue patches" in caplog.text
     assert meta["patches"] == 0
-    assert not tifffile.imread(tmp_path / "maps" / "kde.tif").any()
-    assert not tifffile.imread(tmp_path / "maps" / "flags.tif").any()
+    assert np.isnan(tifffile.imread(tmp_path / "maps" / "kde.tif")).all()  # nothing was scored
+    assert np.isnan(tifffile.imread(tmp_path / "maps" / "flags.tif")).all()
+    assert not tifffile.imread(tmp_path / "maps" / "flags.u16.tif").any()  # all no data
     assert (tifffile.imread(tmp_path / "maps" / "thumbnail.tif") == 255).all()
     assert not (tmp_path / "maps" / ".work").exists()
 
@@ -211,7 +264,7 @@ def test_patch_kde_method_stitches_the_per_patch_kde(tmp_path):
     )  # fmt: skip
     got = tifffile.imread(tmp_path / "maps" / "kde.tif")
     np.testing.assert_allclose(got[0:16, 16:32], ramp, atol=1e-6)  # ds 2: 16 model px over 32 level-0 px → 16 map px
-    assert got[16:].max() == 0 and meta["kde"]["method"] == "patch"
+    assert np.isnan(got[16:]).all() and meta["kde"]["method"] == "patch"  # no patch: not scored
     with pytest.raises(ValueError, match="method=patch"):
         write_slide_maps(
             tmp_path / "canvas", tmp_path / "m2", tmp_path / "o2", tissue_mask=None, tissue_downsample=8, kde=kde
@@ -256,3 +309,81 @@ def test_free_disk_check_names_the_slide_the_bytes_and_the_fix(tmp_path, monkeyp
         stitching.check_free_space(tmp_path / "slides" / "big", grid, channels, "big")
     small = stitching.MapGrid(100000, 100000, 16, 0.25)
     assert stitching.check_free_space(tmp_path / "slides" / "big", small, channels, "big") < 2 * 10**9
+
+
+def test_evaluation_samples_only_scored_tissue_pixels(tmp_path):
+    """Stitched maps → evaluation: uncovered tissue pixels read NaN and are left out, so the pixel AUROC is sklearn's
+    on the scored pixels only (it used to count them as perfect negatives)."""
+    from sklearn.metrics import roc_auc_score
+
+    from proganomaly.evaluation import inputs as eval_io
+    from proganomaly.evaluation import metrics
+
+    grid = stitching.MapGrid(40, 20, 1, 0.5)
+    canvas = stitching.create_canvas(tmp_path / "c", grid, {"mahalanobis_d2": 1})
+    rng = np.random.default_rng(11)
+    values = rng.random((2, 20, 20)).astype(np.float32) * 10
+    stitching.add_patches(canvas, [(0, 0, 20, 20), (20, 0, 20, 20)], {"mahalanobis_d2": values}, border_px=3)
+    d2 = stitching.finalize_map(canvas, "mahalanobis_d2", tmp_path / "d2.npy")[:, :]
+    from proganomaly.maps.pyramid import write_pyramid
+
+    write_pyramid(tmp_path / "d2.tif", d2, 0.5, tile=16, compression="deflate")
+    read = eval_io.read_map(tmp_path / "d2.tif", (20, 40))
+    tissue = np.ones((20, 40), bool)  # the patch boxes cover the whole map; their 3-px rims are unscored
+    pick, counts = eval_io.scored_tissue_pixels(tissue, read)
+    covered = canvas.count[:, :] > 0
+    np.testing.assert_array_equal(pick, np.flatnonzero(covered))
+    assert counts["tissue_pixels"] == 800 and counts["unscored_tissue_pixels"] == 800 - covered.sum()
+    assert counts["unscored_tissue_fraction"] == pytest.approx(1 - 2 * 14 * 14 / 800)  # 14×14 interiors
+    labels = np.zeros((20, 40), bool)
+    labels[5:12, 8:30] = True
+    want = roc_auc_score(labels.ravel()[pick], d2.ravel()[pick])
+    assert metrics.pixel_scores(labels.ravel()[pick], read.ravel()[pick])["auroc"] == pytest.approx(want, abs=1e-12)
+    # All tissue pixels, unscored included (as before): NaN is still never a "0 = perfect negative".
+    assert np.isnan(read[~covered]).all()
+    old = roc_auc_score(labels.ravel(), np.nan_to_num(d2).ravel())  # the previous maps' 0 fill
+    assert old != pytest.approx(want)
+
+
+@pytest.mark.parametrize(("border", "equal"), [(2, True), (1, False), (0, False)])
+def test_qupath_tiles_tile_the_scored_area(tmp_path, border, equal):
+    """tiles.geojson's tiles (each patch's stride cell) never overlap, and cover the scored area of the stitched
+    canvas: exactly when border_px = (patch − stride) / 2 (the demo: 64, 48, 8), inside it when the border is smaller
+    (the outer rim of the scored area is then left to no tile)."""
+    import json
+
+    import pandas as pd
+    import shapely
+
+    from proganomaly.data.geojson import write_tiles
+
+    size, stride = 16, 12
+    rng = np.random.default_rng(border)
+    origins = [
+        (x, y) for x in range(0, 10 * stride, stride) for y in range(0, 6 * stride, stride) if rng.random() < 0.6
+    ]
+    grid = stitching.MapGrid(10 * stride + size, 6 * stride + size, 1, 0.5)
+    canvas = stitching.create_canvas(tmp_path / "c", grid, {"v": 1})
+    values = np.ones((len(origins), size, size), np.float32)
+    stitching.add_patches(canvas, [(x, y, size, size) for x, y in origins], {"v": values}, border_px=border)
+    scored = canvas.count[:, :] > 0
+
+    patches = pd.DataFrame({"x": [x for x, _ in origins], "y": [y for _, y in origins], "width": size,
+                            "height": size, "mean_d2": rng.random(len(origins))})  # fmt: skip
+    write_tiles(tmp_path / "tiles.geojson", patches, "s", stride=stride)
+    doc = json.loads((tmp_path / "tiles.geojson").read_text())
+    assert doc["proganomaly"]["stride_level0_px"] == stride and "do not overlap" in doc["proganomaly"]["tiles"]
+    cells = [shapely.geometry.shape(f["geometry"]) for f in doc["features"]]
+    # No two tiles overlap (shapely: the union's area is the sum of the areas), each lies in its own patch.
+    assert shapely.union_all(cells).area == pytest.approx(sum(c.area for c in cells)) == len(origins) * stride**2
+    assert all(shapely.box(x, y, x + size, y + size).contains(c) for c, (x, y) in zip(cells, origins, strict=True))
+    # Rasterised, they cover the canvas's scored pixels (independent of the tile code: add_patches' coverage).
+    painted = np.zeros(scored.shape, int)
+    for c in cells:
+        x0, y0, x1, y1 = (round(v) for v in c.bounds)
+        painted[y0:y1, x0:x1] += 1
+    assert painted.max() == 1
+    if equal:
+        np.testing.assert_array_equal(painted == 1, scored)
+    else:
+        assert not (painted.astype(bool) & ~scored).any() and scored.sum() > painted.sum()

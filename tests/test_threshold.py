@@ -171,9 +171,9 @@ def two_slide_batches(seed: int):
     return model, xs, ys, ds, e, gauss, lookup
 
 
-def test_tau_without_labels_leaves_the_annotated_anomalies_out():
-    """τ from collect_d2's normal pixels equals numpy's over the pixels outside the annotations (and every pixel of
-    the unannotated slide), not numpy's over all pixels."""
+def test_tau_without_labels_leaves_the_patches_touching_annotations_out():
+    """τ from collect_d2's normal pixels equals numpy's over every pixel of the patches that touch no annotation
+    (every patch of the unannotated slide), not numpy's over all pixels nor over the pixels outside the annotations."""
     model, xs, ys, ds, e, gauss, lookup = two_slide_batches(seed=7)
     geom = union_of([shapely.box(9, 2, 13, 6)])
     edges = stats.log_edges(1e-4, 1e8, 100)
@@ -182,22 +182,59 @@ def test_tau_without_labels_leaves_the_annotated_anomalies_out():
     d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])
     labels = np.zeros(d2.shape, bool)
     labels[:6] = patch_labels(geom, xs[:6], ys[:6], [8] * 6, [8] * 6, 8)
-    assert 0 < labels.sum() < 64
-    normal = d2[~labels].astype(np.float64)
-    assert out["normal_moments"].n == normal.size == 640 - labels.sum()
-    np.testing.assert_allclose(np.sort(out["normal_d2"]), np.sort(d2[~labels]), rtol=1e-4, atol=1e-4)
+    touched = labels.reshape(10, -1).any(axis=1)
+    assert touched.tolist() == [False, True] + [False] * 8 and 0 < labels.sum() < 64  # patch 1 (x 8…16) only
+    normal = d2[~touched].astype(np.float64).ravel()
+    assert out["normal_moments"].n == normal.size == 640 - 64
+    np.testing.assert_allclose(np.sort(out["normal_d2"]), np.sort(normal), rtol=1e-4, atol=1e-4)
     unsup = threshold.unsupervised_tau(out["normal_moments"], 3.0)
     assert unsup["tau"] == pytest.approx(normal.mean() + 3.0 * normal.std(ddof=1), rel=1e-4)
-    everything = d2.astype(np.float64)
-    assert unsup["tau"] != pytest.approx(everything.mean() + 3.0 * everything.std(ddof=1), rel=1e-4)
+    for other in (d2.astype(np.float64).ravel(), d2[~labels].astype(np.float64)):
+        assert unsup["tau"] != pytest.approx(other.mean() + 3.0 * other.std(ddof=1), rel=1e-6)
     quant = threshold.quantile_tau(0.99, out["normal_d2"])
     assert quant["tau"] == pytest.approx(np.quantile(normal, 0.99), rel=1e-4)
     assert out["normal_counts"].sum() == normal.size
-    record = threshold.normal_pixels_record(out["moments"].n, out["normal_counts"].sum(), {"a": "a.geojson"})
-    assert record["n_excluded_annotated"] == labels.sum() and record["n_pixels"] == 640
+    assert out["touching_anomaly"] == {"patches": 1, "normal_pixels": 64 - labels.sum()}
+    assert out["n_anomalous_pixels"] == labels.sum()
+    record = threshold.normal_pixels_record(
+        out["moments"].n, out["normal_counts"].sum(), {"a": "a.geojson"}, n_anomalous=out["n_anomalous_pixels"],
+        touching=out["touching_anomaly"],
+    )  # fmt: skip
+    assert record["n_excluded"] == 64 and record["n_anomalous"] == labels.sum() and record["n_pixels"] == 640
+    assert record["dropped_touching_anomaly"] == {"patches": 1, "normal_pixels": int(64 - labels.sum())}
+    # the supervised curve still sees every labelled pixel with its own label
+    assert out["labels"].size == 6 * 64 and out["labels"].sum() == labels.sum()
     # Without labels every pixel is normal; beyond the cap the values are not kept (the histogram serves).
     plain = errors.collect_d2(rgb(model), ds, gauss, edges, max_exact_pixels=100)
     assert plain["normal_moments"].n == 640 and "normal_d2" not in plain
+    assert plain["touching_anomaly"] == {"patches": 0, "normal_pixels": 0}
+
+
+def test_a_patch_with_one_anomalous_pixel_adds_nothing_to_the_normal_histogram():
+    """Hand-made labeller: patch 2 has a single annotated pixel, in its border (outside the scored interior) and
+    patch 4 one in its interior; both patches drop out of the normal moments, counts and values, whole."""
+    model, _, _, ds, e, gauss, _ = two_slide_batches(seed=9)
+    border = 1
+    d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"])[:, border:-border, border:-border]
+
+    def labeller(slide_ids, xs, ys):
+        labels = np.zeros((len(xs), 8, 8), bool)
+        labels[np.asarray(xs) == 16, 0, 5] = True  # patch 2: one border pixel
+        labels[np.asarray(xs) == 32, 4, 4] = True  # patch 4: one interior pixel
+        return labels, np.ones(len(xs), bool)
+
+    edges = stats.log_edges(1e-4, 1e8, 100)
+    out = errors.collect_d2(rgb(model), ds, gauss, edges, labeller=labeller, max_exact_pixels=10**6, border_px=border)
+    keep = np.ones(10, bool)
+    keep[[2, 4]] = False
+    normal = d2[keep].ravel()
+    np.testing.assert_array_equal(out["normal_counts"], stats.bin_counts(normal, edges))
+    np.testing.assert_allclose(np.sort(out["normal_d2"]), np.sort(normal), rtol=1e-4, atol=1e-4)
+    assert out["normal_moments"].n == 8 * 36
+    assert out["touching_anomaly"] == {"patches": 2, "normal_pixels": 2 * 36 - 1} and out["n_anomalous_pixels"] == 1
+    # F-β keeps every pixel: the interior anomaly is the one positive, all other interior pixels negatives
+    assert out["labels"].size == 10 * 36 and out["labels"].sum() == 1 and out["pos_counts"].sum() == 1
+    assert out["neg_counts"].sum() == 10 * 36 - 1
 
 
 @pytest.mark.parametrize("jit", [False, True])

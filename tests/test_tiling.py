@@ -9,6 +9,8 @@ import tifffile
 
 from proganomaly.config import TilingConfig, TissueConfig
 from proganomaly.data.slide import open_slide
+from proganomaly.data.stain import HE_REF
+from proganomaly.data.stain import estimate as estimate_stain
 from proganomaly.data.tiling import (
     PATCH_COLUMNS,
     TilingError,
@@ -189,3 +191,18 @@ def test_tile_slide_on_demo_slide(demo_svs):
     assert res.qc["candidate_patches"] == (2220 // 64) * (2967 // 64)
     assert (p["tissue_fraction"] >= 0.5).all() and (p["x"] + 64 <= 2220).all() and (p["y"] + 64 <= 2967).all()
     assert res.qc["mpp_source"].startswith("Aperio") and res.qc["thumbnail_downsample"] == pytest.approx(8 / 0.499)
+
+
+def test_stain_estimate_from_the_tiling_thumbnail_of_the_demo_slide(demo_svs):
+    """tile_slide's stain.json input: the demo's H&E skin against Veta's published reference H&E vectors."""
+    with open_slide(demo_svs) as slide:
+        res = tile_slide(slide, "cmu", tiling())
+    est = estimate_stain(res.thumbnail, res.mask)
+    # The glass of the demo slide is a little warm (about 245, 243, 243), read from the non-tissue thumbnail.
+    assert all(238 <= v <= 250 for v in est["i0"]) and est["i0_source"].startswith("median")
+    he = np.asarray(est["macenko"]["stain_matrix"])
+    ref = HE_REF / np.linalg.norm(HE_REF, axis=0)
+    cos = (he * ref).sum(axis=0)
+    assert est["macenko"]["status"] == "ok" and (cos > 0.98).all(), cos  # measured 0.995, 0.996
+    assert est["reinhard"]["tissue_pixels"] == int(res.mask.sum())
+    json.dumps(est)  # plain JSON

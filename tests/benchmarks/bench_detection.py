@@ -92,8 +92,26 @@ def pooled_scores(work: Path) -> dict:
         for level, named in m.get("per_class", {}).items():
             for name, res in named.items():
                 rows[f"{level}:{name}"] = {k: _pick(res["pixel"][k]) for k in MAPS if k in res["pixel"]}
+        spec = m.get("specificity")
+        if spec:
+            rows["specificity"] = {k: spec.get(k) for k in SPECIFICITY}
         out[split] = rows
     return out
+
+
+# What the benchmark records of each split's "specificity" block (pool_metrics), in its tables' order: normal-only
+# slides (tissue inside predicted polygons, flagged by τ, KDE above 0.25 of its scale), false-positive area per mm² of
+# tissue, lesions hit, F1 at the validation-chosen operating point beside the F1 of flagging everything.
+SPECIFICITY = (
+    "normal_tissue_in_polygons",
+    "normal_tissue_flagged",
+    "kde_above_0.25",
+    "fp_area_mm2_per_mm2",
+    "lesion_sensitivity",
+    "f1_at_operating_point",
+    "f1_flag_everything",
+    "best_f1",
+)
 
 
 def _pick(res: dict) -> dict:
@@ -165,7 +183,7 @@ def summarise(rows: list[dict]) -> pd.DataFrame:
     flat = []
     for r in rows:
         for split, parts in r.get("scores", {}).items():
-            for part, maps in parts.items():
+            for part, maps in _auroc_parts(parts):
                 for name, val in maps.items():
                     flat.append({**{k: r[k] for k in ("variant", "scorer", "seed", "train_s", "inference_s")},
                                  "split": split, "part": part, "map": name, **val})  # fmt: skip
@@ -190,7 +208,7 @@ def json_summary(rows: list[dict]) -> dict:
     acc: dict = {}
     for r in rows:
         for split, parts in r.get("scores", {}).items():
-            for part, maps in parts.items():
+            for part, maps in _auroc_parts(parts):
                 for name, val in maps.items():
                     cell = acc.setdefault(r["variant"], {}).setdefault(r["scorer"], {}).setdefault(part, {})
                     cell = cell.setdefault(split, {}).setdefault(name, {"auroc": [], "ap": []})
@@ -215,6 +233,81 @@ def json_summary(rows: list[dict]) -> dict:
     return out
 
 
+def _auroc_parts(parts: dict):
+    return [(part, maps) for part, maps in parts.items() if part != "specificity"]
+
+
+def _mean_sd(values: list) -> dict:
+    v = [x for x in values if x is not None and x == x]
+    return {
+        "mean": statistics.mean(v) if v else None,
+        "sd": statistics.stdev(v) if len(v) > 1 else 0.0 if v else None,
+        "n": len(v),
+    }
+
+
+def specificity_summary(rows: list[dict]) -> dict:
+    """{variant: {scorer: {split: {key: {mean, sd, n}}}}} of the SPECIFICITY keys over seeds."""
+    acc: dict = {}
+    for r in rows:
+        for split, parts in r.get("scores", {}).items():
+            for key, value in (parts.get("specificity") or {}).items():
+                cell = acc.setdefault(r["variant"], {}).setdefault(r["scorer"], {}).setdefault(split, {})
+                cell.setdefault(key, []).append(value)
+    return {
+        variant: {
+            scorer: {split: {k: _mean_sd(v) for k, v in keys.items()} for split, keys in splits.items()}
+            for scorer, splits in scorers.items()
+        }
+        for variant, scorers in acc.items()
+    }
+
+
+def specificity_table(spec: dict) -> pd.DataFrame:
+    """One row per variant × scorer × split, one column per SPECIFICITY key: mean ± sd (n seeds)."""
+    out = []
+    for variant, scorers in spec.items():
+        for scorer, splits in scorers.items():
+            for split, keys in sorted(splits.items()):
+                row = {"variant": variant, "scorer": scorer, "split": split}
+                for k in SPECIFICITY:
+                    c = keys.get(k) or {}
+                    row[k] = "" if c.get("mean") is None else f"{c['mean']:.3f} ± {c['sd']:.3f}"
+                row["seeds"] = max((c.get("n", 0) for c in keys.values()), default=0)
+                out.append(row)
+    return pd.DataFrame(out)
+
+
+# Issue 18's acceptance levels, applied to the VALIDATION split when choosing (test only reports).
+MAX_NORMAL_IN_POLYGONS = 0.02
+MAX_KDE_HOT = 0.05
+
+
+def specific_choice(spec: dict, summary: dict) -> list[tuple]:
+    """(specific, seeds, F1 at the operating point, group AUROC, variant, scorer), best first, from the validation
+    split only. Fixed before the runs: a configuration is specific when its normal-only validation slides have at
+    most MAX_NORMAL_IN_POLYGONS of their tissue inside predicted polygons and at most MAX_KDE_HOT with the heat map
+    above 0.25; specific ones rank first, then more seeds, then the validation F1 at the operating point, then the
+    mean group AUROC of d² (validation_choice's criterion)."""
+    auroc = {(v, sc): (n, c) for n, c, v, sc in validation_choice(summary)}
+    ranked = []
+    for variant, scorers in spec.items():
+        for scorer, splits in scorers.items():
+            val = splits.get("validation") or {}
+
+            def mean(key, val=val):
+                return (val.get(key) or {}).get("mean")
+
+            inside, hot, f1 = mean("normal_tissue_in_polygons"), mean("kde_above_0.25"), mean("f1_at_operating_point")
+            specific = (
+                inside is not None and hot is not None and inside <= MAX_NORMAL_IN_POLYGONS and hot <= MAX_KDE_HOT
+            )
+            n = (val.get("f1_at_operating_point") or {}).get("n", 0)
+            crit = auroc.get((variant, scorer), (0, float("nan")))[1]
+            ranked.append((specific, n, -1.0 if f1 is None else f1, crit, variant, scorer))
+    return sorted(ranked, key=lambda t: (t[0], t[1], t[2], t[3] if t[3] == t[3] else -1.0), reverse=True)
+
+
 GROUPS = ("group:foreign stain", "group:same-stain tissue", "group:artefacts")
 
 
@@ -232,7 +325,7 @@ def validation_choice(summary: dict, map_name: str = "mahalanobis_d2") -> list[t
     return sorted(ranked, reverse=True)
 
 
-def markdown_tables(summary: dict, times: pd.DataFrame) -> str:
+def markdown_tables(summary: dict, times: pd.DataFrame, spec: dict | None = None) -> str:
     """Markdown: per map, the report's comparison table (a row per group × variant × scorer, mean ± sd over seeds,
     seeds counted), then the times."""
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -248,6 +341,9 @@ def markdown_tables(summary: dict, times: pd.DataFrame) -> str:
     for name, label in (("mahalanobis_d2", "d² map"), ("kde", "KDE heat map")):
         out += [f"### Pixel AUROC and AP of the {label}, per group (mean ± sd over seeds)", ""]
         out += [*rows(comparison_table(summary, name)), ""]
+    if spec:
+        out += ["### Specificity and F1 at the operating point (mean ± sd over seeds)", ""]
+        out += [*rows(specificity_table(spec)), ""]
     out += ["### Median seconds per run", ""]
     out += rows(times.round(0).astype(int).reset_index())
     return "\n".join(out) + "\n"
@@ -305,6 +401,12 @@ def main() -> None:
     print("\nmedian seconds per run (train: train_reconstruction; inference: calibration, export, infer_slide)")
     print(times.round(1).to_string())
     summary = json_summary(rows)
+    spec = specificity_summary(rows)
+    print("\nspecificity (normal-only slides; F1 at the validation-chosen operating point beside flagging everything)")
+    print(specificity_table(spec).to_string(index=False))
+    print("\nspecific choice (validation only: specific?, seeds, F1 at operating point, group AUROC of d²):")
+    for specific, n, f1, crit, variant, scorer in specific_choice(spec, summary):
+        print(f"  {'yes' if specific else 'no ':>3}  {n} seeds  F1 {f1:.3f}  AUROC {crit:.3f}  {variant:>14}  {scorer}")
     print("\nvalidation choice (most seeds first; mean over groups of validation pixel AUROC, d² map | KDE map):")
     kde = {(v, sc): c for _, c, v, sc in validation_choice(summary, "kde")}
     for n, crit, variant, scorer in validation_choice(summary):
@@ -315,10 +417,10 @@ def main() -> None:
     what = (f"pixel AUROC / AP pooled per split, {len(rows)} workflow runs over seeds {seeds} at commit "
             f"{commit.strip() or 'unknown'}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
     record = {"what": what, "seeds": seeds, "scorers": sorted({r["scorer"] for r in rows}),
-              "variants": variants, "rows": rows, "summary": summary}  # fmt: skip
+              "variants": variants, "rows": rows, "summary": summary, "specificity": spec}  # fmt: skip
     (args.out / "detection.json").write_text(json.dumps(record, indent=1))
     if args.markdown:
-        args.markdown.write_text(markdown_tables(summary, times))
+        args.markdown.write_text(markdown_tables(summary, times, spec))
     print(f"\nwrote {args.out / 'detection.json'}")
 
 

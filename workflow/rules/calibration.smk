@@ -7,7 +7,7 @@
 
 
 rule fit_error_distribution:
-    """Mean and covariance of the scorer's per-pixel features (calibration.scorer), streamed exactly over the calibrate slides."""
+    """Mean and covariance (calibration.covariance: shrunk or sample) of the scorer's per-pixel features (calibration.scorer), streamed exactly over the calibrate slides, and the one-sided directions of d² (calibration.one_sided)."""
     input:
         model_json="results/model/model.json",
         weights="results/model/generator.weights.h5",
@@ -32,6 +32,8 @@ rule fit_error_distribution:
             "calibration.batch_size",
             "calibration.error_histogram_bins",
             "calibration.jit_compile",
+            "calibration.covariance",
+            "calibration.one_sided",
             "scoring",
             "resources.gpus.calibration",
         ),
@@ -40,8 +42,9 @@ rule fit_error_distribution:
 
 
 rule fit_threshold:
-    """τ on the threshold and validation slides: over their normal pixels (mean + k·std or a quantile of d²) and,
-    with annotations, supervised (max F-β)."""
+    """τ on the threshold and validation slides: over the patches that touch no annotation (mean + k·std or a
+    quantile of d²) and, with annotations, supervised (max F-β over all labelled pixels).
+    """
     input:
         model_json="results/model/model.json",
         weights="results/model/generator.weights.h5",
@@ -77,6 +80,7 @@ rule fit_threshold:
             "calibration.supervised_max_exact_pixels",
             "calibration.annotation_classes",
             "calibration.jit_compile",
+            "calibration.one_sided",
             "scoring",
             "resources.gpus.calibration",
         ),
@@ -86,7 +90,7 @@ rule fit_threshold:
 
 
 rule export_model:
-    """The detector SavedModel (serving_default: uint8 patches in, named anomaly outputs out) and its model card."""
+    """The detector SavedModel (serving_default: uint8 patches in, named anomaly outputs out) and its model card; μ, Σ⁻¹ and the d² directions come from error_distribution.json, τ from threshold.json."""
     input:
         model_json="results/model/model.json",
         weights="results/model/generator.weights.h5",
@@ -109,6 +113,6 @@ rule export_model:
         runtime=30,
         gpu=1,
     params:
-        **config_params("export", "scoring"),
+        **config_params("export", "scoring", *SCREENING_KEYS),
     script:
         "../../scripts/export_model.py"

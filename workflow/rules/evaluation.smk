@@ -13,6 +13,7 @@ rule evaluate_slide:
     annotated slide."""
     input:
         kde="results/slides/{slide}/maps/kde.tif",
+        flags="results/slides/{slide}/maps/flags.tif",
         mahalanobis_d2="results/slides/{slide}/maps/mahalanobis_d2.tif",
         anomaly_map="results/slides/{slide}/maps/anomaly_map.tif",
         maps="results/slides/{slide}/maps.json",
@@ -25,6 +26,7 @@ rule evaluate_slide:
         class_grid="results/eval/{slide}/class_grid.parquet",
         metrics="results/eval/{slide}/metrics.json",
         pixels="results/eval/{slide}/pixels.parquet",
+        lesion_grid="results/eval/{slide}/lesion_grid.parquet",
     log:
         "results/logs/evaluate_slide/{slide}.log",
     benchmark:
@@ -55,8 +57,9 @@ rule evaluate_slide:
 
 
 rule choose_operating_point:
-    """The threshold × dilation cell for every evaluated slide: best on the pooled annotated validation slides, or
-    the configured fixed cell (the JSON says which, and why)."""
+    """The threshold × dilation cell for every evaluated slide: best F1 on the pooled validation slides (normal-only
+    ones included) within the budget of normal tissue inside the polygons, or the configured fixed cell (the JSON
+    says which, and why)."""
     input:
         grids=expand(
             "results/eval/{slide}/grid.parquet", slide=annotated_slides("validation")
@@ -78,6 +81,7 @@ rule choose_operating_point:
             "evaluation.operating_point",
             "evaluation.operating_threshold",
             "evaluation.operating_dilation",
+            "evaluation.fp_budget",
             "evaluation.beta",
         ),
     script:
@@ -117,6 +121,7 @@ rule export_predictions:
             "evaluation.annotation_mask_downsample",
             "evaluation.class_name",
             "evaluation.class_color",
+            "evaluation.lesion_min_overlap",
         ),
     script:
         "../../scripts/export_predictions.py"
@@ -132,6 +137,7 @@ rule pool_metrics:
         metrics=pooled_inputs("metrics.json"),
         pixels=pooled_inputs("pixels.parquet"),
         at_point=pooled_inputs("at_operating_point.json"),
+        lesion_grids=pooled_inputs("lesion_grid.parquet"),
         operating_point="results/eval/operating_point.json",
     output:
         grid="results/eval/pooled/{split}/grid.parquet",
@@ -156,7 +162,10 @@ rule pool_metrics:
     params:
         # pool_splits chooses the pooled splits (the jobs), so the pooled metrics follow it.
         **config_params(
-            "evaluation.pool_splits", "evaluation.beta", "evaluation.curve_points"
+            "evaluation.pool_splits",
+            "evaluation.beta",
+            "evaluation.curve_points",
+            "evaluation.lesion_min_overlap",
         ),
     script:
         "../../scripts/pool_metrics.py"

@@ -1,7 +1,9 @@
 # Inference stage: the exported detector over each test/threshold slide's tissue patches (infer_slide, on
 # resources.gpus.inference GPUs, each batch split over them; inference.batch_size must divide by the count), then
 # the stitched maps, KDE heat map and report overviews (stitch_maps, CPU). The canvases between the two are sums and
-# covered area at the map downsample, on disk; re-running stitch_maps (e.g. new KDE settings) needs no GPU.
+# covered area at the map downsample, on disk (~25 MB per demo slide, ~1.6 GB per 25×25 mm slide at 4 µm/px): temp(),
+# deleted once stitch_maps has read them. So re-running stitch_maps (e.g. new KDE settings) re-runs infer_slide too;
+# run with `--notemp` to keep the canvases and re-stitch without a GPU.
 
 from proganomaly.maps.names import FLOAT_MAPS, MAP_NAMES, RENDITION_SUFFIX
 
@@ -11,10 +13,11 @@ rule infer_slide:
     input:
         slide=slide_file,
         patches="results/tiles/{slide}.patches.parquet",
-        model="results/export/saved_model",
+        model=detector_file("saved_model"),
+        stain=stain_estimate,
     output:
         patches="results/slides/{slide}/patches.parquet",
-        canvas=directory("results/slides/{slide}/canvas"),
+        canvas=temp(directory("results/slides/{slide}/canvas")),
         json="results/slides/{slide}/inference.json",
     log:
         "results/logs/infer_slide/{slide}.log",
@@ -29,6 +32,7 @@ rule infer_slide:
         gpu=CONFIG.resources.gpus.inference,
     params:
         **infer_slide_params(),
+        **config_params("stain.normalisation"),
         mpp=slide_mpp,
     script:
         "../../scripts/infer_slide.py"

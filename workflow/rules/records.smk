@@ -7,6 +7,7 @@ rule write_records:
         slide=slide_file,
         patches="results/tiles/{slide}.patches.parquet",
         qc="results/tiles/{slide}.qc.json",
+        stain=stain_estimate,
     output:
         records=directory("results/records/{slide}"),
         manifest="results/records/{slide}.manifest.json",
@@ -23,6 +24,6 @@ rule write_records:
         mem_mb=2000,
         runtime=120,
     params:
-        **config_params("tiling.patch_size_px", "records"),
+        **config_params("tiling.patch_size_px", "records", "stain.normalisation"),
     script:
         "../../scripts/write_records.py"

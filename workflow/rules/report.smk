@@ -186,7 +186,7 @@ rule plot_slide:
         d2="results/slides/{slide}/maps/mahalanobis_d2.tif",
         kde="results/slides/{slide}/maps/kde.tif",
         maps="results/slides/{slide}/maps.json",
-        threshold="results/calibration/threshold.json",
+        threshold=threshold_file(),
         annotations=annotation_file,
         predicted=slide_prediction,
         metrics=slide_metrics,
@@ -214,10 +214,47 @@ rule plot_slide:
         "../../scripts/plot_slide.py"
 
 
+rule plot_overlay:
+    """Every mapped slide (validation, test, threshold): thumbnail, KDE heat map, predicted and true polygons, legend
+    and scale bar."""
+    input:
+        thumbnail="results/slides/{slide}/maps/thumbnail.tif",
+        kde="results/slides/{slide}/maps/kde.tif",
+        maps="results/slides/{slide}/maps.json",
+        annotations=annotation_file,
+        predicted=slide_prediction,
+        metrics=slide_metrics,
+    output:
+        report(
+            "results/report/overlays/{slide}.png",
+            caption="../report/slide_overlay.rst",
+            category="Slide maps",
+            subcategory="{slide}",
+            labels={"slide": "{slide}", "map": "overlay"},
+        ),
+    log:
+        "results/logs/plot_overlay/{slide}.log",
+    benchmark:
+        "results/benchmarks/plot_overlay/{slide}.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=10,
+    params:
+        **config_params("report.map_max_px"),
+        split=lambda wildcards: sheet_row(SPLIT_OF, wildcards.slide),
+    script:
+        "../../scripts/plot_overlay.py"
+
+
 rule plot_eval_grid:
-    """F1 and IoU over the threshold × dilation grid of one slide (or pooled), best cell marked."""
+    """F1 and IoU over the threshold × dilation grid of one slide (or pooled), best cell and operating point
+    marked."""
     input:
         grid="results/eval/{evalset}/grid.parquet",
+        operating_point="results/eval/operating_point.json",
     output:
         report(
             "results/report/eval/{evalset}.grid.png",
@@ -260,7 +297,12 @@ rule plot_eval_summary:
             category="Evaluation",
             labels={"slide": "all", "figure": "metrics table"},
         ),
-        csv="results/report/eval/metrics.csv",
+        csv=report(
+            "results/report/eval/metrics.csv",
+            caption="../report/metrics_csv.rst",
+            category="Evaluation",
+            labels={"slide": "all", "figure": "all metrics (CSV)"},
+        ),
     log:
         "results/logs/plot_eval_summary/all.log",
     benchmark:
@@ -274,6 +316,7 @@ rule plot_eval_summary:
     params:
         names=EVAL_SETS,
         slides=evaluated_slides(),
+        split_of={s: SPLIT_OF[s] for s in evaluated_slides()},
     script:
         "../../scripts/plot_eval_summary.py"
 
@@ -307,6 +350,34 @@ rule plot_eval_classes:
         runtime=10,
     script:
         "../../scripts/plot_eval_classes.py"
+
+
+rule plot_eval_froc:
+    """Lesion sensitivity against false-positive area per mm² of normal tissue over the KDE thresholds (at the
+    operating dilation), one split pooled."""
+    input:
+        metrics="results/eval/pooled/{split}/metrics.json",
+    output:
+        report(
+            "results/report/eval/pooled/{split}.froc.png",
+            caption="../report/froc.rst",
+            category="Evaluation",
+            labels={"slide": "pooled {split}", "figure": "FROC"},
+        ),
+    log:
+        "results/logs/plot_eval_froc/{split}.log",
+    benchmark:
+        "results/benchmarks/plot_eval_froc/{split}.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        **config_params("evaluation.lesion_min_overlap"),
+    script:
+        "../../scripts/plot_eval_froc.py"
 
 
 rule plot_class_metrics:
@@ -370,7 +441,7 @@ rule plot_scorer_comparison:
         mem_mb=1000,
         runtime=10,
     params:
-        **config_params("calibration.scorer"),
+        **config_params("calibration.scorer", "scoring.combined.scorers"),
     script:
         "../../scripts/plot_scorer_comparison.py"
 

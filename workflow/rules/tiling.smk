@@ -2,7 +2,8 @@
 
 
 rule tile_slide:
-    """Tissue mask on a thumbnail and the table of tissue patches (level-0 coordinates) of one slide."""
+    """Tissue mask on a thumbnail, the table of tissue patches (level-0 coordinates) and the stain estimate of one
+    slide."""
     input:
         slide=slide_file,
     output:
@@ -15,6 +16,7 @@ rule tile_slide:
             labels={"slide": "{slide}", "figure": "tissue mask"},
         ),
         tissue="results/tiles/{slide}.tissue.png",
+        stain="results/tiles/{slide}.stain.json",
     log:
         "results/logs/tile_slide/{slide}.log",
     benchmark:

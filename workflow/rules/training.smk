@@ -47,6 +47,7 @@ rule train_reconstruction:
             "model",
             "training",
             "seed",
+            "stain.augment_sigma",
             "tiling.patch_size_px",
             "resources.gpus.training",
         ),

@@ -14,6 +14,10 @@ from proganomaly.calibration import stats
 
 # d² spans many decades, hence log bins.
 D2_RANGE = (1e-4, 1e8)
+# Seeded interior-pixel positions (mod the interior's pixel count) of the one feature row kept per patch, by the
+# patch's index in the dataset modulo the table's length: the same pixel whatever the batch size or device split.
+ROW_SEED = 20240618
+_ROW_TABLE = np.random.default_rng(ROW_SEED).integers(0, 2**31 - 1, 1 << 16, dtype=np.int64)
 
 
 def interior(a, border_px: int):
@@ -62,15 +66,39 @@ class _NumpyBatches:
         return self.dataset.as_numpy_iterator()
 
 
-def error_step(scorer, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
+def indexed(dataset):
+    """{"image": batch, "index": each patch's position in the dataset (int64)}: what `error_step` takes."""
     import tensorflow as tf
 
+    def add(count, images):
+        n = tf.shape(images, out_type=tf.int64)[0]
+        return count + n, {"image": images, "index": count + tf.range(n, dtype=tf.int64)}
+
+    return dataset.scan(tf.constant(0, tf.int64), add)
+
+
+def error_step(scorer, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
+    """{"image", "index"} batch -> its moments, per-channel histogram counts and one feature row per patch (the
+    pixel `_ROW_TABLE` picks for the patch's index, float32 (N, C)).
+
+    One row per patch, not every pixel: a per-patch scorer gives each of a patch's pixels the same vector, so the
+    patches are the independent observations the covariance's shrinkage must be estimated from. A seeded interior
+    pixel rather than the patch's mean, so that for per-pixel scorers too the rows are draws from the very
+    distribution whose covariance is shrunk (a patch mean has a smaller, differently correlated spread).
+    """
+    import tensorflow as tf
+
+    table = tf.constant(_ROW_TABLE)
+
     @tf.function(jit_compile=jit_compile)
-    def step(images):
-        e = interior(scorer(images), border_px)
+    def step(batch):
+        e = interior(scorer(batch["image"]), border_px)
         n, mean, m2 = stats.tf_batch_moments(e)
         counts = tf.stack([stats.tf_bin_counts(e[..., c], edges) for c in range(len(scorer.channels))])
-        return n, mean, m2, counts
+        pixels, channels = e.shape[1] * e.shape[2], e.shape[-1]
+        pick = tf.gather(table, batch["index"] % table.shape[0]) % pixels
+        rows = tf.gather(tf.reshape(e, (-1, pixels, channels)), pick, axis=1, batch_dims=1)
+        return n, mean, m2, counts, rows
 
     return step
 
@@ -84,8 +112,10 @@ def fit_error_distribution(
     progress=None,
     jit_compile: bool = False,
     border_px: int = 0,
-) -> tuple[stats.Moments, np.ndarray]:
-    """Moments of the scorer's per-pixel features over every pixel of every patch, and per-channel histogram counts.
+    with_rows: bool = False,
+) -> tuple[stats.Moments, np.ndarray] | tuple[stats.Moments, np.ndarray, np.ndarray]:
+    """Moments of the scorer's per-pixel features over every pixel of every patch, and per-channel histogram counts
+    (with `with_rows` also one feature row per patch, float64 (n_patches, C) in dataset order; see `error_step`).
 
     A scorer with its own state is fitted on the same patches first (on the host's batches, undistributed). With a
     tf.distribute strategy (a MirroredStrategy over `resources.gpus.calibration` GPUs) every global batch is split
@@ -96,18 +126,22 @@ def fit_error_distribution(
     if scorer.needs_fit:
         scorer.fit(_NumpyBatches(dataset))
     step = _per_replica(error_step(scorer, edges, jit_compile, border_px), strategy)
+    dataset = indexed(dataset)
     if strategy is not None:
         dataset = strategy.experimental_distribute_dataset(dataset)
-    parts, counts = [], np.zeros((len(scorer.channels), len(edges) + 1), np.int64)
+    parts, counts, rows = [], np.zeros((len(scorer.channels), len(edges) + 1), np.int64), []
     for batch in dataset:
-        for n, mean, m2, c in step(batch):
+        for n, mean, m2, c, r in step(batch):
             if int(n):
                 parts.append(stats.from_batch(n, mean, m2))
                 counts += c
+                rows.append(r.astype(np.float64))
         if progress:
             progress.update()
     if not parts:
         raise stats.StatsError("the calibration records hold no patches")
+    if with_rows:
+        return stats.merge_all(parts), counts, np.concatenate(rows)
     return stats.merge_all(parts), counts
 
 
@@ -120,7 +154,7 @@ def d2_step(scorer, gaussian: dict, edges: np.ndarray, jit_compile: bool = False
     @tf.function(jit_compile=jit_compile)
     def step(images):
         e = interior(scorer(images), border_px)
-        d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"])
+        d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"], gaussian.get("directions"))
         return (d2, *stats.tf_batch_moments(d2[..., None]), stats.tf_bin_counts(d2, edges))
 
     return step
@@ -163,11 +197,16 @@ def collect_d2(
 ) -> dict:
     """Stream d² of every pixel of a `make_dataset(..., with_meta=True)` dataset.
 
+    d² is under `gaussian` ("mean", "precision" and, for one-sided scores, "directions": `stats.tf_mahalanobis_d2`).
     Returns the moments of d² and its histogram counts over every pixel, and the same over the normal pixels only
-    (`normal_moments`, `normal_counts`: every pixel of an unlabelled patch, the negatives of a labelled one; the τ
+    (`normal_moments`, `normal_counts`: every pixel of a patch with no annotated pixel, its border included; the τ
     fitted without labels uses these, so annotated anomalies never raise it) with, while they number at most
-    `max_exact_pixels`, their d² values (`normal_d2`, for an exact quantile). With a `labeller` (slide_ids, xs, ys →
-    (labels (N, S, S) bool, labelled (N,) bool)) also the counts of positive and negative labelled pixels and, while
+    `max_exact_pixels`, their d² values (`normal_d2`, for an exact quantile). A patch that touches an annotation is
+    left out of the normal pixels whole: per-patch scores (critic, texture) spread over every pixel of the patch and
+    per-pixel ones see the anomaly through their receptive field, so its unannotated pixels are not normal evidence;
+    `touching_anomaly` counts those patches and their unannotated pixels, `n_anomalous_pixels` the annotated ones.
+    With a `labeller` (slide_ids, xs, ys → (labels (N, S, S) bool, labelled (N,) bool)) also the counts of positive
+    and negative labelled pixels (every pixel of the labelled patches, with its label: the F-β curve) and, while
     they number at most `max_exact_pixels`, the labelled d² values themselves (for the exact F-β optimum).
 
     With a tf.distribute strategy each global batch is split over the replicas as in `fit_error_distribution`; the
@@ -185,6 +224,7 @@ def collect_d2(
     pos, neg = np.zeros(n_bins, np.int64), np.zeros(n_bins, np.int64)
     kept_d2, kept_labels, n_labelled, exact = [], [], 0, max_exact_pixels > 0
     normal_parts, normal_counts, kept_normal, n_normal = [], np.zeros(n_bins, np.int64), [], 0
+    touching, touching_normal, n_anomalous = 0, 0, 0
     for batch in dataset:
         replicas = zip(step(batch["image"]), _replica_meta(batch, ("slide_id", "x", "y"), strategy), strict=True)
         for (d2, n, mean, m2, c), (slide_ids, xs, ys) in replicas:
@@ -194,14 +234,20 @@ def collect_d2(
             counts += c
             labels, labelled = labeller(slide_ids, xs, ys) if labeller is not None else (None, None)
             if labels is not None:
+                # any annotated pixel of the whole patch, its border too: the patch's features saw it
+                touched = labelled & labels.reshape(len(labels), -1).any(axis=1)
                 labels = interior(labels, border_px)
             if labels is None or not labelled.any():
                 d2_n = d2.ravel()
                 normal_counts += c  # every pixel is normal: the device's counts of the batch
             else:
-                d2_n = d2[~labels]
+                d2_n = d2[~touched]
+                touching += int(touched.sum())
+                touching_normal += int((~labels[touched]).sum())
+                n_anomalous += int(labels[labelled].sum())
                 on = np.broadcast_to(labelled[:, None, None], labels.shape)
-                by_mask = label_counts(d2, np.stack([~labels, on & labels, on & ~labels])).numpy()
+                clean = np.broadcast_to(~touched[:, None, None], labels.shape)
+                by_mask = label_counts(d2, np.stack([clean, on & labels, on & ~labels])).numpy()
                 normal_counts += by_mask[0]
                 pos += by_mask[1]
                 neg += by_mask[2]
@@ -225,6 +271,7 @@ def collect_d2(
     if not parts:
         raise stats.StatsError("the threshold records hold no patches")
     out = {"moments": stats.merge_all(parts), "counts": counts, "n_labelled": n_labelled}
+    out.update(touching_anomaly={"patches": touching, "normal_pixels": touching_normal}, n_anomalous_pixels=n_anomalous)
     out.update(normal_moments=stats.merge_all(normal_parts) if n_normal else None, normal_counts=normal_counts)
     if kept_normal:
         out["normal_d2"] = np.concatenate(kept_normal)

@@ -4,6 +4,8 @@ Moments are kept as (n, mean, M2) in float64 and combined with the pairwise upda
 batches and devices merge exactly, in any order and at any batch size (a batch of one row is just n = 1, M2 = 0).
 The original mixed a sample covariance into its population-mode merge and let replicas overwrite each other
 (pcead-spec §5); raw Σxxᵀ sums would lose digits to cancellation when the mean is large against the spread.
+The covariance may be shrunk in correlation space (`shrunk_covariance`, calibration.covariance) and d² may count each
+channel on its anomalous side only (`one_sided`, calibration.one_sided); docs/scoring.md "How d² is formed".
 """
 
 from __future__ import annotations
@@ -85,14 +87,78 @@ def covariance(m: Moments, ddof: int = 1) -> np.ndarray:
     return m.m2 / (m.n - ddof)
 
 
-def gaussian_fit(m: Moments, ridge: float = 0.0) -> dict:
-    """Mean, sample covariance, its inverse and both Cholesky factors, as float64 arrays.
+COVARIANCE_KINDS = ("oas", "ledoit_wolf", "sample")
+# Below this many independent rows (patches) per feature dimension the covariance is too noisy not to say so.
+MIN_ROWS_PER_DIMENSION = 10
+
+
+def shrinkage_intensity(z: np.ndarray, kind: str) -> float:
+    """scikit-learn's shrinkage α of the rows `z` (n, d) towards a multiple of the identity (oas or ledoit_wolf)."""
+    from sklearn.covariance import OAS, LedoitWolf
+
+    if kind == "oas":
+        return float(OAS().fit(z).shrinkage_)
+    if kind == "ledoit_wolf":
+        return float(LedoitWolf().fit(z).shrinkage_)
+    raise StatsError(f"calibration.covariance {kind!r} is not one of {list(COVARIANCE_KINDS)}")
+
+
+def shrunk_covariance(m: Moments, rows: np.ndarray | None, kind: str) -> tuple[np.ndarray, dict]:
+    """The covariance of `m` shrunk in correlation space: Σ' = D ((1 − α) R + α I) D, and a record of the shrinkage.
+
+    D is the diagonal of the exact streamed standard deviations and R = D⁻¹ Σ D⁻¹ the exact correlation. α comes from
+    scikit-learn on the `rows` (one feature vector per patch: the independent observations) standardised by D and
+    the streamed mean: the features have wildly different scales (a critic logit of ±50 next to LBP fractions of
+    0.01), so shrinking Σ itself towards μ·I would drown the small channels. The variances stay exact; only the
+    correlations, which n patches estimate poorly unless n ≫ d, are pulled towards 0. A channel with zero variance
+    stays at zero (the scorer's ridge handles it). `kind` "sample" is the exact sample covariance.
+    """
+    cov = covariance(m, ddof=1)
+    n_rows = None if rows is None else int(np.asarray(rows).shape[0])
+    record = {
+        "kind": kind,
+        "alpha": 0.0,
+        "n_rows": n_rows,
+        "rows_per_dimension": None if n_rows is None else n_rows / m.dim,
+    }
+    if kind == "sample":
+        return cov, record
+    if kind not in COVARIANCE_KINDS:
+        raise StatsError(f"calibration.covariance {kind!r} is not one of {list(COVARIANCE_KINDS)}")
+    if rows is None:
+        raise StatsError(f"calibration.covariance {kind!r} needs one feature row per patch; none were collected")
+    rows = np.asarray(rows, np.float64).reshape(-1, m.dim)
+    if rows.shape[0] < 2:
+        raise StatsError(f"{rows.shape[0]} patch row(s) are too few to estimate the shrinkage of the covariance")
+    std = np.sqrt(np.diag(cov))
+    inv = np.divide(1.0, std, out=np.zeros_like(std), where=std > 0)
+    alpha = shrinkage_intensity((rows - m.mean) * inv, kind)
+    shrunk = (1.0 - alpha) * (cov * np.outer(inv, inv)) + alpha * np.eye(m.dim)
+    out = shrunk * np.outer(std, std)
+    record["alpha"] = alpha
+    return (out + out.T) / 2, record
+
+
+def sample_size_warning(n_rows: int, dim: int) -> str | None:
+    """A warning when fewer than MIN_ROWS_PER_DIMENSION independent rows back each dimension of the Gaussian."""
+    if n_rows >= MIN_ROWS_PER_DIMENSION * dim:
+        return None
+    return (
+        f"only {n_rows} calibrate patches for {dim} feature dimensions ({n_rows / dim:.1f} per dimension, fewer than "
+        f"{MIN_ROWS_PER_DIMENSION}): a per-patch feature has one independent value per patch, so the covariance is "
+        "poorly determined and out-of-sample d² is inflated; add calibrate slides or use a scorer with fewer channels"
+    )
+
+
+def gaussian_fit(m: Moments, ridge: float = 0.0, *, rows: np.ndarray | None = None, kind: str = "sample") -> dict:
+    """Mean, covariance (the sample covariance, or shrunk as `kind` says: `shrunk_covariance`), its inverse and both
+    Cholesky factors as float64 arrays, and the shrinkage record under "shrinkage".
 
     `precision_cholesky` is the original's `error_distribution_sigma_linv` (lower L with L Lᵀ = Σ⁻¹). With
     `ridge` > 0 each variance is raised by ridge times itself plus ridge times 1e-3 of the mean variance, so that
-    collinear or constant feature channels still give an invertible covariance (0: the exact sample covariance).
+    collinear or constant feature channels still give an invertible covariance (0: the covariance as estimated).
     """
-    cov = covariance(m, ddof=1)
+    cov, shrinkage = shrunk_covariance(m, rows, kind)
     if ridge > 0:
         diag = np.diag(cov)
         cov = cov + np.diag(ridge * diag + ridge * 1e-3 * max(float(np.mean(diag)), 1e-12))
@@ -115,12 +181,33 @@ def gaussian_fit(m: Moments, ridge: float = 0.0) -> dict:
         "precision": precision,
         "cholesky": chol,
         "precision_cholesky": np.linalg.cholesky(precision),
+        "shrinkage": shrinkage,
     }
 
 
-def mahalanobis_d2(e: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> np.ndarray:
-    """Squared Mahalanobis distance (e − μ)ᵀ Σ⁻¹ (e − μ) over the last axis (numpy, float64)."""
-    y = np.asarray(e, dtype=np.float64) - np.asarray(mean, dtype=np.float64)
+def check_directions(directions, dim: int) -> np.ndarray | None:
+    """Per-channel anomaly directions as an int array of length `dim` (None: two-sided everywhere)."""
+    if directions is None:
+        return None
+    d = np.asarray(directions).reshape(-1)
+    if d.size != dim or not np.isin(d, (-1, 0, 1)).all():
+        raise StatsError(f"anomaly directions {d.tolist()} must be {dim} values, each -1, 0 or +1")
+    return d.astype(np.int64)
+
+
+def one_sided(y: np.ndarray, directions) -> np.ndarray:
+    """Deviations y = e − μ clipped to their anomalous side per channel: max(y, 0) where the direction is +1 (larger
+    is anomalous), min(y, 0) where it is −1, y unchanged where it is 0 (both sides anomalous)."""
+    d = check_directions(directions, np.shape(y)[-1])
+    if d is None or not d.any():
+        return y
+    return np.clip(y, np.where(d > 0, 0.0, -np.inf), np.where(d < 0, 0.0, np.inf))
+
+
+def mahalanobis_d2(e: np.ndarray, mean: np.ndarray, precision: np.ndarray, directions=None) -> np.ndarray:
+    """Squared Mahalanobis distance yᵀ Σ⁻¹ y over the last axis (numpy, float64), y = e − μ, clipped by `one_sided`
+    when `directions` are given."""
+    y = one_sided(np.asarray(e, dtype=np.float64) - np.asarray(mean, dtype=np.float64), directions)
     return np.einsum("...i,ij,...j->...", y, np.asarray(precision, dtype=np.float64), y)
 
 
@@ -139,11 +226,16 @@ def tf_batch_moments(x):
     return n, mean, tf.matmul(c, c, transpose_a=True)
 
 
-def tf_mahalanobis_d2(e, mean, precision):
-    """Squared Mahalanobis distance over the last axis in float32 (what the SavedModel computes and serves)."""
+def tf_mahalanobis_d2(e, mean, precision, directions=None):
+    """Squared Mahalanobis distance over the last axis in float32 (what the SavedModel computes and serves), the
+    deviations clipped to their anomalous side as `one_sided` does when `directions` are given."""
     import tensorflow as tf
 
     y = e - tf.constant(np.asarray(mean, np.float32))
+    d = check_directions(directions, int(np.asarray(mean).size))
+    if d is not None and d.any():  # all-zero directions leave the graph as it was
+        lo, hi = np.where(d > 0, 0.0, -np.inf), np.where(d < 0, 0.0, np.inf)
+        y = tf.minimum(tf.maximum(y, tf.constant(lo, tf.float32)), tf.constant(hi, tf.float32))
     p = tf.constant(np.asarray(precision, np.float32))
     # One (pixels, d) × (d, d) matmul instead of matvec's batch of per-pixel d×d products: the same sums, but matvec
     # ran as a BatchMatMul over every pixel and cost ~7× more (about 7 % of a 64 px serving call).

@@ -1,7 +1,8 @@
 """The dynamic threshold τ on squared Mahalanobis distances d²: a pixel is flagged when d² > τ.
 
-Without labels τ is fitted on normal pixels only: every pixel of an unannotated slide and those outside the
-annotations of an annotated one, so labelled anomalies never raise τ (the original fitted it over every pixel).
+Without labels τ is fitted on normal pixels only: every pixel of the patches that touch no annotation (all of an
+unannotated slide), so labelled anomalies never raise τ (the original fitted it over every pixel). A patch that
+overlaps an annotation is dropped whole: a per-patch score spreads the anomaly over all its pixels.
 Unsupervised: τ = mean + k·std of d² (the original multiplied k by the variance; pcead-spec §6, §12.1).
 Quantile: τ = the q-quantile of d² (numpy's linear interpolation when the values are kept; within one bin of the
 streaming histogram otherwise).
@@ -63,13 +64,20 @@ def quantile_tau(q: float, d2: np.ndarray | None = None, counts=None, edges=None
     }
 
 
-def normal_pixels_record(n_pixels: int, n_normal: int, annotated: dict) -> dict:
-    """Which pixels the unsupervised and quantile τ were fitted on, for threshold.json."""
+def normal_pixels_record(
+    n_pixels: int, n_normal: int, annotated: dict, *, n_anomalous: int = 0, touching: dict | None = None
+) -> dict:
+    """Which pixels the unsupervised and quantile τ were fitted on, for threshold.json (`touching`: collect_d2's
+    `touching_anomaly`, the patches dropped for touching an annotation and their unannotated pixels)."""
+    touching = touching or {"patches": 0, "normal_pixels": 0}
     return {
-        "definition": "every pixel of an unannotated slide, and the pixels outside the annotations of an annotated one",
+        "definition": "every pixel of a patch with no annotated pixel (every patch of an unannotated slide); a patch "
+        "touching an annotation is left out whole, since per-patch scores spread the anomaly over all its pixels",
         "n_pixels": int(n_pixels),
         "n_normal": int(n_normal),
-        "n_excluded_annotated": int(n_pixels - n_normal),
+        "n_excluded": int(n_pixels - n_normal),
+        "n_anomalous": int(n_anomalous),
+        "dropped_touching_anomaly": {k: int(touching[k]) for k in ("patches", "normal_pixels")},
         "annotated_slides": sorted(annotated),
     }
 

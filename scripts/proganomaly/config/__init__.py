@@ -1,7 +1,16 @@
 """The configuration contract: schema defaults, typed sections, the per-rule slices, and the cross-key checks."""
 
-from proganomaly.config.build import CONFIG_SCHEMA, SLIDES_SCHEMA, ConfigError, _build, validate_config
-from proganomaly.config.checks import check_cross_keys, num_blocks
+from proganomaly.config.build import (
+    CONFIG_SCHEMA,
+    SLIDES_SCHEMA,
+    ConfigError,
+    _build,
+    apply_overrides,
+    enum_of,
+    expand_dotted_keys,
+    validate_config,
+)
+from proganomaly.config.checks import check_cross_keys, num_blocks, scorers_used
 from proganomaly.config.params import Section, config_params, from_params
 from proganomaly.config.sections import (
     AdamConfig,
@@ -69,10 +78,14 @@ __all__ = [
     "TissueConfig",
     "TrainingConfig",
     "_build",
+    "apply_overrides",
     "check_cross_keys",
     "config_params",
+    "enum_of",
+    "expand_dotted_keys",
     "from_params",
     "load_config",
     "num_blocks",
+    "scorers_used",
     "validate_config",
 ]

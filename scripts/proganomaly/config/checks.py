@@ -40,6 +40,47 @@ def check_cross_keys(cfg: Config) -> None:
     _check_batch_split(cfg)
     if cfg.model.architecture == "berg" and not cfg.model.create_encoder:
         raise ConfigError("model.architecture 'berg' needs the encoder E: set model.create_encoder: true")
+    _check_scorers(cfg, blocks)
+
+
+def scorers_used(cfg: Config) -> list[str]:
+    """calibration.scorer, or the parts of a combined scorer (the ones whose settings matter)."""
+    name = cfg.calibration.scorer
+    return list(cfg.scoring.combined.scorers) if name == "combined" else [name]
+
+
+def _check_scorers(cfg: Config, blocks: int) -> None:
+    """What the scorers would refuse in fit_error_distribution, after training: checked here, before any job."""
+    used, sc, patch = scorers_used(cfg), cfg.scoring, cfg.tiling.patch_size_px
+    via = "" if cfg.calibration.scorer != "combined" else " (a part of scoring.combined.scorers)"
+    parts = list(sc.combined.scorers)
+    if cfg.calibration.scorer == "combined" and ("combined" in parts or len(set(parts)) != len(parts)):
+        raise ConfigError(f"scoring.combined.scorers {parts}: each must be a distinct scorer other than combined")
+    inpaints = "inpainting" in used or ("gradient_similarity" in used and sc.gradient_similarity.source == "inpainting")
+    if inpaints:
+        block, masks = sc.inpainting.block_px, sc.inpainting.masks
+        if patch % block:
+            raise ConfigError(
+                f"scoring.inpainting.block_px={block} does not divide tiling.patch_size_px={patch}{via}: the masks hide"
+                " whole blocks; use a divisor of the patch size"
+            )
+        if (patch // block) ** 2 < masks:
+            raise ConfigError(
+                f"scoring.inpainting.masks={masks} exceeds the {(patch // block) ** 2} blocks of"
+                f" scoring.inpainting.block_px={block} in a {patch} px patch{via}; use fewer masks or smaller blocks"
+            )
+    if "encoder_features" in used:
+        layers = list(sc.encoder_features.layers)
+        if max(layers) > blocks - 1:
+            raise ConfigError(
+                f"scoring.encoder_features.layers {layers}{via}: a tiling.patch_size_px={patch} model has {blocks}"
+                f" blocks, so depths 0..{blocks - 1} below the input; drop the deeper layers"
+            )
+    if "latent_distance" in used and cfg.model.architecture == "ganomaly" and not cfg.model.create_encoder:
+        raise ConfigError(
+            f"calibration.scorer latent_distance{via} needs GANomaly's second encoder E (‖Ge(x) − E(G(x))‖):"
+            " set model.create_encoder: true (before training), or choose another scorer"
+        )
 
 
 def _check_replicas(cfg: Config, blocks: int) -> None:

@@ -3,7 +3,14 @@
 Written features follow QuPath's GeoJSON: ``properties.objectType`` ("annotation" or "tile"), ``classification``
 {name, color} and numeric ``measurements``; each carries a UUID ``id`` derived from the slide and its index (uuid5),
 so a rerun writes the same bytes. Predicted polygons get their own class, "<class> (predicted)", so they never mix
-with the pathologist's annotations of the same class in QuPath.
+with the pathologist's annotations of the same class in QuPath, and their own id namespace ("prediction/<slide>/
+<threshold>/<dilation>/<index>", prediction_id), so importing predictions and annotations into one QuPath image never
+gives two objects the same id.
+
+Tiles: each inferred patch is written as its stride cell (the stride × stride square centred in the patch, clipped to
+the patch when the stride is larger), not the whole patch: patches overlap (64 px on a 48 px stride in the demo), their
+centred stride cells do not, so a QuPath measurement map colours each point of the slide once. The cell carries the
+scores of its whole patch.
 """
 
 from __future__ import annotations
@@ -42,6 +49,16 @@ def feature_id(key: str, kind: str, index: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{key}/{kind}/{index}"))
 
 
+def prediction_id(slide_id: str, threshold: float, dilation: float, index: int) -> str:
+    """Deterministic UUID of predicted polygon `index` of a slide at one operating point (threshold × dilation).
+
+    Its uuid5 name has five '/'-separated parts ("prediction/<slide>/<threshold>/<dilation>/<index>"), feature_id's
+    three (slide ids have no '/'), so no prediction shares a name, hence (uuid5) an id, with an annotation or tile,
+    and predictions at two operating points never share one either.
+    """
+    return str(uuid.uuid5(_NAMESPACE, f"prediction/{slide_id}/{float(threshold)!r}/{float(dilation)!r}/{index}"))
+
+
 def feature(geom: BaseGeometry, name: str | None, color: list[int] | None, *, fid: str | None = None,
             object_type: str = "annotation", locked: bool = False, **measurements: float) -> dict:  # fmt: skip
     """One QuPath feature: an annotation (or a tile), classified when `name` is given, with numeric measurements.
@@ -71,25 +88,50 @@ def write_features(path: str | Path, features: list[dict], **metadata) -> None:
 
 def write_polygons(path: str | Path, geoms: list[BaseGeometry], name: str = ANOMALY_CLASS["name"],
                    color: list[int] = ANOMALY_CLASS["color"], measurements: list[dict] | None = None,
-                   **metadata) -> None:  # fmt: skip
+                   ids: list[str] | None = None, **metadata) -> None:  # fmt: skip
     """One QuPath annotation per non-empty geometry; `measurements[i]` (optional) is attached to geoms[i].
 
-    Feature ids are uuid5 of the `slide_id` metadata (else the file name) and the geometry's index.
+    Feature ids are `ids[i]` when given (predictions: prediction_id), else uuid5 of the `slide_id` metadata (else the
+    file name) and the geometry's index.
     """
     if measurements is not None and len(measurements) != len(geoms):
         raise ValueError(f"{len(measurements)} measurement records for {len(geoms)} geometries")
+    if ids is not None and len(ids) != len(geoms):
+        raise ValueError(f"{len(ids)} feature ids for {len(geoms)} geometries")
     meas = measurements or [{}] * len(geoms)
     key = str(metadata.get("slide_id", Path(path).name))
+    fids = ids if ids is not None else [feature_id(key, "annotation", i) for i in range(len(geoms))]
     feats = [
-        feature(g, name, color, fid=feature_id(key, "annotation", i), **m)
-        for i, (g, m) in enumerate(zip(geoms, meas, strict=True))
-        if not g.is_empty
+        feature(g, name, color, fid=fid, **m) for g, m, fid in zip(geoms, meas, fids, strict=True) if not g.is_empty
     ]
     write_features(path, feats, **metadata)
 
 
-def tile_features(patches, slide_id: str) -> list[dict]:
-    """One locked QuPath tile per patch (its level-0 box), with the per-patch scores as measurements.
+def write_predictions(path: str | Path, geoms: list[BaseGeometry], slide_id: str, threshold: float, dilation: float,
+                      name: str, color: list[int], measurements: list[dict] | None = None,
+                      **metadata) -> None:  # fmt: skip
+    """Predicted polygons of one slide at one operating point, with ids in the prediction namespace."""
+    ids = [prediction_id(slide_id, threshold, dilation, i) for i in range(len(geoms))]
+    write_polygons(path, geoms, name, color, measurements, ids=ids, slide_id=slide_id, **metadata)
+
+
+def tile_cells(patches, stride: float | None = None) -> np.ndarray:
+    """(n, 4) boxes x0, y0, x1, y1 (level-0 px) of each patch's tile: the stride × stride square centred in the patch
+    (clipped to the patch when the stride is larger). Patches on one stride grid then tile the plane without overlap;
+    stride None keeps the whole patch."""
+    x, y, w, h = (patches[c].to_numpy(np.float64) for c in ("x", "y", "width", "height"))
+    if stride is None:
+        return np.stack([x, y, x + w, y + h], axis=1)
+    if not stride > 0:
+        raise ValueError(f"tile stride must be > 0 level-0 px, got {stride}")
+    cw, ch = np.minimum(w, float(stride)), np.minimum(h, float(stride))
+    x0, y0 = x + (w - cw) / 2, y + (h - ch) / 2
+    return np.stack([x0, y0, x0 + cw, y0 + ch], axis=1)
+
+
+def tile_features(patches, slide_id: str, stride: float | None = None) -> list[dict]:
+    """One locked QuPath tile per patch, its stride cell (tile_cells; the whole patch when stride is None), with the
+    per-patch scores as measurements.
 
     patches: a frame with x, y, width, height and any of TILE_MEASUREMENTS (results/slides/{slide}/patches.parquet).
     """
@@ -97,11 +139,11 @@ def tile_features(patches, slide_id: str) -> list[dict]:
     if missing:
         raise ValueError(f"per-patch table of slide {slide_id} lacks columns {missing}; re-run infer_slide")
     names = [c for c in TILE_MEASUREMENTS if c in patches.columns]
-    cols = {c: patches[c].to_numpy() for c in ("x", "y", "width", "height", *names)}
+    cols = {c: patches[c].to_numpy() for c in names}
+    boxes = tile_cells(patches, stride)
     feats = []
-    for i in range(len(patches)):
-        x, y, w, h = (float(cols[c][i]) for c in ("x", "y", "width", "height"))
-        ring = [[x, y], [x + w, y], [x + w, y + h], [x, y + h], [x, y]]
+    for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+        ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
         feats.append(
             {
                 "type": "Feature",
@@ -117,9 +159,23 @@ def tile_features(patches, slide_id: str) -> list[dict]:
     return feats
 
 
-def write_tiles(path: str | Path, patches, slide_id: str, **metadata) -> None:
-    """results/slides/{slide}/tiles.geojson: every inferred patch as a QuPath tile with its scores."""
-    write_features(path, tile_features(patches, slide_id), slide_id=slide_id, coordinates="level-0 px", **metadata)
+def write_tiles(path: str | Path, patches, slide_id: str, stride: float | None = None, **metadata) -> None:
+    """results/slides/{slide}/tiles.geojson: every inferred patch as a QuPath tile (its stride cell) with its scores.
+
+    stride: the patch grid's step in level-0 px (the tiling QC's stride_level0_px); None writes whole patches, which
+    overlap wherever the stride is smaller than the patch, and says so in the metadata.
+    """
+    if stride is None:
+        tiles = "whole patch (tiles overlap where the patch grid's stride is smaller than the patch)"
+    else:
+        tiles = (
+            f"stride cell: the {float(stride):g} × {float(stride):g} level-0 px square centred in each patch (clipped "
+            "to the patch), so tiles do not overlap; measurements are the scores of the whole patch"
+        )
+    meta = {"slide_id": slide_id, "coordinates": "level-0 px", "tiles": tiles}
+    if stride is not None:
+        meta["stride_level0_px"] = float(stride)
+    write_features(path, tile_features(patches, slide_id, stride), **meta, **metadata)
 
 
 def _number(value) -> float | None:

@@ -138,8 +138,14 @@ def write_records(
     return out
 
 
-def write_slide_records(slide, patches, out_dir, sizes, shard_max_examples, patch_size_px, on_patch=None) -> dict:
-    """Read every patch of a patch table from an open slide (area-resampled to patch_size_px) and write its records."""
+def write_slide_records(
+    slide, patches, out_dir, sizes, shard_max_examples, patch_size_px, on_patch=None, transform=None
+) -> dict:
+    """Read every patch of a patch table from an open slide (area-resampled to patch_size_px) and write its records.
+
+    ``transform`` (uint8 patch → uint8 patch, e.g. the slide's stain normalisation) is applied to each patch as read,
+    before the lower resolutions are computed from it.
+    """
     from proganomaly.data.slide import read_patch
 
     slide_ids = patches["slide_id"].unique() if len(patches) else []
@@ -151,7 +157,8 @@ def write_slide_records(slide, patches, out_dir, sizes, shard_max_examples, patc
         for row in patches.itertuples(index=False):
             if row.width != row.height:
                 raise RecordsError(f"{slide_id}: patch at ({row.x}, {row.y}) is not square ({row.width}×{row.height})")
-            yield row.x, row.y, row.width, row.height, read_patch(slide, row.x, row.y, row.width, patch_size_px)
+            patch = read_patch(slide, row.x, row.y, row.width, patch_size_px)
+            yield row.x, row.y, row.width, row.height, patch if transform is None else transform(patch)
 
     return write_records(stream(), slide_id, out_dir, sizes, shard_max_examples, on_patch)
 

@@ -5,12 +5,14 @@ Signature `serving_default`: input `patches` uint8 (N, S, S, 3); outputs (by nam
                                         back to [0, 255] and rounded
   anomaly_map      float32 (N, S, S, C) the scorer's per-pixel features (what the Gaussian was fitted to; for
                                         rgb_error e = |x − x̂| per pixel and channel, x in [-1, 1])
-  mahalanobis_d2   float32 (N, S, S)    (e − μ)ᵀ Σ⁻¹ (e − μ), squared (not square-rooted), globally calibrated
+  mahalanobis_d2   float32 (N, S, S)    yᵀ Σ⁻¹ y, y = e − μ clipped per channel to its anomalous side when the
+                                        Gaussian has one-sided "directions" (stats.tf_mahalanobis_d2); squared
+                                        (not square-rooted), globally calibrated
   flags            uint8 (N, S, S)      1 where d² > τ, else 0
   flagged_count    int32 (N,)           number of flagged pixels
   flagged_fraction float32 (N,)         flagged_count / S² (a fraction in [0, 1])
   + the architecture's extra outputs    e.g. Berg's latent_norm float32 (N,) = ‖E(x)‖₂
-μ, Σ⁻¹, τ and the scorer's state are baked in as constants; the generator's weights are saved with it. Nothing
+μ, Σ⁻¹, the directions, τ and the scorer's state are baked in as constants; the generator's weights are saved with it. Nothing
 per-image min–max normalised or double-sigmoided is exported (pcead-spec §7.3 items 7, 9, 10).
 """
 
@@ -26,13 +28,13 @@ from proganomaly.common.pixels import to_uint8
 from proganomaly.detector.load import METADATA_FILE, OUTPUTS, DetectorError
 
 
-def detector_outputs(scorer, patches, mean, precision, tau: float) -> dict:
+def detector_outputs(scorer, patches, mean, precision, tau: float, directions=None) -> dict:
     """All served outputs for a uint8 batch (traced inside the serving function)."""
     import tensorflow as tf
 
     views = scorer.views(patches)
     features = scorer.features(views)
-    d2 = stats.tf_mahalanobis_d2(features, mean, precision)
+    d2 = stats.tf_mahalanobis_d2(features, mean, precision, directions)
     flagged = d2 > tf.constant(np.float32(tau))
     count = tf.reduce_sum(tf.cast(flagged, tf.int32), axis=(1, 2))
     pixels = tf.cast(tf.shape(d2)[1] * tf.shape(d2)[2], tf.float32)
@@ -47,6 +49,12 @@ def detector_outputs(scorer, patches, mean, precision, tau: float) -> dict:
     }
 
 
+def gaussian_directions(gaussian: dict, scorer) -> list[int]:
+    """The per-channel directions d² clips with (error_distribution.json's "directions"; absent: two-sided)."""
+    d = stats.check_directions(gaussian.get("directions"), len(scorer.channels))
+    return [0] * len(scorer.channels) if d is None else d.tolist()
+
+
 def build_module(scorer, gaussian: dict, tau: float, *, jit_compile: bool = False):
     """A tf.Module whose `serve` is the serving function (fixed S, any N; XLA-compiled when jit_compile)."""
     import tensorflow as tf
@@ -54,6 +62,7 @@ def build_module(scorer, gaussian: dict, tau: float, *, jit_compile: bool = Fals
     s = int(scorer.trained.patch_size_px)
     mean = np.asarray(gaussian["mean"], np.float64)
     precision = np.asarray(gaussian["precision"], np.float64)
+    directions = gaussian_directions(gaussian, scorer)
     if not np.isfinite(tau):
         raise DetectorError(f"threshold τ = {tau} is not finite; refit the threshold")
 
@@ -61,7 +70,7 @@ def build_module(scorer, gaussian: dict, tau: float, *, jit_compile: bool = Fals
 
     @tf.function(jit_compile=jit_compile)
     def core(patches):
-        return detector_outputs(scorer, patches, mean, precision, tau)
+        return detector_outputs(scorer, patches, mean, precision, tau, directions)
 
     # A loaded signature does not check static shapes by itself; ensure_shape makes the served graph refuse another
     # patch size at run time, before the (optionally XLA-compiled) core runs.
@@ -93,6 +102,8 @@ def save_detector(scorer, gaussian: dict, tau: float, path: str | Path, *, jit_c
         "tau": float(np.float32(tau)),
         "mean": np.asarray(gaussian["mean"], np.float64).tolist(),
         "precision": np.asarray(gaussian["precision"], np.float64).tolist(),
+        "directions": gaussian_directions(gaussian, scorer),
+        "one_sided": any(gaussian_directions(gaussian, scorer)),
         "jit_compile": bool(jit_compile),
         "value_range": "x = patches / 127.5 - 1; reconstruction = round(clip((x_hat + 1) * 127.5, 0, 255))",
     }

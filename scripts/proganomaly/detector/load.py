@@ -25,6 +25,13 @@ class Detector:
     function: object
     metadata: dict
 
+    @property
+    def directions(self) -> tuple[int, ...] | None:
+        """Per anomaly_map channel, the side its d² counts (+1 larger, −1 smaller, 0 both), as exported; None for a
+        SavedModel exported before d² could be one-sided (two-sided everywhere)."""
+        d = self.metadata.get("directions")
+        return None if d is None else tuple(int(v) for v in d)
+
     def check(self, patches) -> np.ndarray:
         arr = np.asarray(patches)
         s = self.patch_size_px
@@ -87,6 +94,11 @@ def load_detector(path: str | Path, required: tuple[str, ...] = REQUIRED_OUTPUTS
         )
     meta_file = path / METADATA_FILE
     meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    if meta.get("directions") is not None and len(meta["directions"]) != len(meta.get("anomaly_map_channels", [])):
+        raise DetectorError(
+            f"{meta_file}: {len(meta['directions'])} directions for channels {meta.get('anomaly_map_channels')}; "
+            "the export is inconsistent: rerun export_model"
+        )
     # the contract's outputs first, in their order, then the architecture's extras by name
     outputs = tuple(
         sorted(fn.structured_outputs, key=lambda k: (OUTPUTS.index(k) if k in OUTPUTS else len(OUTPUTS), k))

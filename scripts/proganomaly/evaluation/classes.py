@@ -9,6 +9,9 @@ Per-part definition, the same at pixel and at polygon level: a part's positives 
 negatives are normal tissue (tissue outside every annotation), and other parts' regions are left out. For polygons
 this means: TP = prediction ∩ part, FN = part \\ prediction, FP = prediction ∩ normal tissue, TN = normal tissue \\
 prediction; so a part's FP and TN equal the all-classes FP and TN, and only TP and FN depend on the part.
+
+A file with zero features is valid: a slide reviewed with nothing anomalous on it (a normal-only slide); it has no
+classes, no groups and no regions.
 """
 
 from __future__ import annotations
@@ -61,6 +64,17 @@ def class_regions(path: str | Path, classes: list[str] | None = None) -> tuple[d
         if geoms:
             regions[cls] = shapely.union_all(geoms)
     return regions, {c: g for c, g in groups.items() if c in regions}
+
+
+def feature_regions(path: str | Path, classes: list[str] | None = None) -> list[tuple[BaseGeometry, str, str]]:
+    """(region, class, group) of every polygonal feature (each one annotated region, a lesion), grouped by class
+    in first-appearance order; the same features and repairs as `class_regions`."""
+    groups = feature_classes(path, classes)
+    out = []
+    for cls, group in groups.items():
+        geoms, _ = read_polygons(path, {None if cls == UNCLASSIFIED else cls})
+        out += [(g, cls, group) for g in geoms if not g.is_empty]
+    return out
 
 
 def part_regions(regions: dict[str, BaseGeometry], groups: dict[str, str]) -> dict[tuple[str, str], BaseGeometry]:

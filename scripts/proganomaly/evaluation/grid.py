@@ -144,17 +144,29 @@ def evaluate_grids(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The grid, and the same grid against every part {(level, name): region in tissue} (one row per part and
     cell, columns level, name, threshold, dilation, dilation_mode, the four areas and tissue_area = their sum)."""
+    grid, part, _ = evaluate_all(kde, downsample, region, spec, mpp, parts, (), progress)
+    return grid, part
+
+
+def evaluate_all(
+    kde: np.ndarray, downsample: float, region: Region, spec: GridSpec, mpp: float, parts: dict, lesions=(),
+    progress=None,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """`evaluate_grids` plus, per cell, the area of each lesion (annotated region in tissue, `lesions[k]`) that the
+    prediction covers: one row per cell and lesion, columns threshold, dilation, lesion (its index), covered (px²)."""
     if spec.method not in ("raster", "exact"):
         raise ValueError(f"grid method must be 'raster' or 'exact', got {spec.method!r}")
     tissue_area, annotation_area = float(region.tissue.area), float(region.annotation.area)
     part_area = {k: float(g.area) for k, g in parts.items()}
     cells = _raster_cells if spec.method == "raster" else _exact_cells
-    rows, part_rows = [], []
-    for t, f, pred_area, tp, part_tp, num in cells(kde, downsample, region, spec, mpp, parts, progress):
+    rows, part_rows, lesion_rows = [], [], []
+    for t, f, pred_area, tp, part_tp, num, covered in cells(kde, downsample, region, spec, mpp, parts, lesions,
+                                                              progress):  # fmt: skip
         cell = confusion(pred_area, tp, tissue_area, annotation_area, num)
         key = {"threshold": float(t), "dilation": float(f)}
         rows.append(key | cell)
         part_rows += [key | part_row(k, part_tp[k], part_area[k], cell) for k in parts]
+        lesion_rows += [key | {"lesion": k, "covered": float(c)} for k, c in enumerate(covered)]
     df = pd.DataFrame(rows)
     df.insert(2, "dilation_mode", spec.dilation_mode)
     df["tissue_area"] = tissue_area
@@ -162,7 +174,9 @@ def evaluate_grids(
     pdf = pd.DataFrame(part_rows).reindex(columns=cols)
     pdf["dilation_mode"] = spec.dilation_mode
     pdf["tissue_area"] = pdf[list(AREA_COLUMNS)].sum(axis=1)
-    return df, pdf
+    ldf = pd.DataFrame(lesion_rows).reindex(columns=["threshold", "dilation", "lesion", "covered"])
+    ldf["lesion"] = ldf["lesion"].astype(np.int64)
+    return df, pdf, ldf
 
 
 def confusion(pred_area: float, tp: float, tissue_area: float, annotation_area: float, num: int) -> dict:
@@ -184,8 +198,8 @@ def part_row(key: tuple[str, str], tp: float, area: float, cell: dict) -> dict:
             "false_negative": max(area - tp, 0.0), "true_negative": cell["true_negative"]}  # fmt: skip
 
 
-def _raster_cells(kde, downsample, region, spec, mpp, parts, progress):
-    targets = rastergrid.Targets(region, parts, downsample)
+def _raster_cells(kde, downsample, region, spec, mpp, parts, lesions, progress):
+    targets = rastergrid.Targets(region, parts, downsample, lesions)
     coarse = geometry.block_max(kde, spec.block_px)
 
     def polygons(t):
@@ -194,16 +208,16 @@ def _raster_cells(kde, downsample, region, spec, mpp, parts, progress):
     for t in spec.thresholds:
         for f, c in zip(spec.dilations, rastergrid.threshold_cells(kde, downsample, t, spec, targets, mpp, polygons),
                         strict=True):  # fmt: skip
-            yield t, f, c["pred_area"], c["true_positive"], c["part_tp"], c["num_polygons"]
+            yield t, f, c["pred_area"], c["true_positive"], c["part_tp"], c["num_polygons"], c["lesion_cover"]
         if progress is not None:
             progress.update(len(spec.dilations))
 
 
-def _exact_cells(kde, downsample, region, spec, mpp, parts, progress):
+def _exact_cells(kde, downsample, region, spec, mpp, parts, lesions, progress):
     coarse = geometry.block_max(kde, spec.block_px)
     shapely.prepare(region.tissue)
     shapely.prepare(region.annotation)
-    for target in parts.values():
+    for target in (*parts.values(), *lesions):
         shapely.prepare(target)
     for t in spec.thresholds:
         polys = threshold_polygons_l0(kde, t, downsample, spec, coarse)
@@ -213,9 +227,10 @@ def _exact_cells(kde, downsample, region, spec, mpp, parts, progress):
             pred_area = float(shapely.area(pieces).sum()) if len(pieces) else 0.0
             tp = overlap_area(pieces, region.annotation) if not region.annotation.is_empty else 0.0
             # Parts lie inside the annotation: cut the prediction to it once, so each part meets small pieces only.
-            inside = overlap(pieces, region.annotation) if parts else pieces
+            inside = overlap(pieces, region.annotation) if parts or len(lesions) else pieces
             part_tp = {k: overlap_area(inside, g) for k, g in parts.items()}
-            yield t, f, pred_area, tp, part_tp, polygon_count(pieces)
+            covered = [overlap_area(inside, g) for g in lesions]
+            yield t, f, pred_area, tp, part_tp, polygon_count(pieces), covered
         if progress is not None:
             progress.update(len(spec.dilations))
 

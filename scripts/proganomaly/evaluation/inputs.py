@@ -51,7 +51,10 @@ def map_info(path: str | Path) -> dict:
 
 
 def read_map(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """Level 0 of a (pyramidal) map TIFF as float32 (H, W); colour maps are averaged over channels."""
+    """Level 0 of a (pyramidal) map TIFF as float32 (H, W); colour maps are averaged over channels.
+
+    Float maps keep their NaN: "not scored" (no patch interior covered the pixel; see maps/slidemaps.py).
+    """
     try:
         with tifffile.TiffFile(path) as tif:
             arr = tif.series[0].levels[0].asarray()
@@ -107,6 +110,29 @@ def slide_width(qc: dict) -> float | None:
     return None
 
 
+def scored_tissue(tissue: np.ndarray, scored_map: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Tissue pixels that were scored (finite in `scored_map`, the d² map) and how many tissue pixels were not.
+
+    Pixel statistics (AUROC, AP, pixel shares) use only the returned mask: an unscored pixel has no model output,
+    and counting it as a 0 would make it a perfect negative.
+    """
+    tissue = np.asarray(tissue, bool)
+    scored = tissue & np.isfinite(scored_map)
+    n_tissue, n_scored = int(tissue.sum()), int(scored.sum())
+    return scored, {
+        "tissue_pixels": n_tissue,
+        "scored_tissue_pixels": n_scored,
+        "unscored_tissue_pixels": n_tissue - n_scored,
+        "unscored_tissue_fraction": (n_tissue - n_scored) / n_tissue if n_tissue else None,
+    }
+
+
+def scored_tissue_pixels(tissue: np.ndarray, scored_map: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Flat indices of the scored tissue pixels (`scored_tissue`) and its counts, for pixel sampling."""
+    mask, counts = scored_tissue(tissue, scored_map)
+    return np.flatnonzero(mask), counts
+
+
 def write_tables(df: pd.DataFrame, parquet: str | Path, csv: str | Path) -> None:
     """The same table as Parquet and CSV, each written atomically."""
     for path, writer in ((parquet, df.to_parquet), (csv, df.to_csv)):
@@ -127,6 +153,9 @@ def read_annotation(
         return _mask_annotation(path, mask_downsample, level0_width), []
     geoms, repairs = read_polygons(path, set(classes) if classes else None)
     if not geoms:
+        if not repairs and not classes:
+            # An empty FeatureCollection is a reviewed normal slide ("nothing anomalous"), not a defect to report.
+            return geometry.EMPTY, []
         return geometry.EMPTY, [*repairs, f"{path}: no polygonal annotation (after class filter {classes})"]
     return shapely.union_all(geoms), repairs
 
@@ -168,6 +197,14 @@ class SlideInputs:
     parts: dict
     groups: dict[str, str]
     repairs: list[str]
+    # Tissue pixels (patch boxes, pixel-centre rule) with a finite d², i.e. scored; None without a d² input.
+    scored_tissue: np.ndarray | None = None
+    scored_counts: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def unscored_tissue_fraction(self) -> float | None:
+        """Share of the tissue pixels that no patch interior covered (NaN in the maps), for metrics.json."""
+        return self.scored_counts.get("unscored_tissue_fraction")
 
 
 def load_slide(inp, ev, slide: str, log) -> SlideInputs:
@@ -203,4 +240,15 @@ def load_slide(inp, ev, slide: str, log) -> SlideInputs:
         slide, shape[1], shape[0], ds, mpp, tissue.area * mpp**2, len(patches), annotation.area * mpp**2,
         region.annotation.area * mpp**2, groups,
     )  # fmt: skip
-    return SlideInputs(slide, kde, ds, shape, info, mpp, patches, region, annotation, parts, groups, repairs)
+    scored, counts = None, {}
+    d2_path = getattr(inp, "mahalanobis_d2", None)
+    if d2_path:
+        tissue_px = geometry.boxes_mask(patches["x"], patches["y"], patches["width"], patches["height"], shape, ds)
+        scored, counts = scored_tissue(tissue_px, read_map(d2_path, shape))
+        if "nodata" not in info:
+            log.warning("%s: stitched before unscored pixels became NaN (0 there); restitch for exact pixel metrics", inp.maps)  # fmt: skip
+        log.info("%s: %d of %d tissue pixels not scored (%.2f %%)", slide, counts["unscored_tissue_pixels"],
+                 counts["tissue_pixels"], 100 * (counts["unscored_tissue_fraction"] or 0.0))  # fmt: skip
+    return SlideInputs(
+        slide, kde, ds, shape, info, mpp, patches, region, annotation, parts, groups, repairs, scored, counts
+    )

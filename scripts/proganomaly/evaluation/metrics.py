@@ -16,7 +16,8 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 AREAS = ("true_positive", "false_positive", "false_negative", "true_negative")
-METRICS = ("precision", "recall", "f1", "f_beta", "iou", "dice", "accuracy", "specificity")
+METRICS = ("precision", "recall", "f1", "f_beta", "iou", "dice", "accuracy", "specificity", "normal_in_polygons",
+           "fp_per_tissue", "anomalous_share", "f1_flag_everything")  # fmt: skip
 
 
 def _ratio(num, den):
@@ -26,19 +27,35 @@ def _ratio(num, den):
 
 
 def confusion_metrics(tp, fp, fn, tn, beta: float = 1.0) -> dict[str, np.ndarray]:
-    """Precision, recall, F1, F-β, IoU, Dice, accuracy and specificity from areas (arrays or scalars)."""
+    """Precision, recall, F1, F-β, IoU, Dice, accuracy and specificity from areas (arrays or scalars), and the
+    specificity side: normal_in_polygons = FP / normal tissue (1 − specificity), fp_per_tissue = FP / tissue,
+    anomalous_share p = (TP + FN) / tissue and f1_flag_everything = 2p / (1 + p), the F1 of flagging all tissue.
+
+    Without anomalous tissue (TP + FN = 0, a normal-only slide) recall, F1, F-β, IoU and Dice are undefined (NaN),
+    not 0: there is nothing to find, so no score for finding it.
+    """
     tp, fp, fn, tn = (np.asarray(a, dtype=float) for a in (tp, fp, fn, tn))
     b2 = beta * beta
+    positive = tp + fn > 0
+    share = _ratio(tp + fn, tp + fp + fn + tn)
+
+    def found(values):
+        return np.where(positive, values, np.nan)
+
     return {
         "precision": _ratio(tp, tp + fp),
         "recall": _ratio(tp, tp + fn),
-        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        "f_beta": _ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp),
-        "iou": _ratio(tp, tp + fp + fn),
+        "f1": found(_ratio(2 * tp, 2 * tp + fp + fn)),
+        "f_beta": found(_ratio((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp)),
+        "iou": found(_ratio(tp, tp + fp + fn)),
         # Dice equals F1 for sets; kept under its own name because both communities look for theirs.
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn),
+        "dice": found(_ratio(2 * tp, 2 * tp + fp + fn)),
         "accuracy": _ratio(tp + tn, tp + fp + fn + tn),
         "specificity": _ratio(tn, tn + fp),
+        "normal_in_polygons": _ratio(fp, fp + tn),
+        "fp_per_tissue": _ratio(fp, tp + fp + fn + tn),
+        "anomalous_share": share,
+        "f1_flag_everything": found(_ratio(2 * share, 1 + share)),
     }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pandas as pd
 
 from proganomaly.evaluation import metrics
@@ -25,11 +26,16 @@ def fixed(ev, reason: str) -> dict:
 
 
 def choose(grids: dict[str, pd.DataFrame], ev) -> dict:
-    """The operating point from the validation slides' grids {slide: grid with µm² areas}.
+    """The operating point from the validation slides' grids {slide: grid with µm² areas}, every validation slide
+    with an annotation file (normal-only slides, whose file has zero features, included).
 
-    `best_f1` / `best_iou`: the best cell of the pooled validation grid (areas summed per cell over the slides,
-    metrics recomputed). Falls back to the fixed cell, saying why, when that is configured, when there are no
-    annotated validation slides, or when the metric is undefined in every pooled cell.
+    `best_f1_within_budget` (the default): among the cells whose share of normal tissue inside the predicted
+    polygons, pooled over all validation slides, is at most `ev.fp_budget`, the best pooled F1; without anomalous
+    tissue on any validation slide (normal-only slides only), the most sensitive cell within the budget (lowest
+    threshold, then largest dilation). When no cell meets the budget: the cell with the least normal tissue inside
+    (best F1 on ties), with a "warning". `best_f1` / `best_iou`: the best cell of the pooled grid, no budget.
+    Falls back to the fixed cell, saying why, when that is configured, when there are no validation slides, or when
+    the metric is undefined in every pooled cell.
     """
     if ev.operating_point == "fixed":
         return fixed(ev, "evaluation.operating_point is 'fixed'")
@@ -39,8 +45,10 @@ def choose(grids: dict[str, pd.DataFrame], ev) -> dict:
             f"no annotated {CHOSEN_ON} slides to choose on; evaluation.operating_threshold and "
             "evaluation.operating_dilation used instead",
         )
-    metric = ev.operating_point.removeprefix("best_")
     pooled = metrics.pool_grids(list(grids.values()), beta=ev.beta)
+    if ev.operating_point == "best_f1_within_budget":
+        return _within_budget(pooled, list(grids), float(ev.fp_budget))
+    metric = ev.operating_point.removeprefix("best_")
     cell = metrics.best_cell(pooled, metric)
     if cell is None:
         return fixed(ev, f"{metric} undefined in every cell of the pooled {CHOSEN_ON} grid")
@@ -49,6 +57,45 @@ def choose(grids: dict[str, pd.DataFrame], ev) -> dict:
         "threshold": cell["threshold"],
         "dilation": cell["dilation"],
         "chosen_on": {"split": CHOSEN_ON, "slides": list(grids), "metric": metric, "cell": cell},
+    }
+
+
+def _within_budget(pooled: pd.DataFrame, slides: list[str], budget: float) -> dict:
+    normal = pooled["normal_in_polygons"].to_numpy(float)
+    # No normal tissue at all: nothing can be a false positive, so every cell is within budget.
+    normal = np.where(np.isfinite(normal), normal, 0.0)
+    ok = normal <= budget
+    annotated = bool((pooled["true_positive_um2"] + pooled["false_negative_um2"]).max() > 0)
+    source = f"best_f1_within_budget of the pooled {CHOSEN_ON} slides"
+    out: dict = {"fp_budget": budget}
+    if not ok.any():
+        # The least normal tissue inside; among equals the best F1, then the first cell.
+        tied = np.flatnonzero(normal == normal.min())
+        f1 = pooled["f1"].to_numpy(float)[tied]
+        row = int(tied[int(np.nanargmax(f1))]) if np.isfinite(f1).any() else int(tied[0])
+        metric = "normal_in_polygons"
+        out["reason"] = out["warning"] = (
+            f"no cell of the pooled {CHOSEN_ON} grid keeps the normal tissue inside the predicted polygons within "
+            f"evaluation.fp_budget = {budget:g} (least: {normal.min():.4g}); the cell with the least is used. Raise "
+            "the thresholds' range or the budget, or treat this operating point as a non-detection"
+        )
+    elif annotated and np.isfinite(pooled["f1"].to_numpy(float)[ok]).any():
+        inside = pooled[ok]
+        row = int(inside.index[int(np.nanargmax(inside["f1"].to_numpy(float)))])
+        metric = "f1"
+    else:
+        # Normal slides only: the most sensitive cell the budget allows.
+        inside = pooled[ok].sort_values(["threshold", "dilation"], ascending=[True, False], kind="stable")
+        row = int(inside.index[0])
+        metric = "sensitivity (lowest threshold, then largest dilation)"
+        out["reason"] = f"no anomalous tissue on the {CHOSEN_ON} slides: the most sensitive cell within the budget"
+    cell = metrics.best_cell(pooled.loc[[row]].reset_index(drop=True), "normal_in_polygons") or {}
+    return {
+        "source": source,
+        "threshold": float(pooled.at[row, "threshold"]),
+        "dilation": float(pooled.at[row, "dilation"]),
+        **out,
+        "chosen_on": {"split": CHOSEN_ON, "slides": slides, "metric": metric, "cell": cell},
     }
 
 

@@ -26,6 +26,7 @@ import math
 
 import numpy as np
 import scipy.ndimage as ndi
+import scipy.sparse as sp
 
 from proganomaly.evaluation import coverage as cov
 from proganomaly.evaluation import geometry
@@ -37,7 +38,7 @@ BLOCK_RATIO = 0.5
 class Targets:
     """Exact coverage of the tissue, the annotation and each part on the tissue's bounding box, per block size."""
 
-    def __init__(self, region, parts: dict, downsample: float):
+    def __init__(self, region, parts: dict, downsample: float, lesions=()):
         # The tissue may reach past the map (patches at the slide's edge), and dilated predictions with it.
         x0, y0, x1, y1 = region.tissue.bounds if not region.tissue.is_empty else (0, 0, 0, 0)
         c0, r0 = math.floor(x0 / downsample), math.floor(y0 / downsample)
@@ -46,11 +47,15 @@ class Targets:
         self.pixel_area = downsample * downsample
         self.keys = list(parts)
         self._edges = [cov.polygon_edges([g]) for g in (region.tissue, region.annotation, *parts.values())]
+        # Lesions (annotated regions, one per feature, inside the annotation) may overlap each other, so each gets
+        # its own sparse column of coverage rather than a label image.
+        self._lesion_edges = [cov.polygon_edges([g]) for g in lesions]
         self._levels: dict = {}
 
     def level(self, factor: int):
         """(grid, scratch buffer, tissue coverage, flat indices of annotated pixels, (n, 1 + parts) annotation and
-        part coverage) on blocks of factor × factor map px, flat over the (h + 1, w) layout of `coverage(out=)`."""
+        part coverage, tissue pixels, scratch, sparse (n, lesions) lesion coverage) on blocks of factor × factor map
+        px, flat over the (h + 1, w) layout of `coverage(out=)`."""
         if factor not in self._levels:
             grid = self.grid.coarser(factor)
             buffer = np.empty((grid.shape[0] + 1) * grid.shape[1])
@@ -64,9 +69,13 @@ class Targets:
             inside[:, 0] = buffer[index]
             for k, e in enumerate(part_edges, start=1):
                 inside[:, k] = self._cover(e, grid, buffer)[index]
+            lesion = sp.csc_matrix((len(index), len(self._lesion_edges)))
+            if self._lesion_edges:
+                cols = [sp.csc_matrix(self._cover(e, grid, buffer)[index][:, None]) for e in self._lesion_edges]
+                lesion = sp.hstack(cols, format="csr")
             in_tissue = tissue >= 0.5
             scratch = (np.empty(len(tissue), dtype=bool), np.empty(len(tissue), np.int32))
-            self._levels[factor] = (grid, buffer, tissue, index, inside, in_tissue, scratch)
+            self._levels[factor] = (grid, buffer, tissue, index, inside, in_tissue, scratch, lesion)
         return self._levels[factor]
 
     @staticmethod
@@ -139,14 +148,15 @@ def scaled_edges(edges: np.ndarray, origins: np.ndarray, factor: float, downsamp
 
 
 def cell(edges: np.ndarray, targets: Targets, factor: int) -> dict:
-    """Areas (level-0 px²) of the prediction given by level-0 edges: prediction ∩ tissue, TP, per-part TP, and
-    the number of its components in tissue."""
-    grid, buffer, tissue, index, inside, in_tissue, (covered, labels) = targets.level(factor)
+    """Areas (level-0 px²) of the prediction given by level-0 edges: prediction ∩ tissue, TP, per-part TP, the
+    area of each lesion it covers, and the number of its components in tissue."""
+    grid, buffer, tissue, index, inside, in_tissue, (covered, labels), lesion = targets.level(factor)
     pred = cov.coverage(cov.to_grid(edges, grid), grid.shape, out=buffer).ravel()
     # Overlapping polygons add up; a pixel is covered once (coverage is never below 0 beyond rounding).
     np.minimum(pred, 1.0, out=pred)
     px = targets.pixel_area * factor * factor
     hits = pred[index] @ inside if len(index) else np.zeros(1 + len(targets.keys))
+    lesion_cover = lesion.T @ pred[index] if len(index) else np.zeros(lesion.shape[1])
     # Pixel majority: components joined only through slivers of a pixel do not merge.
     np.greater_equal(pred, 0.5, out=covered)
     covered &= in_tissue
@@ -155,6 +165,7 @@ def cell(edges: np.ndarray, targets: Targets, factor: int) -> dict:
         "pred_area": float(pred @ tissue) * px,
         "true_positive": float(hits[0]) * px,
         "part_tp": dict(zip(targets.keys, (float(v) * px for v in hits[1:]), strict=True)),
+        "lesion_cover": np.asarray(lesion_cover, dtype=float).ravel() * px,
         "num_polygons": int(ndi.label(covered.reshape(shape), output=labels.reshape(shape))),
     }
 

@@ -1,16 +1,23 @@
 """Density of flagged pixels: slide-level Gaussian KDE on the stitched flag map, and the original per-patch KDE.
 
-Slide level (the default). Gaussian smoothing of the flag map with a normalised kernel of σ = bandwidth (µm) is the
-Gaussian kernel density estimate of the flagged pixel centres evaluated on the pixel grid, times the number of
-points: Σ_i g_σ(p − p_i) = n · KDE(p). Because the kernel sums to one, the smoothed value at a pixel is the
-kernel-weighted fraction of flagged area around it, a number in [0, 1] whose meaning does not depend on the slide.
-The heat map is that fraction divided by a fixed `ceiling` from the config and clipped to 1 (so 1 means "at least
-`ceiling` of the neighbourhood is flagged"), the same rule for every slide. Both steps run tile by tile with a
+Slide level (the default): a normalised convolution. With w the scored tissue (map pixels covered by a patch
+interior and inside the tissue mask, 1 there, 0 elsewhere) and G a normalised Gaussian of σ = bandwidth (µm),
+
+    kde = min(1, ((flags·w) ∗ G) / (w ∗ G) / ceiling),   NaN where (w ∗ G) < WEIGHT_FLOOR.
+
+(flags·w) ∗ G alone is n·KDE(p), the Gaussian KDE of the flagged pixel centres times their number; dividing by
+w ∗ G makes it the kernel-weighted fraction of the *scored tissue* around p that is flagged, a number in [0, 1]
+whose meaning does not depend on the slide, and which glass, unscored pixels or the slide edge do not dilute: a
+lesion at the tissue edge reads as flagged as one inside it. Where less than WEIGHT_FLOOR of the kernel's mass
+(which is 1) falls on scored tissue (≈ 3σ beyond the tissue edge) there is no evidence nearby and the KDE is NaN
+("not scored"). The fraction is divided by a fixed `ceiling` from the config and clipped to 1 (1 means "at least
+`ceiling` of the neighbourhood is flagged"), the same rule for every slide. Every step runs tile by tile with a
 margin (the kernel radius, 4σ by default; the size of the largest small object), so memory does not grow with the
 map.
 
-Per patch (spec 8.3, kept for comparison): a KDE on each patch's own flags, min-max normalised per patch and scaled
-by the patch's flag count; the stitched result is not comparable across patches or slides.
+Per patch (spec 8.3, kept for comparison, unchanged from the original): a KDE on each patch's own flags, min-max
+normalised per patch and scaled by the patch's flag count; the stitched result is not comparable across patches or
+slides.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from .stitching import DiskArray, bands
 # Beyond this kernel radius an FFT convolution (overlap-add) is cheaper than the direct one.
 _FFT_RADIUS = 16
 _EIGHT = np.ones((3, 3), dtype=bool)
+# Below this share of the (unit) kernel mass on scored tissue the KDE has no evidence and is NaN; for a straight
+# tissue edge that is ≈ 3.1σ outside it (Φ(−3.09) = 1e-3).
+WEIGHT_FLOOR = 1e-3
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
@@ -67,6 +77,39 @@ def smooth_tiled(src, dst, sigma: float, *, truncate: float = 4.0, tile: int = 1
             dst[r0:r1, c0:c1] = out.astype(np.float32)
 
 
+def normalised_smooth_tiled(
+    values,
+    weight,
+    dst,
+    sigma: float,
+    *,
+    truncate: float = 4.0,
+    tile: int = 1024,
+    scale: float = 1.0,
+    floor: float = WEIGHT_FLOOR,
+) -> None:
+    """dst = clip(scale · G∗(values·weight) / G∗weight, 0, 1), NaN where G∗weight < floor, tile by tile.
+
+    G∗ is scipy's gaussian_filter(·, σ, mode="constant", truncate); NaN in `values` counts as 0 (weight should be 0
+    there). Overlap-save as in `smooth_tiled`, so the result equals the whole-map filter; σ = 0 gives `values`
+    where weight ≥ floor.
+    """
+    h, w = values.shape[:2]
+    kernel = gaussian_kernel1d(sigma, truncate) if sigma > 0 else np.ones(1)
+    m = len(kernel) // 2
+    for r0, r1 in bands(h, tile):
+        for c0, c1 in bands(w, tile):
+            wr0, wr1, wc0, wc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
+            wt = np.asarray(weight[wr0:wr1, wc0:wc1], np.float64)
+            num = np.nan_to_num(np.asarray(values[wr0:wr1, wc0:wc1], np.float64), nan=0.0) * wt
+            inner = (slice(r0 - wr0, r1 - wr0), slice(c0 - wc0, c1 - wc0))
+            top, mass = _smooth_window(num, kernel)[inner], _smooth_window(wt, kernel)[inner]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                ratio = np.where(mass >= floor, top / np.where(mass >= floor, mass, 1.0), np.nan)
+            # FFT round-off can put the ratio a hair outside [0, 1]; np.clip keeps NaN.
+            dst[r0:r1, c0:c1] = np.clip(ratio * scale, 0.0, 1.0).astype(dst.dtype)
+
+
 def remove_small_tiled(src, dst, min_area_px: float, *, tile: int = 1024, max_margin: int = 4096) -> None:
     """Drop 8-connected flagged objects (src > 0) whose flagged area Σ src is below `min_area_px`, tile by tile.
 
@@ -106,26 +149,65 @@ def remove_small_tiled(src, dst, min_area_px: float, *, tile: int = 1024, max_ma
 
 
 def slide_kde(
-    flags, workdir, *, sigma_px: float, min_area_px: float, ceiling: float, truncate: float = 4.0, tile: int = 1024
+    flags,
+    workdir,
+    *,
+    sigma_px: float,
+    min_area_px: float,
+    ceiling: float,
+    truncate: float = 4.0,
+    tile: int = 1024,
+    weight=None,
 ) -> DiskArray:
-    """The slide-level KDE heat map (float32 in [0, 1]) of a stitched flag-fraction map, as a DiskArray in workdir."""
+    """The slide-level KDE heat map (float32 in [0, 1], NaN far from scored tissue) of a stitched flag-fraction map.
+
+    weight: the scored tissue (array-like, 1 = covered by a patch interior and tissue, 0 = not), by default the
+    finite pixels of `flags`. Flags outside it are dropped before small-object removal and smoothing.
+    """
     if not 0 < ceiling <= 1:
         raise ValueError(f"stitching.kde.ceiling={ceiling} must be in (0, 1]")
     shape = flags.shape[:2]
+    masked = DiskArray.create(f"{workdir}/flags_scored.npy", shape, np.float32)
+    own_weight = weight is None
+    if own_weight:
+        weight = DiskArray.create(f"{workdir}/kde_weight.npy", shape, np.float32)
+        for r0, r1 in bands(shape[0], tile):
+            weight[r0:r1] = np.isfinite(flags[r0:r1]).astype(np.float32)
+    for r0, r1 in bands(shape[0], tile):
+        band = np.nan_to_num(np.asarray(flags[r0:r1], np.float32), nan=0.0)
+        masked[r0:r1] = band * (np.asarray(weight[r0:r1], np.float32) > 0)
     cleaned = DiskArray.create(f"{workdir}/flags_cleaned.npy", shape, np.float32)
-    remove_small_tiled(flags, cleaned, min_area_px, tile=tile)
+    remove_small_tiled(masked, cleaned, min_area_px, tile=tile)
+    masked.path.unlink()
     kde = DiskArray.create(f"{workdir}/kde.npy", shape, np.float32)
-    smooth_tiled(cleaned, kde, sigma_px, truncate=truncate, tile=tile, scale=1.0 / ceiling)
+    normalised_smooth_tiled(cleaned, weight, kde, sigma_px, truncate=truncate, tile=tile, scale=1.0 / ceiling)
     cleaned.path.unlink()
+    if own_weight:
+        weight.path.unlink()
     return kde
 
 
 def scaling_rule(ceiling: float) -> str:
     """The KDE scaling rule in words, for maps.json."""
     return (
-        "kde = min(1, G_sigma * flags / ceiling) with a normalised Gaussian G_sigma (sigma = bandwidth_um), i.e. the "
-        f"kernel-weighted flagged-area fraction around each pixel divided by ceiling = {ceiling} (the same for every slide)"
+        "kde = min(1, (G_sigma * (flags w)) / (G_sigma * w) / ceiling) with a normalised Gaussian G_sigma (sigma = "
+        "bandwidth_um) and w = scored tissue (covered by a patch interior and in the tissue mask), i.e. the "
+        "kernel-weighted flagged fraction of the scored tissue around each pixel divided by ceiling = "
+        f"{ceiling} (the same for every slide); NaN where G_sigma * w < {WEIGHT_FLOOR} (no scored tissue nearby)"
     )
+
+
+def definition(ceiling: float) -> dict:
+    """The KDE's definition as data, for maps.json."""
+    return {
+        "formula": "min(1, gaussian(flags * w) / gaussian(w) / ceiling); NaN where gaussian(w) < weight_floor",
+        "weight": "w = 1 on scored tissue (map pixels covered by a patch interior and inside the tissue mask), else 0",
+        "flags": "flag fraction per map pixel, 8-connected objects under min_object_um2 removed, outside w dropped",
+        "gaussian": "normalised Gaussian, sigma = bandwidth_um, truncated at truncate * sigma, zeros beyond the map",
+        "weight_floor": WEIGHT_FLOOR,
+        "weight_floor_meaning": "share of the kernel mass (1) on scored tissue below which the KDE is NaN",
+        "ceiling": ceiling,
+    }
 
 
 def grid_kde(points: np.ndarray, rows: np.ndarray, cols: np.ndarray, bandwidth: float) -> np.ndarray:

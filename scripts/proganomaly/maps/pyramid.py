@@ -58,11 +58,13 @@ def level_shapes(height: int, width: int, tile: int = 256, levels: int | None = 
     return shapes
 
 
-def downscale2(block: np.ndarray) -> np.ndarray:
+def downscale2(block: np.ndarray, nodata: int | None = None) -> np.ndarray:
     """2× area downscale of an (h, w, c) block; an odd last row/column averages only the pixels that exist.
 
-    uint8 and uint16 round half up with integer arithmetic (exact, platform independent). Floats average the non-NaN pixels of
-    each 2×2 cell (NaN only where all four are NaN), so maps that mark "no data" with NaN keep their edges.
+    uint8 and uint16 round half up with integer arithmetic (exact, platform independent). Floats average the non-NaN
+    pixels of each 2×2 cell (NaN only where all four are NaN), so maps that mark "no data" with NaN keep their edges.
+    With `nodata`, integers do the same: pixels equal to it are left out of the mean, and a cell of nodata only stays
+    nodata (the uint16 renditions' "not scored").
     """
     h, w = block.shape[:2]
     pad = ((0, h % 2), (0, w % 2)) + ((0, 0),) * (block.ndim - 2)
@@ -71,11 +73,21 @@ def downscale2(block: np.ndarray) -> np.ndarray:
         block = np.pad(block, pad, mode="edge")
     # Four strided quarter-views added explicitly: several times faster than a reduce over a reshaped view.
     quads = (block[0::2, 0::2], block[1::2, 0::2], block[0::2, 1::2], block[1::2, 1::2])
-    if block.dtype in (np.uint8, np.uint16):
+    if block.dtype in (np.uint8, np.uint16) and nodata is None:
         total = quads[0].astype(np.uint32)
         for q in quads[1:]:
             total += q
         return ((total + 2) >> 2).astype(block.dtype)
+    if block.dtype in (np.uint8, np.uint16):
+        total = np.zeros(quads[0].shape, np.uint32)
+        count = np.zeros(quads[0].shape, np.uint32)
+        for q in quads:
+            valid = q != nodata
+            total += np.where(valid, q, 0).astype(np.uint32)
+            count += valid
+        # Round half up: floor((total + count/2) / count) = (2·total + count) // (2·count).
+        mean = (2 * total + count) // np.maximum(2 * count, 1)
+        return np.where(count > 0, mean, nodata).astype(block.dtype)
     if np.issubdtype(block.dtype, np.floating):
         total = np.zeros(quads[0].shape, np.float64)
         count = np.zeros(quads[0].shape, np.uint8)
@@ -103,6 +115,7 @@ def write_pyramid(
     maxworkers: int = 1,
     tmpdir: str | Path | None = None,
     progress: Callable[[int], None] | None = None,
+    nodata: int | None = None,
 ) -> list[tuple[int, int]]:
     """Write `image` as a tiled OME-TIFF pyramid at `path` (atomically) and return the (height, width) of each level.
 
@@ -117,6 +130,8 @@ def write_pyramid(
     tmpdir: where the temporary block files of the reduced levels go (default: next to `path`); they need about a third
     of the uncompressed level-0 size.
     progress: called with the number of tiles written, tile by tile (e.g. ``runlog.Progress.update``).
+    nodata: for integer images, the value that means "no data": reduced levels average only the other pixels (float
+    images always treat NaN so).
     """
     path = Path(path)
     shape, dtype, channels = _check_image(image, path)
@@ -166,7 +181,7 @@ def write_pyramid(
                     stores.append(nxt)
                 px_per_cm = 1e4 / (mpp * 2**level)
                 tif.write(
-                    _tiles(source, h, w, channels, tile, nxt, progress),
+                    _tiles(source, h, w, channels, tile, nxt, progress, nodata),
                     shape=(h, w, channels) if channels > 1 else (h, w),
                     dtype=dtype,
                     resolution=(px_per_cm, px_per_cm),
@@ -187,7 +202,7 @@ def count_tiles(shapes: list[tuple[int, int]], tile: int = 256) -> int:
     return sum(math.ceil(h / tile) * math.ceil(w / tile) for h, w in shapes)
 
 
-def _tiles(source, h: int, w: int, channels: int, tile: int, nxt, progress) -> Iterator[np.ndarray]:
+def _tiles(source, h: int, w: int, channels: int, tile: int, nxt, progress, nodata=None) -> Iterator[np.ndarray]:
     """Tiles of `source` in row-major order; fills `nxt` (the next level) with their 2× downscale on the way."""
     for r0 in range(0, h, tile):
         for c0 in range(0, w, tile):
@@ -195,7 +210,7 @@ def _tiles(source, h: int, w: int, channels: int, tile: int, nxt, progress) -> I
             if block.ndim == 2:
                 block = block[..., None]
             if nxt is not None:
-                nxt.put(r0 // tile, c0 // tile, downscale2(block))
+                nxt.put(r0 // tile, c0 // tile, downscale2(block, nodata))
             bh, bw = block.shape[:2]
             if (bh, bw) != (tile, tile):
                 # Edge replication rather than tifffile's zero padding: no dark seam bleeding into JPEG edges.

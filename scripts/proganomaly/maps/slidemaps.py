@@ -2,6 +2,11 @@
 
 Float maps also get a uint16 rendition (``{name}.u16.tif``) for viewers that do not read float samples.
 
+"Not scored": a map pixel that no patch interior covers (beyond the tissue, or in the border_px rim that calibration
+drops at the edge of the tiled area) has no model output. Float maps hold NaN there (their pyramids average only
+scored pixels), the uint16 renditions count 0 (rendition.NODATA), the overview PNGs are transparent there and
+kde_color shows NO_DATA_RGB (a neutral grey that the turbo colour map never produces).
+
 Every step goes through band- or tile-sized pieces of on-disk arrays, so memory stays flat whatever the slide size.
 """
 
@@ -21,6 +26,14 @@ from .colormap import apply_turbo
 from .names import FLOAT_MAPS, FRACTION_MAPS, MAP_NAMES, MASK_MAPS, RENDITION_SUFFIX, RGB_MAPS
 
 log = logging.getLogger("proganomaly.maps.slidemaps")
+
+NO_DATA_RGB = (128, 128, 128)
+NODATA = {
+    "float_maps": "NaN: not scored (no patch interior covers the pixel; for kde: no scored tissue within the kernel)",
+    "renditions": f"count {rendition.NODATA}; value = (count - {rendition.OFFSET}) * value_per_count otherwise",
+    "kde_color": f"RGB {list(NO_DATA_RGB)} where kde is NaN",
+    "overview_png": "alpha 0 (transparent) where the map is NaN",
+}
 
 
 @dataclass(frozen=True)
@@ -68,28 +81,37 @@ def write_slide_maps(
         # Uncovered background shows white, as on a slide; the coverage map tells it apart from white tissue.
         arrays[name] = stitching.finalize_map(canvas, name, work / f"{name}.npy", dtype=np.uint8, fill=255)
     for name in ("anomaly_map", "mahalanobis_d2", "flags"):
-        arrays[name] = stitching.finalize_map(canvas, name, work / f"{name}.npy", dtype=np.float32, fill=0.0)
+        arrays[name] = stitching.finalize_map(canvas, name, work / f"{name}.npy", dtype=np.float32, fill=np.nan)
     arrays["coverage"] = stitching.coverage_map(canvas, work / "coverage.npy")
     if tissue_mask is None:
         arrays["tissue"] = arrays["coverage"]
     else:
         arrays["tissue"] = stitching.resample_mask(tissue_mask, tissue_downsample, grid, work / "tissue.npy")
+    weight, scored = stitching.scored_tissue(canvas.count, arrays["tissue"], work / "scored_tissue.npy")
+    if scored["unscored_tissue_fraction"]:
+        log.info("%s: %.2f %% of the tissue pixels were not scored (no patch interior covers them)", canvas_dir,
+                 100 * scored["unscored_tissue_fraction"])  # fmt: skip
 
     sigma_px = kde.bandwidth_um / grid.map_mpp
     min_area_px = kde.min_object_um2 / grid.map_mpp**2
     if kde.method == "slide":
         arrays["kde"] = kdelib.slide_kde(
             arrays["flags"], work, sigma_px=sigma_px, min_area_px=min_area_px, ceiling=kde.ceiling,
-            truncate=kde.truncate, tile=work_tile_px,
+            truncate=kde.truncate, tile=work_tile_px, weight=weight,
         )  # fmt: skip
         rule = kdelib.scaling_rule(kde.ceiling)
+        definition = kdelib.definition(kde.ceiling)
     elif kde.method == "patch":
         if "kde_patch" not in canvas.sums:
             raise ValueError(
                 f"{canvas_dir}: no per-patch KDE canvas; re-run infer_slide with stitching.kde.method=patch"
             )
-        arrays["kde"] = stitching.finalize_map(canvas, "kde_patch", work / "kde.npy", dtype=np.float32, fill=0.0)
+        arrays["kde"] = stitching.finalize_map(canvas, "kde_patch", work / "kde.npy", dtype=np.float32, fill=np.nan)
         rule = "per-patch KDE of spec 8.3 (per-patch min-max and count scaling), stitched by averaging; not comparable across slides"
+        definition = {
+            "formula": "the original's per-patch KDE (spec 8.3) of each patch's flags, averaged where patches overlap",
+            "weight": "none (glass and tissue inside a patch count alike); NaN where no patch interior covers the pixel",
+        }
     else:
         raise ValueError(f"stitching.kde.method={kde.method!r}; choose slide or patch")
     arrays["kde_color"] = _colour(arrays["kde"], work / "kde_color.npy")
@@ -108,11 +130,14 @@ def write_slide_maps(
         )  # fmt: skip
         if name in FLOAT_MAPS:
             scale = rendition.slide_scale(arr, name in FRACTION_MAPS, work_tile_px)
-            renditions[name] = {"file": f"{name}{RENDITION_SUFFIX}", "value_per_count": scale}
+            renditions[name] = {
+                "file": f"{name}{RENDITION_SUFFIX}", "value_per_count": scale, "offset": rendition.OFFSET,
+                "nodata": rendition.NODATA, "value": "(count - offset) * value_per_count; count == nodata: not scored",
+            }  # fmt: skip
             write_pyramid(
                 maps_dir / f"{name}{RENDITION_SUFFIX}", rendition.Quantised(arr, scale), grid.map_mpp, tile=tile_px,
-                compression="deflate", description=f"{description}; uint16 rendition: value = count x {scale!r}",
-                channel_name=name,
+                compression="deflate", description=f"{description}; {rendition.description(scale)}",
+                channel_name=name, nodata=rendition.NODATA,
             )  # fmt: skip
         small = stitching.overview(arr, overview_max_px)
         png, display[name] = _overview_png(name, small)
@@ -129,6 +154,9 @@ def write_slide_maps(
         "maps": {name: f"{name}.tif" for name in MAP_NAMES},
         "renditions": renditions,
         "pixel_convention": "map pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)",
+        "nodata": NODATA,
+        # Tissue = the tissue mask on the map grid; unscored = no patch interior covers it (NaN in the float maps).
+        **scored,
         "kde": {
             "method": kde.method,
             "bandwidth_um": kde.bandwidth_um,
@@ -138,6 +166,7 @@ def write_slide_maps(
             "min_object_map_px": min_area_px,
             "ceiling": kde.ceiling,
             "scaling_rule": rule,
+            "definition": definition,
         },
         "overview_display_range": display,
         "patches": meta.get("patches"),
@@ -147,22 +176,28 @@ def write_slide_maps(
 def _colour(kde: stitching.DiskArray, path: Path, band_rows: int = 256) -> stitching.DiskArray:
     out = stitching.DiskArray.create(path, (*kde.shape, 3), np.uint8)
     for r0, r1 in stitching.bands(kde.shape[0], band_rows):
-        out[r0:r1] = apply_turbo(kde[r0:r1])
+        values = kde[r0:r1]
+        out[r0:r1] = np.where(np.isnan(values)[..., None], np.uint8(NO_DATA_RGB), apply_turbo(values))
     return out
 
 
 def _overview_png(name: str, small: np.ndarray) -> tuple[np.ndarray, list[float]]:
-    """uint8 image for the report and the value range mapped to its colours (fixed [0, 1] for fractions)."""
+    """Image for the report and the value range mapped to its colours (fixed [0, 1] for fractions).
+
+    uint8 maps as they are; float maps as grey + alpha (flags, kde) or RGBA (turbo), transparent where NaN.
+    """
     if small.dtype == np.uint8:
         return small, [0.0, 255.0]
+    values = np.asarray(small, np.float64)
+    alpha = np.where(np.isnan(values), 0, 255).astype(np.uint8)[..., None]
     if name in ("flags", "kde"):
         lo, hi = 0.0, 1.0
     else:
         # d² and anomaly maps are unbounded: show 0 to their 99th percentile where something was inferred.
-        positive = small[small > 0]
+        positive = values[values > 0]
         lo, hi = 0.0, float(np.percentile(positive, 99)) if positive.size else 1.0
-    scaled = (np.asarray(small, np.float64) - lo) / (hi - lo if hi > lo else 1.0)
+    scaled = np.nan_to_num((values - lo) / (hi - lo if hi > lo else 1.0), nan=0.0)
     if name in ("flags", "kde"):
         # The greyscale maps stay grey (white = 1); kde_color is the coloured one.
-        return np.rint(np.clip(scaled, 0, 1) * 255).astype(np.uint8), [lo, hi]
-    return apply_turbo(scaled), [lo, hi]
+        return np.concatenate([np.rint(np.clip(scaled, 0, 1) * 255).astype(np.uint8)[..., None], alpha], -1), [lo, hi]
+    return np.concatenate([apply_turbo(scaled), alpha], -1), [lo, hi]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -266,9 +267,12 @@ def bands(height: int, rows: int) -> Iterator[tuple[int, int]]:
 
 
 def finalize_map(
-    canvas: Canvas, name: str, out_path: str | Path, *, dtype=np.float32, fill: float = 0.0, band_rows: int = 256
+    canvas: Canvas, name: str, out_path: str | Path, *, dtype=np.float32, fill: float = np.nan, band_rows: int = 256
 ) -> DiskArray:
     """Average (sum / covered area) of one map, band by band, into a new .npy; uncovered pixels get `fill`.
+
+    Float maps keep the default NaN there: no patch interior covered the pixel, so it was not scored (a 0 would read
+    as a confident "normal"). RGB maps pass a colour (e.g. 255 for a white background).
 
     uint8 output rounds and clips to [0, 255] (RGB maps); float output keeps the average as float32.
     """
@@ -294,6 +298,24 @@ def coverage_map(canvas: Canvas, out_path: str | Path, band_rows: int = 256) -> 
     return out
 
 
+def scored_tissue(count: DiskArray, tissue, out_path, band_rows: int = 256) -> tuple[DiskArray, dict]:
+    """float32 weight map w (1 = scored tissue: covered by a patch interior and tissue > 0; else 0) and its counts.
+
+    Returns (w, {"tissue_pixels", "unscored_tissue_pixels", "unscored_tissue_fraction"}); the fraction is None for a
+    map without tissue.
+    """
+    out = DiskArray.create(out_path, count.shape, np.float32)
+    n_tissue = n_unscored = 0
+    for r0, r1 in bands(count.shape[0], band_rows):
+        t, covered = np.asarray(tissue[r0:r1]) > 0, count[r0:r1] > 0
+        out[r0:r1] = (t & covered).astype(np.float32)
+        n_tissue += int(t.sum())
+        n_unscored += int((t & ~covered).sum())
+    fraction = n_unscored / n_tissue if n_tissue else None
+    stats = {"tissue_pixels": n_tissue, "unscored_tissue_pixels": n_unscored, "unscored_tissue_fraction": fraction}
+    return out, stats
+
+
 def resample_mask(mask: np.ndarray, mask_downsample: float, grid: MapGrid, out_path, band_rows: int = 256) -> DiskArray:
     """Nearest-neighbour resampling of a low-resolution mask (level-0 downsample `mask_downsample`) to the map grid.
 
@@ -309,7 +331,10 @@ def resample_mask(mask: np.ndarray, mask_downsample: float, grid: MapGrid, out_p
 
 
 def overview(image, max_px: int = 2000, band_rows: int | None = None) -> np.ndarray:
-    """A downscaled copy (integer box average, ≤ max_px on the long side) of a large array-like, band by band."""
+    """A downscaled copy (integer box average, ≤ max_px on the long side) of a large array-like, band by band.
+
+    NaN ("not scored") pixels are left out of each box's mean; a box of NaN only stays NaN.
+    """
     h, w = image.shape[:2]
     f = max(1, math.ceil(max(h, w) / max_px))
     oh, ow = math.ceil(h / f), math.ceil(w / f)
@@ -321,7 +346,9 @@ def overview(image, max_px: int = 2000, band_rows: int | None = None) -> np.ndar
         if pad_w:
             band = np.concatenate([band, np.full((band.shape[0], pad_w, *trailing), np.nan)], axis=1)
         cells = band.reshape(band.shape[0], ow, f, *trailing)
-        out[i] = np.nanmean(cells, axis=(0, 2))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "mean of empty slice": an all-NaN box is NaN
+            out[i] = np.nanmean(cells, axis=(0, 2))
     return (
         out.astype(image.dtype) if np.dtype(image.dtype) != np.uint8 else np.clip(np.rint(out), 0, 255).astype(np.uint8)
     )

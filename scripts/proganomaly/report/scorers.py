@@ -20,6 +20,33 @@ SPLITS = ("validation", "test")
 TARGETS = {"foreign stain": 0.95, "same-stain tissue": 0.90, "artefacts": 0.85}
 
 
+def benchmark_key(label: str) -> tuple[str, tuple[str, ...] | None, str | None]:
+    """(scorer, parts, settings) of a benchmark row label: `name`, `combined=a+b`, each optionally `@SETTINGS`
+    (tests/benchmarks/bench_detection.py scorer_overrides); parts None when the label names none."""
+    spec, _, setting = label.partition("@")
+    name, _, parts = spec.partition("=")
+    return name, (tuple(parts.split("+")) if parts else None), (setting or None)
+
+
+def configured_labels(summary: dict, scorer: str, parts=None, default_parts=()) -> set[str]:
+    """Labels of the benchmark's "default" variant that ran exactly the configured scorer.
+
+    A plain `combined` row ran the schema's default parts (`default_parts`), so it is the configured scorer only when
+    the configuration's parts (`parts`, scoring.combined.scorers) are those; `combined=a+b` ran parts a, b. Rows with
+    @SETTINGS ran other stage settings (τ, KDE ...) and are never the configuration's.
+    """
+    want = tuple(parts or default_parts) if scorer == "combined" else None
+    out = set()
+    for label in summary.get("default") or {}:
+        name, ran, setting = benchmark_key(label)
+        if name != scorer or setting is not None:
+            continue
+        if scorer == "combined" and tuple(ran or default_parts) != want:
+            continue
+        out.add(label)
+    return out
+
+
 def _parts(summary: dict, level: str) -> list[str]:
     """Part keys of one level ("group" or "class") in first-seen order, with "all" first."""
     seen = ["all"]
@@ -53,9 +80,12 @@ def comparison_table(summary: dict, map_name: str = "mahalanobis_d2", level: str
     return pd.DataFrame(rows)
 
 
-def plot_comparison(summary: dict, map_name: str = "mahalanobis_d2", chosen: str | None = None):
+def plot_comparison(summary: dict, map_name: str = "mahalanobis_d2", chosen: str | set[str] | None = None):
     """One panel per group (and all anomalies): a row per variant/scorer, pixel AUROC on validation (circle) and test
-    (square) with ± sd bars; chance at 0.5, the issue's target per group dashed, the configured scorer in bold."""
+    (square) with ± sd bars; chance at 0.5, the issue's target per group dashed, the configured scorer in bold.
+
+    chosen: the benchmark label(s) of the configured scorer in the "default" variant (configured_labels)."""
+    chosen = {chosen} if isinstance(chosen, str) else set(chosen or ())
     parts = _parts(summary, "group")
     labels = [(v, s) for v, scorers in summary.items() for s in scorers]
     if not labels:
@@ -82,10 +112,9 @@ def plot_comparison(summary: dict, map_name: str = "mahalanobis_d2", chosen: str
     axes[0, 0].set_yticks(range(len(labels)))
     axes[0, 0].set_yticklabels([s if v == "default" else f"{s} [{v}]" for v, s in labels])
     axes[0, 0].invert_yaxis()
-    if chosen is not None:
-        for tick, (variant, scorer) in zip(axes[0, 0].get_yticklabels(), labels, strict=True):
-            if variant == "default" and scorer == chosen:
-                tick.set_fontweight("bold")
+    for tick, (variant, scorer) in zip(axes[0, 0].get_yticklabels(), labels, strict=True):
+        if variant == "default" and scorer in chosen:
+            tick.set_fontweight("bold")
     axes[0, 0].legend(fontsize=7, loc="lower left")
     return fig
 

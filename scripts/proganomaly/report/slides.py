@@ -57,6 +57,18 @@ def _draw_polygons(ax, geoms, mpp, color, label, fill_alpha=0.0, linestyle="-"):
     ax.plot([], [], color=color, linestyle=linestyle, label=f"{label} ({n} polygon{'s' if n != 1 else ''})")
 
 
+def operating_point_text(metrics: dict) -> str:
+    """'KDE > t, dilation d' of the first mapping (breadth first) in a metrics JSON that states both: the chosen
+    cell of at_operating_point.json; "" when none does."""
+    stack = [metrics]
+    while stack:
+        node = stack.pop(0)
+        if {"threshold", "dilation"} <= set(node):
+            return f"KDE > {float(node['threshold']):.3g}, dilation {float(node['dilation']):g}"
+        stack += [v for k, v in node.items() if isinstance(v, dict) and k != "provenance"]
+    return ""
+
+
 def layout(aspect: float) -> tuple[int, int]:
     """Panels stacked in one column for wide slides (long strips read best full width), else 2 × 2."""
     return (4, 1) if aspect > 1.6 else (2, 2)
@@ -95,7 +107,8 @@ def plot_slide_panels(
         lo = max(float(np.percentile(positive, 1)), 1e-3)
         hi = max(float(np.percentile(positive, 99.9)), lo * 10, tau * 2 if tau else 0.0)
         im = ax_d2.imshow(
-            np.ma.masked_less_equal(d2, 0), extent=extent, cmap="magma", interpolation="nearest",
+            # NaN (not scored) and 0 are masked alike: neither has a colour on the log scale.
+            np.ma.masked_where(~(d2 > 0), d2), extent=extent, cmap="magma", interpolation="nearest",
             norm=mcolors.LogNorm(vmin=lo, vmax=hi),
         )  # fmt: skip
         cbar = fig.colorbar(im, ax=ax_d2, label="d² (log scale)", shrink=0.9)
@@ -109,8 +122,9 @@ def plot_slide_panels(
     ax_kde.imshow(thumbnail, extent=extent)
     kde = np.asarray(kde, np.float64)
     im = ax_kde.imshow(
-        np.ma.masked_less(kde, 0.01), extent=extent, cmap="turbo", vmin=0, vmax=1, alpha=0.6, interpolation="bilinear"
-    )
+        np.ma.masked_where(~(kde >= 0.01), kde),  # NaN: no scored tissue nearby, shown as the thumbnail
+        extent=extent, cmap="turbo", vmin=0, vmax=1, alpha=0.6, interpolation="bilinear",
+    )  # fmt: skip
     fig.colorbar(im, ax=ax_kde, label="KDE heat map (0–1)", shrink=0.9)
     ax_kde.set_title("KDE heat map of flagged pixels over the thumbnail")
 
@@ -126,4 +140,97 @@ def plot_slide_panels(
         ax.set_ylabel("y (mm)")
         ax.grid(False)
     fig.suptitle(f"Slide {slide_id}")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------- overlay
+
+# Share of the image width a scale bar aims for, and the KDE layer's opacity over the thumbnail.
+SCALE_BAR_FRACTION = 0.2
+OVERLAY_ALPHA = 0.45
+
+
+def scale_bar_um(width_um: float, fraction: float = SCALE_BAR_FRACTION) -> float:
+    """A 1-2-5 × 10^k length in µm, the largest not above `fraction` of the image width (at least the smallest)."""
+    if not width_um > 0:
+        raise ValueError(f"image width must be > 0 µm, got {width_um}")
+    target = width_um * fraction
+    k = np.floor(np.log10(target))
+    for step in (5.0, 2.0, 1.0):
+        if step * 10**k <= target:
+            return float(step * 10**k)
+    return float(10**k)  # pragma: no cover (1 × 10^k ≤ target by the choice of k)
+
+
+def _length_label(um: float) -> str:
+    return f"{um / 1000:g} mm" if um >= 1000 else f"{um:g} µm"
+
+
+def kde_layer(kde: np.ndarray) -> np.ma.MaskedArray:
+    """The KDE as drawn over the thumbnail: NaN (not scored) masked, so it is transparent and the slide shows."""
+    kde = np.asarray(kde, np.float64)
+    return np.ma.masked_invalid(kde)
+
+
+def plot_overlay(
+    slide_id: str,
+    *,
+    thumbnail: np.ndarray,
+    kde: np.ndarray,
+    level0_size: tuple[int, int],
+    mpp: float,
+    annotations=(),
+    predicted=(),
+    split: str = "",
+    operating_point: str = "",
+    note: str = "",
+):
+    """One picture of a slide: the thumbnail, the KDE heat map semi-transparent on top (not-scored pixels, NaN,
+    transparent), the predicted polygons (dashed) and the true ones (solid), a legend and a scale bar.
+
+    Images may be at any downsample of level 0; coordinates are mm of the slide (level-0 px × mpp), so both polygon
+    sets (level-0 px) and both images share one frame.
+    """
+    from matplotlib.offsetbox import AnchoredOffsetbox, AuxTransformBox, HPacker, TextArea, VPacker
+    from matplotlib.patches import Patch, Rectangle
+
+    extent = _extent_mm(level0_size, mpp)
+    width_mm, height_mm = extent[1], extent[2]
+    aspect = level0_size[0] / max(level0_size[1], 1)
+    width = 9.0
+    fig, axes = style.subplots(1, 1, panel=(width, max(min(width / aspect, 9.0), 2.5) + 1.2))
+    ax = axes[0, 0]
+    ax.imshow(thumbnail, extent=extent, interpolation="lanczos")
+    im = ax.imshow(
+        kde_layer(kde), extent=extent, cmap="turbo", vmin=0, vmax=1, alpha=OVERLAY_ALPHA, interpolation="nearest"
+    )
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8, pad=0.02)
+    cbar.set_label("KDE heat map of flagged pixels (0–1)")
+    cbar.solids.set_alpha(1.0)
+    _draw_polygons(ax, annotations, mpp, style.ANNOTATION_COLOR, "true (annotation)", 0.12)
+    _draw_polygons(ax, predicted, mpp, style.PREDICTION_COLOR, "predicted at operating point", 0.0, "--")
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Patch(facecolor="none", edgecolor="0.5", linestyle=":"))
+    labels.append("not scored: no heat-map colour")
+    ax.legend(handles, labels, fontsize=8, loc="upper right", framealpha=0.85)
+
+    # Scale bar in µm of the slide, drawn in data units (mm) so it stays true at any figure size.
+    bar_um = scale_bar_um(width_mm * 1000)
+    box = AuxTransformBox(ax.transData)
+    box.add_artist(Rectangle((0, 0), bar_um / 1000, height_mm * 0.012, facecolor="black", edgecolor="white", lw=0.5))
+    label = TextArea(_length_label(bar_um), textprops={"fontsize": 9, "color": "black"})
+    packed = VPacker(children=[box, HPacker(children=[label], align="center")], align="center", pad=0, sep=3)
+    bar = AnchoredOffsetbox(loc="lower left", child=packed, pad=0.4, borderpad=0.6, frameon=True)
+    bar.patch.set_alpha(0.8)
+    bar.set_gid(f"scale-bar-{bar_um:g}um")
+    ax.add_artist(bar)
+
+    ax.set_xlim(extent[0], extent[1])
+    ax.set_ylim(extent[2], extent[3])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    title = f"Slide {slide_id}" + (f" ({split} split)" if split else "")
+    sub = operating_point or "not evaluated: no predicted polygons"
+    ax.set_title(f"{title}\n{sub}" + (f"\n{note}" if note else ""), fontsize=10)
     return fig

@@ -1,4 +1,5 @@
-"""One look for every report figure: Agg backend, seaborn theme, 150 dpi PNGs written atomically."""
+"""One look for every report figure: Agg backend, seaborn theme, 150 dpi PNGs written atomically, each with an SVG
+twin beside it (same name, .svg) for print and editing; the report shows the PNG (the rules declare only it)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ CHANNEL_COLORS = {"R": "#d62728", "G": "#2ca02c", "B": "#1f77b4"}
 
 sns.set_theme(context="notebook", style="whitegrid", font_scale=0.9)
 plt.rcParams.update({"figure.dpi": DPI, "savefig.dpi": DPI, "savefig.bbox": "tight", "axes.titleweight": "bold"})
+# SVG element ids from a fixed salt and no date: a rerun writes the same SVG.
+plt.rcParams["svg.hashsalt"] = "proganomaly"
+VECTOR_SUFFIX = ".svg"
 
 
 def subplots(nrows: int = 1, ncols: int = 1, *, panel: tuple[float, float] = (4.5, 3.5), **kwargs):
@@ -33,11 +37,23 @@ def subplots(nrows: int = 1, ncols: int = 1, *, panel: tuple[float, float] = (4.
     return plt.subplots(nrows, ncols, figsize=(panel[0] * ncols, panel[1] * nrows), **kwargs)
 
 
-def save(fig, path: str | Path) -> Path:
-    """Write a figure as PNG (or SVG by suffix) atomically, then free it."""
+def vector_twin(path: str | Path) -> Path:
+    """The SVG written beside a PNG figure."""
+    return Path(path).with_suffix(VECTOR_SUFFIX)
+
+
+def save(fig, path: str | Path, vector: bool = True) -> Path:
+    """Write a figure atomically in the format of its suffix (PNG for report items) and, for a raster format, its
+    SVG twin beside it (vector_twin) unless `vector` is False; then free it."""
     path = Path(path)
-    with atomic_path(path, f".tmp{path.suffix}") as tmp:  # the suffix tells matplotlib the format
-        fig.savefig(tmp)
+    targets = [path]
+    if vector and path.suffix.lower() != VECTOR_SUFFIX:
+        targets.append(vector_twin(path))
+    for target in targets:
+        # The suffix tells matplotlib the format; no date in the metadata, so reruns write the same bytes.
+        metadata = {"Date": None} if target.suffix.lower() == VECTOR_SUFFIX else None
+        with atomic_path(target, f".tmp{target.suffix}") as tmp:
+            fig.savefig(tmp, metadata=metadata)
     plt.close(fig)
     return path
 

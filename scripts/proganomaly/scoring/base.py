@@ -166,6 +166,11 @@ class Scorer:
     ridge: ClassVar[float] = 1e-6
     # The `scoring` subsections this scorer reads (recorded with the Gaussian; a change forces a refit).
     setting_keys: ClassVar[tuple[str, ...]] = ()
+    # Per channel, which side of the calibrate mean is anomalous: +1 larger (an error magnitude), −1 smaller (a
+    # similarity, a realness score), 0 both. With calibration.one_sided the deviation from the mean is clipped to
+    # that side before d² (stats.one_sided), so a patch that is "more normal than normal" scores 0 on that channel.
+    # None: 0 for every channel. A scorer whose channels depend on its settings sets self.directions in `setup`.
+    directions: tuple[int, ...] | None = None
 
     def __init__(self, trained, state: dict | None = None, settings: dict | None = None):
         self.trained = trained
@@ -173,6 +178,13 @@ class Scorer:
         full = plain_settings(settings)
         self.settings = self.select_settings(full)
         self.setup(full)
+        self.directions = self._checked_directions()
+
+    def _checked_directions(self) -> tuple[int, ...]:
+        dirs = (0,) * len(self.channels) if self.directions is None else tuple(int(d) for d in self.directions)
+        if len(dirs) != len(self.channels) or not set(dirs) <= {-1, 0, 1}:
+            raise ScorerError(f"scorer {self.name!r}: directions {dirs} must be one of -1, 0, +1 per channel")
+        return dirs
 
     def select_settings(self, full: dict) -> dict:
         """The part of the `scoring` section this scorer depends on."""

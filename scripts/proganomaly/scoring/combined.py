@@ -37,6 +37,7 @@ class Combined(Scorer):
     def setup(self, settings: dict) -> None:
         self.parts = [make_scorer(n, self.trained, self.state.get(n), settings) for n in self._names(settings)]
         self.channels = tuple(f"{p.name}:{c}" for p in self.parts for c in p.channels)
+        self.directions = tuple(d for p in self.parts for d in p.directions)
         self.definition = "concatenated features of " + "; ".join(f"{p.name} ({p.definition})" for p in self.parts)
         self.histogram_range = (
             min(p.histogram_range[0] for p in self.parts),

@@ -59,6 +59,9 @@ class Critic(Scorer):
     channels = ("D",)
     definition = "the critic's logit D(x) of each patch, on all its pixels (minibatch-stddev channel fixed)"
     histogram_range = (-100.0, 100.0)
+    # The WGAN-GP critic minimises w·mean D(fake) − w_x·mean D(x) (model/losses.py critic_losses) and the generator
+    # maximises D(fake): real, i.e. normal, tissue gets the higher logit, so only a lower logit is anomalous.
+    directions = (-1,)
 
     def setup(self, settings: dict) -> None:
         self.view = CriticView(self.trained, self.name)

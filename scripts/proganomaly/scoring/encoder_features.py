@@ -45,6 +45,7 @@ class EncoderFeatures(Scorer):
     definition = "a seeded subset of the encoder's (or critic's) activations per location, upsampled to pixels"
     histogram_range = (-5.0, 5.0)
     setting_keys = ("seed", "encoder_features")
+    directions = None  # activations: unusual on either side
 
     def setup(self, settings: dict) -> None:
         opts, trained = settings["encoder_features"], self.trained

@@ -71,6 +71,8 @@ class GradientSimilarity(Scorer):
         if size >> (self.scales - 1) < 2:
             raise ScorerError(f"scoring.gradient_similarity.scales {self.scales} is too many for {size} px patches")
         self.channels = tuple(f"1-GMS/{2**s}" for s in range(self.scales)) if self.per_scale else ("1-MSGMS",)
+        # The feature is 1 − GMS, a dissimilarity: only a larger value (less similar gradients) is anomalous.
+        self.directions = (1,) * len(self.channels)
         self.inpainter = Inpainter(self.trained, settings) if opts["source"] == "inpainting" else None
 
     def reconstruction(self, views: Views):

@@ -91,6 +91,7 @@ class Inpainting(Scorer):
     )
     histogram_range = (0.0, 2.0)
     ridge = 0.0
+    directions = (1, 1, 1)  # error magnitudes
     setting_keys = ("seed", "inpainting")
 
     def setup(self, settings: dict) -> None:

@@ -14,6 +14,8 @@ class LatentDistance(Scorer):
     name = "latent_distance"
     channels = ("latent",)
     histogram_range = (0.0, 100.0)
+    # A distance (GANomaly) or a norm under an N(0, I) prior (Berg): far is anomalous, near is not.
+    directions = (1,)
 
     def setup(self, settings: dict) -> None:
         nets = self.trained.nets

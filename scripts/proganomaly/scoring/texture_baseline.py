@@ -107,6 +107,7 @@ class TextureBaseline(Scorer):
     definition = "20 colour and texture statistics of each patch (HED, Sobel at 2 scales, uniform LBP), on its pixels"
     histogram_range = (0.0, 1.0)
     ridge = 1e-3  # the LBP bins sum to one, so their covariance is singular without it
+    directions = None  # colour, texture and LBP statistics are anomalous on either side
 
     def features(self, views: Views):
         return per_patch(patch_features(views.images), int(self.trained.patch_size_px))
