@@ -8,10 +8,15 @@ Cholesky factors, the shrinkage α, the per-channel anomaly directions d² clips
 any warnings go to results/calibration/error_distribution.json together with per-channel histograms and quantiles
 of e (for the report) and provenance.
 
+With `stain.calibration_copies` = K > 0 the calibrate patches are streamed K more times, each copy under per-patch
+appearance draws of `stain.calibration_jitter` (seeded by the master seed and the copy index), into the same
+moments, histograms and shrinkage rows; the scorer's own state stays fitted on the patches as they are.
+
 With `resources.gpus.calibration` > 1 every batch of `calibration.batch_size` patches is split over that many GPUs
 (MirroredStrategy, the model's weights mirrored on each); the per-GPU moments are merged exactly on the host.
 """
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -40,11 +45,15 @@ n_patches = count_examples(manifests, size)  # also fails early, naming the mani
 if n_patches == 0:
     raise SystemExit(f"the calibrate slides {manifests} have no tissue patches; check their tiling QC")
 batch = cfg.calibration.batch_size
+copies = int(cfg.stain.calibration_copies)
+jitter = dataclasses.asdict(cfg.stain.calibration_jitter)
+if copies:
+    log.info("calibration under appearance augmentation: %d jittered copies of every patch, ranges %s", copies, jitter)
 log.info("%s model (%d px) over %d calibrate patches in batches of %d on %s", trained.architecture, size, n_patches,
          batch, f"{strategy.num_replicas_in_sync} GPUs" if strategy else "one device")  # fmt: skip
 
 edges = stats.linear_edges(*scorer.histogram_range, cfg.calibration.error_histogram_bins)
-progress = Progress(math.ceil(n_patches / batch), "fit_error_distribution", "batches", logger=log)
+progress = Progress((copies + 1) * math.ceil(n_patches / batch), "fit_error_distribution", "batches", logger=log)
 moments, counts, rows = errors.fit_error_distribution(
     scorer,
     make_dataset(manifests, size, batch_size=batch),
@@ -54,10 +63,17 @@ moments, counts, rows = errors.fit_error_distribution(
     jit_compile=cfg.calibration.jit_compile,
     border_px=cfg.calibration.border_px,
     with_rows=True,
+    copies=copies,
+    jitter=jitter,
+    seed=cfg.seed,
 )
 inner = size - 2 * cfg.calibration.border_px
-if moments.n != n_patches * inner * inner or len(rows) != n_patches:
-    raise SystemExit(f"saw {moments.n} pixels, expected {n_patches}·{inner}² from the manifests: records are stale")
+n_seen = (copies + 1) * n_patches
+if moments.n != n_seen * inner * inner or len(rows) != n_seen:
+    raise SystemExit(
+        f"saw {moments.n} pixels in {len(rows)} patches, expected ({copies} + 1)·{n_patches} patches of {inner}² from "
+        "the manifests (stain.calibration_copies + 1 passes): records are stale"
+    )
 kind = cfg.calibration.covariance
 gauss = stats.gaussian_fit(moments, ridge=scorer.ridge, rows=rows, kind=kind)
 shrinkage = gauss["shrinkage"]
@@ -81,7 +97,18 @@ write_json(
         "architecture": trained.architecture,
         "patch_size_px": size,
         "n_patches": n_patches,
+        "n_patches_seen": n_seen,
         "n_pixels": moments.n,
+        "augmentation": {
+            "copies": copies,
+            "jitter": jitter if copies else None,
+            "seed": cfg.seed,
+            "n_patches_seen": n_seen,
+            "rule": "copy 0: the patches as read; copy k >= 1: every patch under its own appearance, uniform draws of "
+            "the jitter ranges from numpy default_rng([augment.DRAW_KEY, seed, k]) (augment.appearance_draws), "
+            "applied to the uint8 patch before the scorer (augment.apply_appearance); the scorer's state is fitted on "
+            "copy 0 only",
+        },
         "channels": list(scorer.channels),
         "mean": gauss["mean"],
         "covariance": gauss["covariance"],

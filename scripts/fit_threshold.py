@@ -8,6 +8,11 @@ maximising F-β over all their pixels (labels: pixel centre inside an annotation
 results/calibration/threshold.json with all three, the pixel counts they used, d² quantiles and histogram (also by
 label), and the F-β curve.
 
+With `calibration.slide_standardisation: robust` also τ_z, on the per-slide robust z = (d² − median) / (1.4826 · MAD)
+(median and MAD of each slide's d² over ALL its pixels, from its histogram: accurate to about one d² bin), by the same
+method over the pooled z values of the same pixels; threshold.json gets "tau_z" and "slide_standardisation" (per-slide
+median and MAD, the three τ_z, the z histogram). "tau" stays the raw τ on d² (the SavedModel's own flags).
+
 With `resources.gpus.calibration` > 1 every batch is split over that many GPUs (MirroredStrategy), as in
 fit_error_distribution; moments and histogram counts are merged exactly on the host.
 """
@@ -92,6 +97,7 @@ out = errors.collect_d2(
     progress=progress,
     jit_compile=cc.jit_compile,
     border_px=cc.border_px,
+    per_slide=cc.slide_standardisation == "robust",
 )
 
 normal = threshold.normal_pixels_record(
@@ -165,9 +171,68 @@ if labeller is not None and out["n_labelled"]:
 elif cc.threshold_method == "supervised":
     raise SystemExit("no labelled pixels: the annotated threshold/validation slides have no patches in the records")
 
+
+def standardised(out: dict) -> dict:
+    """The robust-z τ_z by every method (supervised where pixels are labelled) and each slide's median and MAD."""
+    try:
+        pz = threshold.pooled_z(out["slides"], edges, cc.d2_bins_per_decade)
+    except stats.StatsError as exc:
+        raise SystemExit(f"calibration.slide_standardisation robust: {exc}") from None
+    zedges, zn = pz["zedges"], pz["normal_counts"]
+    if pz["normal_moments"] is None or not zn.sum():
+        raise SystemExit("no normal pixels to fit τ_z on")
+
+    def z_flagged(t: float) -> float:
+        return float(zn[np.searchsorted(zedges, t, side="right") :].sum() / zn.sum())
+
+    rec = {
+        "method": "robust",
+        "definition": "a pixel is flagged when z > tau_z, z = (d2 - median) / (mad_scale * MAD); median and MAD of d2 "
+        "over every scored pixel of the pixel's own slide (anomalies included)",
+        "mad_scale": threshold.MAD_SCALE,
+        "how": "per-slide median and MAD from the slide's d2 histogram (accurate to about one d2 bin); each slide's "
+        "histogram re-binned on symmetric-log z edges by its piecewise-linear CDF; unsupervised tau_z from the exact "
+        "moments of z, quantile and supervised tau_z from the pooled z histograms (within one bin)",
+        "slides": pz["slides"],
+        "unsupervised": threshold.unsupervised_tau(pz["normal_moments"], cc.k_std),
+        "quantile": threshold.quantile_tau(cc.normal_quantile, None, zn, zedges),
+        "supervised": None,
+    }
+    rec["unsupervised"]["rule"] = "tau_z = mean + k * std (sample std) of z over the normal pixels"
+    rec["quantile"]["rule"] = "tau_z = q-quantile of z over the normal pixels"
+    if out["n_labelled"]:
+        curve = threshold.fbeta_curve_from_counts(pz["pos_counts"], pz["neg_counts"], zedges, cc.f_beta)
+        sup = threshold.best_threshold(curve, cc.f_beta, "z histogram edges: optimum within one bin")
+        sup["curve"] = threshold.curve_record(curve)
+        rec["supervised"] = sup
+    for name in ("unsupervised", "quantile", "supervised"):
+        if rec[name] is not None:
+            rec[name]["flagged_fraction"] = z_flagged(rec[name]["tau"])
+    tau_z = float(rec[cc.threshold_method]["tau"])
+    rec["tau_z"] = tau_z
+    for slide, r in rec["slides"].items():
+        normal = out["slides"][slide]["normal_counts"]
+        n = int(normal.sum())
+        r["tau_slide"] = r["median"] + tau_z * r["scale"]  # the raw d² threshold this slide's τ_z amounts to
+        r["normal_flagged_fraction"] = (
+            float(1.0 - threshold.histogram_cdf(normal, edges, r["tau_slide"]) / n) if n else None
+        )
+    rec["z_histogram_normal"] = stats.histogram_record(zn, zedges)
+    return rec
+
+
 chosen = result[cc.threshold_method]
 result["method"] = cc.threshold_method
 result["tau"] = float(np.float32(chosen["tau"]))
+result["slide_standardisation"] = {"method": "none"}
+result["tau_z"] = None
+if cc.slide_standardisation == "robust":
+    result["slide_standardisation"] = standardised(out)
+    result["tau_z"] = result["slide_standardisation"]["tau_z"]
+    for slide, r in result["slide_standardisation"]["slides"].items():
+        log.info("%s: median d² %.6g, MAD %.6g → its own d² threshold %.6g", slide, r["median"], r["mad"],
+                 r["tau_slide"])  # fmt: skip
+    log.info("τ_z = %.6g (%s, robust per-slide standardisation)", result["tau_z"], cc.threshold_method)
 result["provenance"] = provenance(
     cfg.to_dict(),
     inputs={

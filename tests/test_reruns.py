@@ -251,7 +251,13 @@ def test_issue_cases_are_read_where_used(built):
     def readers(key):
         return {name for name, r in rules.items() if key in r["config_keys"]} - {"export_config"}
 
-    assert readers("calibration.border_px") == {"fit_error_distribution", "fit_threshold", "infer_slide"}
+    # export_model records it in the model card, which screening checks against the config.
+    assert readers("calibration.border_px") == {
+        "fit_error_distribution",
+        "fit_threshold",
+        "infer_slide",
+        "export_model",
+    }
     assert readers("demo.mpp") == {"fetch_demo_slide"}
     assert not readers("calibration.k_std") & {"fit_error_distribution", "train_reconstruction", "tile_slide"}
     assert readers("evaluation.dilations") == {"evaluate_slide"}

@@ -231,8 +231,11 @@ def test_inpainting_scores_each_pixel_from_the_pass_that_hid_it(fill):
             assert np.all(src.reshape(TINY, TINY) // TINY // 4 == np.arange(TINY)[:, None] // 4)
         masked = np.where(m[None, :, :, None], filled, x)
         want += m[None, :, :, None] * trained.reconstruct(tf.constant(masked)).numpy()
-    np.testing.assert_allclose(scorer.reconstruction(scorer.views(tf.constant(images))).numpy(), want, atol=1e-5)
-    np.testing.assert_allclose(scorer(tf.constant(images)).numpy(), np.abs(x - want), atol=1e-5)
+    # The scorer runs its masked passes as one batch; oneDNN may pick another convolution algorithm (summation
+    # order) for that batch size than for these separate calls, so float32 agrees to ~1e-5 relative, not bitwise.
+    got = scorer.reconstruction(scorer.views(tf.constant(images))).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(scorer(tf.constant(images)).numpy(), np.abs(x - want), rtol=1e-4, atol=1e-5)
 
 
 def _msgms_reference(x, y, scales):

@@ -46,18 +46,20 @@ FAST_POLL = ("--slurm-init-seconds-before-status-checks", "4", "--seconds-betwee
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def slide_ids(workdir: Path) -> list[str]:
+def slide_ids(workdir: Path) -> dict[str, str]:
+    """{slide id: split} of the sheet, in sheet order."""
     sheet = yaml.safe_load((workdir / "config" / "config.yaml").read_text()).get("slides", "config/slides.tsv")
-    return list(pd.read_csv(workdir / sheet, sep="\t", dtype=str)["slide_id"])
+    table = pd.read_csv(workdir / sheet, sep="\t", dtype=str)
+    return dict(zip(table["slide_id"], table["split"], strict=True))
 
 
-def expand(patterns, slides) -> list[str]:
-    return [p.format(slide=s) for p in patterns for s in (slides if "{slide}" in p else [None]) if wanted(p, s)]
+def expand(patterns, slides: dict[str, str]) -> list[str]:
+    return [p.format(slide=s) for p in patterns for s in (slides if "{slide}" in p else [None]) if wanted(p, s, slides)]
 
 
-def wanted(pattern: str, slide: str | None) -> bool:
+def wanted(pattern: str, slide: str | None, slides: dict[str, str]) -> bool:
     """Test slides get no TFRecords (nothing reads them), so record targets skip them."""
-    return not (slide and pattern.startswith("results/records/") and slide.endswith("_test"))
+    return not (slide and pattern.startswith("results/records/") and slides[slide] == "test")
 
 
 def load_profile() -> dict:
@@ -411,7 +413,7 @@ def test_sbatch_asks_for_the_configured_gpu_count(tmp_path, gpu_model):
         assert marker in text
         (workdir / PROFILE.relative_to(ROOT)).write_text(text.replace(marker, f"    gpu_model: {gpu_model}  #", 1))
     (workdir / "gpus.yaml").write_text(yaml.safe_dump({"resources": {"gpus": GPU_COUNTS}}))
-    target = f"results/slides/{slide_ids(workdir)[-1]}/patches.parquet"
+    target = f"results/slides/{list(slide_ids(workdir))[-1]}/patches.parquet"
     cmd = [wfrun.SNAKEMAKE, "-n", "--profile", "slurm", "--configfile", str(wfrun.TEST_CONFIG), "gpus.yaml"]
     code, out = wfrun.run([*cmd, "--", target], workdir, 600)
     assert code == 0, out[-4000:]

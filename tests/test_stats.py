@@ -223,9 +223,9 @@ def test_moments_merge_across_replicas():
 def test_two_devices_give_the_calibration_statistics_of_one():
     """fit_error_distribution and collect_d2 (labelled, string slide ids) of a real model built under a MirroredStrategy
     over 2 logical CPUs (what fit_error_distribution.py / fit_threshold.py do with resources.gpus.calibration: 2)
-    against one device. Tolerance: mean and covariance of e, d² and its moments within rtol 1e-7 (float64 merges in
-    another order; float32 convolutions of 3-patch shares instead of 6-patch batches could round differently; measured
-    4e-16 on this CPU); histogram counts within 4 values moved across a bin edge; labels and pixel counts exact."""
+    against one device. Tolerance: mean and covariance of e, d² and its moments within rtol 1e-6 (float64 merges in
+    another order; float32 convolutions of 3-patch shares instead of 6-patch batches round differently: measured
+    4e-16 on one CPU, 7.4e-7 on another); histogram counts within 4 values moved across a bin edge; labels and pixel counts exact."""
     code = textwrap.dedent(
         """
         import json, pathlib, tempfile
@@ -266,7 +266,7 @@ def test_two_devices_give_the_calibration_statistics_of_one():
         g1, g2 = stats.gaussian_fit(m1), stats.gaussian_fit(m2)
         worst = {k: float(np.max(np.abs(g2[k] - g1[k]) / np.abs(g1[k]))) for k in ("mean", "covariance")}
         for k in worst:
-            np.testing.assert_allclose(g2[k], g1[k], rtol=1e-7, err_msg=k)
+            np.testing.assert_allclose(g2[k], g1[k], rtol=1e-6, err_msg=k)
         assert np.abs(c1 - c2).sum() <= 4, np.abs(c1 - c2).sum()
 
         xs, ys = (np.arange(n) % 11) * 32, (np.arange(n) // 11) * 32
@@ -282,11 +282,11 @@ def test_two_devices_give_the_calibration_statistics_of_one():
                                strategy=strategy, **kw)
         assert 0 < o1["labels"].sum() < o1["labels"].size
         np.testing.assert_array_equal(o1["labels"], o2["labels"])  # same patches, same order
-        np.testing.assert_allclose(o2["d2"], o1["d2"], rtol=1e-7, atol=1e-9)
+        np.testing.assert_allclose(o2["d2"], o1["d2"], rtol=1e-4, atol=1e-6)  # per-pixel float32 (6e-5 measured)
         for key in ("moments", "normal_moments"):
             assert o1[key].n == o2[key].n
-            np.testing.assert_allclose(o2[key].mean, o1[key].mean, rtol=1e-7)
-            np.testing.assert_allclose(stats.covariance(o2[key]), stats.covariance(o1[key]), rtol=1e-7)
+            np.testing.assert_allclose(o2[key].mean, o1[key].mean, rtol=1e-6)
+            np.testing.assert_allclose(stats.covariance(o2[key]), stats.covariance(o1[key]), rtol=1e-6)
         for key in ("counts", "normal_counts", "pos_counts", "neg_counts"):
             assert np.abs(o1[key] - o2[key]).sum() <= 4, key
         print("worst relative difference", worst)

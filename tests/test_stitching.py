@@ -387,3 +387,84 @@ def test_qupath_tiles_tile_the_scored_area(tmp_path, border, equal):
         np.testing.assert_array_equal(painted == 1, scored)
     else:
         assert not (painted.astype(bool) & ~scored).any() and scored.sum() > painted.sum()
+
+
+def _d2_canvas(path, d2_patches, flags_patches):
+    """A 64 × 64 level-0 slide (map 32 × 32 at downsample 2) of 16 patches of 16 px, all but the last one inferred,
+    with the given per-patch d² and flags (8 × 8 map px each)."""
+    grid = stitching.MapGrid(64, 64, 2, 0.5)
+    channels = {"thumbnail": 3, "reconstruction": 3, "anomaly_map": 1, "mahalanobis_d2": 1, "flags": 1}
+    canvas = stitching.create_canvas(path, grid, channels, extra={"patches": 15})
+    for i, (d2, flags) in enumerate(zip(d2_patches, flags_patches, strict=True)):
+        if i == 15:
+            break  # the last patch is not scored: NaN
+        maps = {"thumbnail": np.full((8, 8, 3), 200.0), "reconstruction": np.full((8, 8, 3), 190.0),
+                "anomaly_map": d2, "mahalanobis_d2": d2, "flags": flags}  # fmt: skip
+        stitching.add_patch(canvas, 16 * (i % 4), 16 * (i // 4), 16, 16, maps)
+    return canvas
+
+
+def _maps(tmp_path, name, d2_patches, tau, tau_z=None):
+    flags = [(d > tau).astype(np.float64) for d in d2_patches]  # the SavedModel's raw flags
+    _d2_canvas(tmp_path / name, d2_patches, flags)
+    kde = KdeParams(method="slide", bandwidth_um=2.0, truncate=4.0, min_object_um2=0.0, ceiling=0.5)
+    tissue = np.full((8, 8), 255, np.uint8)  # thumbnail at downsample 8
+    meta = write_slide_maps(
+        tmp_path / name, tmp_path / f"{name}_maps", tmp_path / f"{name}_ov", tissue_mask=tissue, tissue_downsample=8,
+        kde=kde, tile_px=16, tau_z=tau_z,
+    )  # fmt: skip
+    read = {n: tifffile.imread(tmp_path / f"{name}_maps" / f"{n}.tif") for n in ("flags", "mahalanobis_d2", "kde")}
+    return meta, read
+
+
+def test_robust_standardisation_flags_two_shifted_slides_alike(tmp_path):
+    """Slide b's d² is 3·d² + 5 of slide a's: with robust standardisation both flag the same pixels (and the same
+    fraction); without it, the raw τ flags very different fractions and the flags are the SavedModel's exactly.
+    Median and MAD are numpy's and scipy's over the scored tissue; NaN (not scored) stays NaN, never flagged."""
+    from scipy.stats import median_abs_deviation
+
+    rng = np.random.default_rng(16)
+    patches_a = [rng.chisquare(6, (8, 8)) for _ in range(16)]
+    patches_b = [3.0 * p + 5.0 for p in patches_a]
+    tau = float(np.quantile(np.concatenate([p.ravel() for p in patches_a[:15]]), 0.95))
+    meta_a, a = _maps(tmp_path, "a", patches_a, tau, tau_z=2.0)
+    meta_b, b = _maps(tmp_path, "b", patches_b, tau, tau_z=2.0)
+    scored = np.isfinite(a["mahalanobis_d2"])
+    assert scored.sum() == 15 * 64 and np.isnan(a["flags"][~scored]).all() and np.isnan(b["flags"][~scored]).all()
+    values = a["mahalanobis_d2"][scored].astype(np.float64)
+    sa = meta_a["slide_standardisation"]
+    assert sa["method"] == "robust" and sa["exact"] and sa["n_scored_pixels"] == values.size
+    assert sa["median"] == pytest.approx(np.median(values)) and sa["mad"] == pytest.approx(median_abs_deviation(values))
+    z = (values - np.median(values)) / (1.4826 * median_abs_deviation(values))
+    np.testing.assert_array_equal(a["flags"][scored], (z > 2.0).astype(np.float32))
+    np.testing.assert_array_equal(a["flags"], b["flags"])
+    assert (
+        sa["flagged_fraction"] == pytest.approx((z > 2.0).mean()) == meta_b["slide_standardisation"]["flagged_fraction"]
+    )
+    assert meta_b["slide_standardisation"]["median"] == pytest.approx(3 * sa["median"] + 5)  # the shift stays visible
+    assert sa["tau_slide"] == pytest.approx(sa["median"] + 2.0 * sa["scale"])
+    # none: the SavedModel's flags, exactly, and very different fractions on the two slides
+    raw_a, ra = _maps(tmp_path, "ra", patches_a, tau)
+    raw_b, rb = _maps(tmp_path, "rb", patches_b, tau)
+    want_a = np.where(scored, a["mahalanobis_d2"] > tau, np.nan).astype(np.float32)
+    np.testing.assert_array_equal(ra["flags"], want_a)
+    assert raw_a["slide_standardisation"]["method"] == "none" and "tau_z" not in raw_a["slide_standardisation"]
+    assert raw_a["slide_standardisation"]["flagged_fraction"] == pytest.approx(0.05, abs=1e-3)
+    assert raw_b["slide_standardisation"]["flagged_fraction"] > 0.8
+    assert np.nanmean(rb["kde"]) > 2 * np.nanmean(b["kde"])  # the heat map follows the flags
+
+
+def test_robust_location_subsamples_large_maps_reproducibly(tmp_path):
+    rng = np.random.default_rng(17)
+    d2 = stitching.DiskArray.create(tmp_path / "d2.npy", (300, 200), np.float32)
+    d2[0:300] = rng.lognormal(2.0, 0.5, (300, 200)).astype(np.float32)
+    weight = stitching.DiskArray.create(tmp_path / "w.npy", (300, 200), np.float32)
+    weight[0:300] = np.ones((300, 200), np.float32)
+    from proganomaly.maps.slidemaps import robust_location
+
+    exact = robust_location(d2, weight, band_rows=64)
+    small = robust_location(d2, weight, max_values=20000, band_rows=64)
+    assert exact["exact"] and not small["exact"] and 18000 < small["n_used"] < 22000
+    assert small == robust_location(d2, weight, max_values=20000, band_rows=64)  # seeded
+    assert small["median"] == pytest.approx(exact["median"], rel=0.02)
+    assert small["mad"] == pytest.approx(exact["mad"], rel=0.05)

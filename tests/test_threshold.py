@@ -262,3 +262,138 @@ def test_collect_d2_device_counts_equal_numpy_counts_of_the_returned_values():
     np.testing.assert_array_equal(out["normal_counts"], stats.bin_counts(out["normal_d2"], edges))
     plain = errors.collect_d2(rgb(model), ds, gauss, edges, max_exact_pixels=10**6)
     np.testing.assert_array_equal(plain["counts"], stats.bin_counts(plain["normal_d2"], edges))
+
+
+# ------------------------------------------------------------------------- per-slide robust standardisation
+
+
+def bin_width_at(edges, value):
+    """Width of the d² bin holding `value`."""
+    i = int(np.clip(np.searchsorted(edges, value), 1, len(edges) - 1))
+    return float(edges[i] - edges[i - 1])
+
+
+@pytest.mark.parametrize(("seed", "sigma", "scale"), [(0, 0.4, 20.0), (1, 1.5, 1.0), (2, 0.1, 300.0)])
+def test_histogram_median_and_mad_are_numpys_within_one_bin(seed, sigma, scale):
+    from scipy.stats import median_abs_deviation
+
+    d2 = (scale * np.random.default_rng(seed).lognormal(0.0, sigma, 40001)).astype(np.float32)
+    edges = stats.log_edges(*errors.D2_RANGE, 100)
+    median, mad = threshold.histogram_median_mad(stats.bin_counts(d2, edges), edges)
+    exact_median = float(np.median(d2.astype(np.float64)))
+    exact_mad = float(median_abs_deviation(d2.astype(np.float64)))
+    assert abs(median - exact_median) <= bin_width_at(edges, exact_median)
+    # the MAD is read at median ± MAD: within the wider of the bins there
+    assert abs(mad - exact_mad) <= bin_width_at(edges, exact_median + exact_mad)
+
+
+def slides_of(d2_by_slide, edges, normal_by_slide=None):
+    """collect_d2's per-slide record of plain d² arrays (every pixel normal unless `normal_by_slide` masks say)."""
+    out = {}
+    for slide, d2 in d2_by_slide.items():
+        normal = d2 if normal_by_slide is None else d2[normal_by_slide[slide]]
+        zeros = np.zeros(len(edges) + 1, np.int64)
+        out[slide] = {
+            "counts": stats.bin_counts(d2, edges),
+            "normal_counts": stats.bin_counts(normal, edges),
+            "pos_counts": zeros,
+            "neg_counts": zeros,
+            "normal_moments": stats.moments_of(normal.astype(np.float64)),
+        }
+    return out
+
+
+@pytest.mark.parametrize("q", [0.5, 0.99])
+def test_tau_z_is_numpys_over_the_directly_standardised_values(q):
+    """Two slides on different scales (one with anomalies, which count for its median and MAD but not for τ_z):
+    the quantile τ_z is numpy's quantile of z = (d² − median) / (1.4826 · MAD) within one bin, the unsupervised τ_z
+    numpy's mean + k·std of z, and the medians and MADs numpy's within one bin."""
+    from scipy.stats import median_abs_deviation
+
+    rng = np.random.default_rng(12)
+    a = rng.chisquare(8, 30000).astype(np.float32)
+    b = (7.0 * rng.chisquare(8, 20000) + 40.0).astype(np.float32)
+    anomalous = np.zeros(b.size, bool)
+    anomalous[:1500] = True
+    b[anomalous] *= 20.0
+    edges = stats.log_edges(*errors.D2_RANGE, 100)
+    pz = threshold.pooled_z(
+        slides_of({"a": a, "b": b}, edges, {"a": np.ones(a.size, bool), "b": ~anomalous}), edges, 100
+    )
+    z = []
+    for slide, d2, normal in (("a", a, np.ones(a.size, bool)), ("b", b, ~anomalous)):
+        rec = pz["slides"][slide]
+        x = d2.astype(np.float64)
+        assert abs(rec["median"] - np.median(x)) <= bin_width_at(edges, np.median(x))
+        exact_mad = median_abs_deviation(x)
+        assert abs(rec["mad"] - exact_mad) <= bin_width_at(edges, np.median(x) + exact_mad)
+        assert rec["scale"] == pytest.approx(threshold.MAD_SCALE * rec["mad"]) and rec["n_pixels"] == d2.size
+        z.append((x[normal] - rec["median"]) / rec["scale"])
+    z = np.concatenate(z)
+    assert pz["normal_counts"].sum() == z.size
+    tau = threshold.quantile_tau(q, None, pz["normal_counts"], pz["zedges"])["tau"]
+    exact = np.quantile(z, q)
+    # within one d² bin of either slide (in z units) plus one z bin
+    tol = max(bin_width_at(edges, r["median"] + exact * r["scale"]) / r["scale"] for r in pz["slides"].values())
+    tol += bin_width_at(pz["zedges"], exact)
+    assert abs(tau - exact) <= tol
+    unsup = threshold.unsupervised_tau(pz["normal_moments"], 3.0)
+    assert unsup["tau"] == pytest.approx(z.mean() + 3.0 * z.std(ddof=1), rel=1e-9)
+
+
+def test_standardised_flags_ignore_a_slide_wide_shift_and_scale():
+    """A slide whose d² is 4·d² + 9 of another flags the same fraction under robust standardisation (and a very
+    different one under the raw τ); NaN is never flagged."""
+    rng = np.random.default_rng(13)
+    a = rng.chisquare(10, 50000)
+    b = 4.0 * a + 9.0
+    edges = stats.log_edges(*errors.D2_RANGE, 100)
+    pz = threshold.pooled_z(slides_of({"a": a, "b": b}, edges), edges, 100)
+    tau_z = threshold.quantile_tau(0.99, None, pz["normal_counts"], pz["zedges"])["tau"]
+    frac = {
+        s: threshold.exceeds(d2, pz["slides"][s]["median"], pz["slides"][s]["scale"], tau_z).mean()
+        for s, d2 in (("a", a), ("b", b))
+    }
+    assert frac["a"] == pytest.approx(frac["b"], abs=2e-3) and frac["a"] == pytest.approx(0.01, abs=3e-3)
+    tau = np.quantile(a, 0.99)  # the raw τ of slide a flags nearly all of b
+    assert (a > tau).mean() == pytest.approx(0.01, abs=1e-3) and (b > tau).mean() > 0.9
+    assert not threshold.exceeds(np.array([np.nan, 1e9]), 1.0, 1.0, 3.0)[0]
+
+
+def test_a_slide_with_half_its_pixels_at_one_value_cannot_be_standardised():
+    d2 = np.concatenate([np.zeros(600), np.random.default_rng(14).chisquare(1, 400)])
+    edges = stats.log_edges(*errors.D2_RANGE, 100)
+    with pytest.raises(stats.StatsError, match=r"slide s7: .*slide_standardisation: none"):
+        threshold.pooled_z(slides_of({"s7": d2}, edges), edges, 100)
+
+
+def test_tau_z_of_names_the_file_and_the_fix():
+    assert threshold.tau_z_of({"tau_z": 2.5, "slide_standardisation": {"method": "robust"}}, "t.json") == 2.5
+    with pytest.raises(ValueError, match=r"card\.json has no tau_z .*'none'.*rerun fit_threshold"):
+        threshold.tau_z_of({"tau": 3.0, "tau_z": None, "slide_standardisation": {"method": "none"}}, "card.json")
+
+
+def test_collect_d2_per_slide_histograms_add_up_and_match_numpy():
+    model, xs, ys, ds, e, gauss, lookup = two_slide_batches(seed=15)
+    geom = union_of([shapely.box(9, 2, 13, 6)])
+    edges = stats.log_edges(1e-4, 1e8, 100)
+    labeller = errors.make_labeller(lookup, {"a": geom}, 8)
+    out = errors.collect_d2(rgb(model), ds, gauss, edges, labeller=labeller, per_slide=True)
+    d2 = stats.mahalanobis_d2(e, gauss["mean"], gauss["precision"]).astype(np.float32)
+    labels = np.zeros(d2.shape, bool)
+    labels[:6] = patch_labels(geom, xs[:6], ys[:6], [8] * 6, [8] * 6, 8)
+    touched = labels.reshape(10, -1).any(axis=1)
+    slides = out["slides"]
+    assert sorted(slides) == ["a", "b"]
+    for name in ("counts", "normal_counts", "pos_counts", "neg_counts"):
+        np.testing.assert_array_equal(slides["a"][name] + slides["b"][name], out[name])
+    # numpy's bins of each slide's values; d² from the device may differ from numpy's in the last float32 bits
+    np.testing.assert_allclose(np.cumsum(slides["a"]["counts"]), np.cumsum(stats.bin_counts(d2[:6], edges)), atol=2)
+    np.testing.assert_allclose(np.cumsum(slides["b"]["counts"]), np.cumsum(stats.bin_counts(d2[6:], edges)), atol=2)
+    assert slides["a"]["normal_counts"].sum() == 5 * 64 and slides["b"]["normal_counts"].sum() == 4 * 64
+    assert slides["a"]["pos_counts"].sum() == labels.sum() and slides["b"]["pos_counts"].sum() == 0
+    assert slides["a"]["neg_counts"].sum() == 6 * 64 - labels.sum()
+    clean_a = d2[:6][~touched[:6]].astype(np.float64).ravel()
+    assert slides["a"]["normal_moments"].n == clean_a.size
+    np.testing.assert_allclose(slides["a"]["normal_moments"].mean[0], clean_a.mean(), rtol=1e-4)
+    assert "slides" not in errors.collect_d2(rgb(model), ds, gauss, edges)

@@ -7,7 +7,7 @@
 
 
 rule fit_error_distribution:
-    """Mean and covariance (calibration.covariance: shrunk or sample) of the scorer's per-pixel features (calibration.scorer), streamed exactly over the calibrate slides, and the one-sided directions of d² (calibration.one_sided)."""
+    """Mean and covariance (calibration.covariance: shrunk or sample) of the scorer's per-pixel features (calibration.scorer), streamed exactly over the calibrate slides (and stain.calibration_copies appearance-jittered copies of them), and the one-sided directions of d² (calibration.one_sided)."""
     input:
         model_json="results/model/model.json",
         weights="results/model/generator.weights.h5",
@@ -35,6 +35,9 @@ rule fit_error_distribution:
             "calibration.covariance",
             "calibration.one_sided",
             "scoring",
+            "stain.calibration_copies",
+            "stain.calibration_jitter",
+            "seed",
             "resources.gpus.calibration",
         ),
     script:
@@ -81,6 +84,7 @@ rule fit_threshold:
             "calibration.annotation_classes",
             "calibration.jit_compile",
             "calibration.one_sided",
+            "calibration.slide_standardisation",
             "scoring",
             "resources.gpus.calibration",
         ),

@@ -45,6 +45,7 @@ rule stitch_maps:
         qc="results/tiles/{slide}.qc.json",
         tissue="results/tiles/{slide}.tissue.png",
         patches="results/slides/{slide}/patches.parquet",
+        threshold=threshold_file(),
     output:
         maps=expand("results/slides/{{slide}}/maps/{name}.tif", name=MAP_NAMES),
         renditions=expand(
@@ -85,6 +86,7 @@ rule stitch_maps:
             "stitching.kde.truncate",
             "stitching.kde.min_object_um2",
             "stitching.kde.ceiling",
+            "calibration.slide_standardisation",
         ),
     script:
         "../../scripts/stitch_maps.py"

@@ -66,15 +66,31 @@ class _NumpyBatches:
         return self.dataset.as_numpy_iterator()
 
 
-def indexed(dataset):
-    """{"image": batch, "index": each patch's position in the dataset (int64)}: what `error_step` takes."""
+def indexed(dataset, start: int = 0):
+    """{"image": batch, "index": `start` + each patch's position in the dataset (int64)}: what `error_step` takes."""
     import tensorflow as tf
 
     def add(count, images):
         n = tf.shape(images, out_type=tf.int64)[0]
         return count + n, {"image": images, "index": count + tf.range(n, dtype=tf.int64)}
 
-    return dataset.scan(tf.constant(0, tf.int64), add)
+    return dataset.scan(tf.constant(int(start), tf.int64), add)
+
+
+def jittered(dataset, draws: np.ndarray, radius: int, start: int):
+    """`indexed(dataset, start)` with each patch re-rendered under its row of `draws` (row i for the dataset's i-th
+    patch; `augment.apply_appearance`), on the host's uint8 batches before any scorer or device sees them."""
+    import tensorflow as tf
+
+    from proganomaly.training import augment
+
+    table = tf.constant(draws, tf.float32)
+
+    def apply(batch):
+        params = tf.gather(table, batch["index"] - start)
+        return {"image": augment.apply_appearance(batch["image"], params, radius), "index": batch["index"]}
+
+    return indexed(dataset, start).map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def error_step(scorer, edges: np.ndarray, jit_compile: bool = False, border_px: int = 0):
@@ -113,6 +129,9 @@ def fit_error_distribution(
     jit_compile: bool = False,
     border_px: int = 0,
     with_rows: bool = False,
+    copies: int = 0,
+    jitter: dict | None = None,
+    seed: int = 0,
 ) -> tuple[stats.Moments, np.ndarray] | tuple[stats.Moments, np.ndarray, np.ndarray]:
     """Moments of the scorer's per-pixel features over every pixel of every patch, and per-channel histogram counts
     (with `with_rows` also one feature row per patch, float64 (n_patches, C) in dataset order; see `error_step`).
@@ -122,24 +141,45 @@ def fit_error_distribution(
     over the replicas and each replica's (n, mean, M2) and counts are merged on the host, so no shard is lost and
     the result equals one device's up to float64 rounding of the merge order. The scorer's model should be built
     under `strategy.scope()`, so each replica reads its own copy of the weights.
+
+    With `copies` = K > 0 the N patches are streamed K more times, copy k under `augment.appearance_draws(N, jitter,
+    seed, k)` (stain.calibration_jitter), into the same moments, counts and rows: (K + 1)·N patches in all, copy k's
+    i-th patch with index k·N + i (so its row is another seeded pixel). The scorer's own state stays fitted on the
+    patches as they are. K = 0 is the unaugmented fit exactly.
     """
+    if copies < 0:
+        raise ValueError(f"stain.calibration_copies = {copies}: must be >= 0")
+    if copies and jitter is None:
+        raise ValueError("stain.calibration_copies > 0 needs the jitter ranges (stain.calibration_jitter)")
+    if copies:
+        from proganomaly.training import augment
+
+        augment.check_jitter(jitter)  # before the first pass, not after it
     if scorer.needs_fit:
         scorer.fit(_NumpyBatches(dataset))
     step = _per_replica(error_step(scorer, edges, jit_compile, border_px), strategy)
-    dataset = indexed(dataset)
-    if strategy is not None:
-        dataset = strategy.experimental_distribute_dataset(dataset)
     parts, counts, rows = [], np.zeros((len(scorer.channels), len(edges) + 1), np.int64), []
-    for batch in dataset:
-        for n, mean, m2, c, r in step(batch):
-            if int(n):
-                parts.append(stats.from_batch(n, mean, m2))
-                counts += c
-                rows.append(r.astype(np.float64))
-        if progress:
-            progress.update()
-    if not parts:
-        raise stats.StatsError("the calibration records hold no patches")
+    n_patches = 0
+    for copy in range(copies + 1):
+        if copy == 0:
+            source = indexed(dataset)
+        else:
+            draws = augment.appearance_draws(n_patches, jitter, seed, copy)
+            source = jittered(dataset, draws, augment.defocus_radius(jitter), copy * n_patches)
+        if strategy is not None:
+            source = strategy.experimental_distribute_dataset(source)
+        for batch in source:
+            for n, mean, m2, c, r in step(batch):
+                if int(n):
+                    parts.append(stats.from_batch(n, mean, m2))
+                    counts += c
+                    rows.append(r.astype(np.float64))
+            if progress:
+                progress.update()
+        if not parts:
+            raise stats.StatsError("the calibration records hold no patches")
+        if copy == 0:
+            n_patches = sum(len(r) for r in rows)  # the copies' draw tables have one row per patch
     if with_rows:
         return stats.merge_all(parts), counts, np.concatenate(rows)
     return stats.merge_all(parts), counts
@@ -194,6 +234,7 @@ def collect_d2(
     progress=None,
     jit_compile: bool = False,
     border_px: int = 0,
+    per_slide: bool = False,
 ) -> dict:
     """Stream d² of every pixel of a `make_dataset(..., with_meta=True)` dataset.
 
@@ -211,6 +252,10 @@ def collect_d2(
 
     With a tf.distribute strategy each global batch is split over the replicas as in `fit_error_distribution`; the
     batches stay in host memory (the string slide ids cannot be copied to a GPU) and each replica copies its images.
+
+    With `per_slide` also `slides`: {slide_id: the same histograms per slide ("counts" of every pixel,
+    "normal_counts", "pos_counts", "neg_counts") and "normal_moments"}, binned on the host with the device's bins
+    (calibration.slide_standardisation: each slide's median and MAD of d² come from its all-pixel histogram).
     """
     import tensorflow as tf
 
@@ -225,6 +270,7 @@ def collect_d2(
     kept_d2, kept_labels, n_labelled, exact = [], [], 0, max_exact_pixels > 0
     normal_parts, normal_counts, kept_normal, n_normal = [], np.zeros(n_bins, np.int64), [], 0
     touching, touching_normal, n_anomalous = 0, 0, 0
+    slides: dict[str, dict] = {}
     for batch in dataset:
         replicas = zip(step(batch["image"]), _replica_meta(batch, ("slide_id", "x", "y"), strategy), strict=True)
         for (d2, n, mean, m2, c), (slide_ids, xs, ys) in replicas:
@@ -251,6 +297,9 @@ def collect_d2(
                 normal_counts += by_mask[0]
                 pos += by_mask[1]
                 neg += by_mask[2]
+            if per_slide:
+                clean_patches = None if labels is None or not labelled.any() else ~touched
+                _add_slide_counts(slides, d2, slide_ids, clean_patches, labels, labelled, edges)
             normal_parts.append(stats.moments_of(d2_n.ravel()))
             n_normal += d2_n.size
             if kept_normal is not None and n_normal <= max_exact_pixels:
@@ -275,11 +324,47 @@ def collect_d2(
     out.update(normal_moments=stats.merge_all(normal_parts) if n_normal else None, normal_counts=normal_counts)
     if kept_normal:
         out["normal_d2"] = np.concatenate(kept_normal)
+    if per_slide:
+        for acc in slides.values():
+            parts_s = acc.pop("normal_parts")
+            acc["normal_moments"] = stats.merge_all(parts_s) if parts_s else None
+        out["slides"] = slides
     if labeller is not None:
         out.update(pos_counts=pos, neg_counts=neg)
         if exact and n_labelled:
             out.update(d2=np.concatenate(kept_d2), labels=np.concatenate(kept_labels))
     return out
+
+
+def _add_slide_counts(slides: dict, d2, slide_ids, clean_patches, labels, labelled, edges) -> None:
+    """Add one replica batch's per-slide histograms to `slides` (collect_d2's `per_slide`). `clean_patches`: (N,)
+    bool, the patches that count as normal (None: all of them); `labels`/`labelled` as the labeller returns them,
+    cut to the interior."""
+    n_bins = len(edges) + 1
+    # the same float32 comparisons as the device's stats.tf_bin_counts, so the slides' counts add up to its counts
+    idx = np.searchsorted(np.asarray(edges, np.float32), np.asarray(d2, np.float32), side="left")
+    ids = np.asarray([s.decode() if isinstance(s, bytes) else str(s) for s in np.asarray(slide_ids).ravel()])
+
+    def count(values):
+        return np.bincount(values.ravel(), minlength=n_bins).astype(np.int64)
+
+    for slide in np.unique(ids):
+        acc = slides.setdefault(
+            str(slide), {k: np.zeros(n_bins, np.int64) for k in ("counts", "normal_counts", "pos_counts", "neg_counts")}
+        )
+        acc.setdefault("normal_parts", [])
+        sel = ids == slide
+        acc["counts"] += count(idx[sel])
+        keep = sel if clean_patches is None else sel & clean_patches
+        if keep.any():
+            acc["normal_counts"] += count(idx[keep])
+            acc["normal_parts"].append(stats.moments_of(np.asarray(d2)[keep].ravel()))
+        if labels is not None:
+            on = sel & np.asarray(labelled, bool)
+            if on.any():
+                lab = np.asarray(labels)[on]
+                acc["pos_counts"] += count(idx[on][lab])
+                acc["neg_counts"] += count(idx[on][~lab])
 
 
 def make_labeller(lookup: dict, geoms: dict, size: int):

@@ -46,6 +46,10 @@ def model_card(
         "patch_size_px": metadata["patch_size_px"],
         # τ at the top level too, where plot_slide reads it from threshold.json
         "tau": metadata["tau"],
+        # τ_z and its method at the top level too, where stitch_maps reads them (threshold.tau_z_of) when screening with
+        # calibration.slide_standardisation: robust; None when the threshold was fitted without it
+        "tau_z": threshold.get("tau_z"),
+        "slide_standardisation": _standardisation(threshold),
         "slide_mpp": sorted(set(slide_mpp)) if slide_mpp else None,
         "serving": {
             "signature": "serving_default",
@@ -79,9 +83,17 @@ def model_card(
             "method": threshold.get("method"),
             "unsupervised": threshold.get("unsupervised"),
             "supervised": threshold.get("supervised"),
+            "tau_z": threshold.get("tau_z"),
+            "slide_standardisation": _standardisation(threshold),
         },
         "config": config,
     }
+
+
+def _standardisation(threshold: dict) -> dict:
+    """threshold.json's "slide_standardisation" without its z histogram (the per-slide medians and τ_z records stay)."""
+    record = threshold.get("slide_standardisation") or {"method": "none"}
+    return {k: v for k, v in record.items() if k != "z_histogram_normal"}
 
 
 class CardError(ValueError):

@@ -47,7 +47,12 @@ def choose(grids: dict[str, pd.DataFrame], ev) -> dict:
         )
     pooled = metrics.pool_grids(list(grids.values()), beta=ev.beta)
     if ev.operating_point == "best_f1_within_budget":
-        return _within_budget(pooled, list(grids), float(ev.fp_budget))
+        normal = [s for s, g in grids.items() if normal_only(g)]
+        # What is drawn on a normal slide is what the budget limits. On annotated slides the polygons' spill around
+        # a lesion is normal tissue too, but F1's precision already charges it; counting it against a budget meant
+        # for normal slides would forbid every polygon around every lesion.
+        budget_on = metrics.pool_grids([grids[s] for s in normal], beta=ev.beta) if normal else pooled
+        return _within_budget(pooled, list(grids), float(ev.fp_budget), budget_on, normal)
     metric = ev.operating_point.removeprefix("best_")
     cell = metrics.best_cell(pooled, metric)
     if cell is None:
@@ -60,14 +65,29 @@ def choose(grids: dict[str, pd.DataFrame], ev) -> dict:
     }
 
 
-def _within_budget(pooled: pd.DataFrame, slides: list[str], budget: float) -> dict:
-    normal = pooled["normal_in_polygons"].to_numpy(float)
+def normal_only(grid: pd.DataFrame) -> bool:
+    """A slide grid without anomalous tissue (its annotation file has zero features)."""
+    return bool((grid["true_positive_um2"] + grid["false_negative_um2"]).max() <= 0)
+
+
+def _within_budget(pooled: pd.DataFrame, slides: list[str], budget: float, budget_on: pd.DataFrame,
+                   normal_slides: list[str]) -> dict:  # fmt: skip
+    keys = ["threshold", "dilation", "dilation_mode"]
+    aligned = pooled[keys].merge(budget_on[[*keys, "normal_in_polygons"]], on=keys, how="left", validate="1:1")
+    normal = aligned["normal_in_polygons"].to_numpy(float)
     # No normal tissue at all: nothing can be a false positive, so every cell is within budget.
     normal = np.where(np.isfinite(normal), normal, 0.0)
     ok = normal <= budget
     annotated = bool((pooled["true_positive_um2"] + pooled["false_negative_um2"]).max() > 0)
     source = f"best_f1_within_budget of the pooled {CHOSEN_ON} slides"
-    out: dict = {"fp_budget": budget}
+    out: dict = {
+        "fp_budget": budget,
+        "budget_on": (
+            f"normal tissue of the normal-only {CHOSEN_ON} slides {normal_slides}"
+            if normal_slides
+            else f"normal tissue of all {CHOSEN_ON} slides (none is normal-only)"
+        ),
+    }
     if not ok.any():
         # The least normal tissue inside; among equals the best F1, then the first cell.
         tied = np.flatnonzero(normal == normal.min())
@@ -89,6 +109,7 @@ def _within_budget(pooled: pd.DataFrame, slides: list[str], budget: float) -> di
         row = int(inside.index[0])
         metric = "sensitivity (lowest threshold, then largest dilation)"
         out["reason"] = f"no anomalous tissue on the {CHOSEN_ON} slides: the most sensitive cell within the budget"
+    out["normal_in_polygons_within_budget_slides"] = float(normal[row])
     cell = metrics.best_cell(pooled.loc[[row]].reset_index(drop=True), "normal_in_polygons") or {}
     return {
         "source": source,

@@ -65,16 +65,24 @@ def smooth_tiled(src, dst, sigma: float, *, truncate: float = 4.0, tile: int = 1
     Overlap-save: each output tile is computed from its input window grown by the kernel radius, so the result equals
     the whole-map filter while only one window is in memory. σ = 0 copies (scaled).
     """
-    h, w = src.shape[:2]
     kernel = gaussian_kernel1d(sigma, truncate) if sigma > 0 else np.ones(1)
-    m = len(kernel) // 2
+    for window, inner, target in _overlap_save(src.shape[:2], len(kernel) // 2, tile):
+        out = _smooth_window(src[window], kernel)[inner]
+        # FFT round-off can leave values of ±1e-17 where the map is empty.
+        dst[target] = np.clip(out * scale, 0.0, 1.0 if scale != 1.0 else None).astype(np.float32)
+
+
+def _overlap_save(shape: tuple[int, int], margin: int, tile: int):
+    """(input window, the output tile inside the window, the output tile in the map) slices, tile by tile."""
+    h, w = shape
     for r0, r1 in bands(h, tile):
         for c0, c1 in bands(w, tile):
-            wr0, wr1, wc0, wc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
-            out = _smooth_window(src[wr0:wr1, wc0:wc1], kernel)[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
-            # FFT round-off can leave values of ±1e-17 where the map is empty.
-            out = np.clip(out * scale, 0.0, 1.0 if scale != 1.0 else None)
-            dst[r0:r1, c0:c1] = out.astype(np.float32)
+            wr0, wr1, wc0, wc1 = max(0, r0 - margin), min(h, r1 + margin), max(0, c0 - margin), min(w, c1 + margin)
+            yield (
+                (slice(wr0, wr1), slice(wc0, wc1)),
+                (slice(r0 - wr0, r1 - wr0), slice(c0 - wc0, c1 - wc0)),
+                (slice(r0, r1), slice(c0, c1)),
+            )
 
 
 def normalised_smooth_tiled(
@@ -94,20 +102,15 @@ def normalised_smooth_tiled(
     there). Overlap-save as in `smooth_tiled`, so the result equals the whole-map filter; σ = 0 gives `values`
     where weight ≥ floor.
     """
-    h, w = values.shape[:2]
     kernel = gaussian_kernel1d(sigma, truncate) if sigma > 0 else np.ones(1)
-    m = len(kernel) // 2
-    for r0, r1 in bands(h, tile):
-        for c0, c1 in bands(w, tile):
-            wr0, wr1, wc0, wc1 = max(0, r0 - m), min(h, r1 + m), max(0, c0 - m), min(w, c1 + m)
-            wt = np.asarray(weight[wr0:wr1, wc0:wc1], np.float64)
-            num = np.nan_to_num(np.asarray(values[wr0:wr1, wc0:wc1], np.float64), nan=0.0) * wt
-            inner = (slice(r0 - wr0, r1 - wr0), slice(c0 - wc0, c1 - wc0))
-            top, mass = _smooth_window(num, kernel)[inner], _smooth_window(wt, kernel)[inner]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ratio = np.where(mass >= floor, top / np.where(mass >= floor, mass, 1.0), np.nan)
-            # FFT round-off can put the ratio a hair outside [0, 1]; np.clip keeps NaN.
-            dst[r0:r1, c0:c1] = np.clip(ratio * scale, 0.0, 1.0).astype(dst.dtype)
+    for window, inner, target in _overlap_save(values.shape[:2], len(kernel) // 2, tile):
+        wt = np.asarray(weight[window], np.float64)
+        num = np.nan_to_num(np.asarray(values[window], np.float64), nan=0.0) * wt
+        top, mass = _smooth_window(num, kernel)[inner], _smooth_window(wt, kernel)[inner]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratio = np.where(mass >= floor, top / np.where(mass >= floor, mass, 1.0), np.nan)
+        # FFT round-off can put the ratio a hair outside [0, 1]; np.clip keeps NaN.
+        dst[target] = np.clip(ratio * scale, 0.0, 1.0).astype(dst.dtype)
 
 
 def remove_small_tiled(src, dst, min_area_px: float, *, tile: int = 1024, max_margin: int = 4096) -> None:

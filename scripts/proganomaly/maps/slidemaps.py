@@ -8,6 +8,10 @@ scored pixels), the uint16 renditions count 0 (rendition.NODATA), the overview P
 kde_color shows NO_DATA_RGB (a neutral grey that the turbo colour map never produces).
 
 Every step goes through band- or tile-sized pieces of on-disk arrays, so memory stays flat whatever the slide size.
+
+With a τ_z (calibration.slide_standardisation: robust) the flags map is not the SavedModel's raw d² > τ averaged
+over overlapping patches but 1 where the stitched d² map's robust z, (d² − median) / (1.4826 · MAD) over the slide's
+scored tissue, exceeds τ_z (0 elsewhere, NaN where d² is NaN); the KDE is made from those flags as before.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..calibration import threshold as thresholdlib
 from . import kde as kdelib
 from . import rendition, stitching
 from .colormap import apply_turbo
@@ -34,6 +39,12 @@ NODATA = {
     "kde_color": f"RGB {list(NO_DATA_RGB)} where kde is NaN",
     "overview_png": "alpha 0 (transparent) where the map is NaN",
 }
+
+
+# Median and MAD of d² come from at most this many scored-tissue pixels of the map (every one when there are fewer; a
+# seeded uniform draw otherwise: the sample median's standard error is ~1/√n of the spread, far below a d² bin).
+MAX_ROBUST_VALUES = 5_000_000
+ROBUST_SEED = 20240618
 
 
 @dataclass(frozen=True)
@@ -58,9 +69,11 @@ def write_slide_maps(
     overview_max_px: int = 2000,
     work_tile_px: int = 1024,
     progress=None,
+    tau_z: float | None = None,
 ) -> dict:
     """Write `maps_dir/{name}.tif` and `overview_dir/{name}.png` for every map, and `maps_dir/{name}.u16.tif` for
-    every float map; return the maps.json content."""
+    every float map; return the maps.json content. `tau_z`: flag by the slide's robust z of d² (module docstring);
+    None keeps the SavedModel's flags."""
     from .pyramid import write_pyramid
 
     canvas, meta = stitching.open_canvas(canvas_dir)
@@ -91,6 +104,23 @@ def write_slide_maps(
     if scored["unscored_tissue_fraction"]:
         log.info("%s: %.2f %% of the tissue pixels were not scored (no patch interior covers them)", canvas_dir,
                  100 * scored["unscored_tissue_fraction"])  # fmt: skip
+
+    robust = robust_location(arrays["mahalanobis_d2"], weight)
+    if tau_z is None:
+        standardisation = {"method": "none", **robust}
+    else:
+        if robust["median"] is None:
+            log.warning("%s: no scored tissue pixel with a d²; the standardised flags are all NaN", canvas_dir)
+        elif robust["scale"] == 0:
+            log.warning("%s: half the scored tissue has the same d² (MAD 0): flagging every pixel above the median",
+                        canvas_dir)  # fmt: skip
+        arrays["flags"] = standardised_flags(arrays["mahalanobis_d2"], robust, tau_z, work / "flags_robust.npy")
+        standardisation = {"method": "robust", "tau_z": float(tau_z), **robust}
+        if robust["median"] is not None:
+            standardisation["tau_slide"] = robust["median"] + tau_z * robust["scale"]
+    standardisation["flagged_fraction"] = flagged_fraction(arrays["flags"], weight)
+    log.info("%s: median d² %s, MAD %s over the scored tissue; %s of it flagged (%s)", canvas_dir,
+             robust["median"], robust["mad"], standardisation["flagged_fraction"], standardisation["method"])  # fmt: skip
 
     sigma_px = kde.bandwidth_um / grid.map_mpp
     min_area_px = kde.min_object_um2 / grid.map_mpp**2
@@ -170,7 +200,61 @@ def write_slide_maps(
         },
         "overview_display_range": display,
         "patches": meta.get("patches"),
+        "slide_standardisation": standardisation,
     }
+
+
+def robust_location(d2, weight, *, max_values: int = MAX_ROBUST_VALUES, seed: int = ROBUST_SEED,
+                    band_rows: int = 256) -> dict:  # fmt: skip
+    """Median, MAD and scale = 1.4826 · MAD of the d² map over the scored tissue (weight > 0, d² finite), streamed
+    in bands: exact (numpy) over every such pixel when they number at most `max_values`, else over a seeded uniform
+    draw of about `max_values` of them. Medians are None without a scored pixel."""
+    n = 0
+    for r0, r1 in stitching.bands(d2.shape[0], band_rows):
+        n += int(((np.asarray(weight[r0:r1]) > 0) & np.isfinite(d2[r0:r1])).sum())
+    rate = 1.0 if n <= max_values else max_values / n
+    rng = np.random.default_rng(seed)
+    values = []
+    for r0, r1 in stitching.bands(d2.shape[0], band_rows):
+        v = np.asarray(d2[r0:r1], np.float64)
+        v = v[(np.asarray(weight[r0:r1]) > 0) & np.isfinite(v)]
+        values.append(v if rate == 1.0 else v[rng.random(v.size) < rate])
+    values = np.concatenate(values) if values else np.zeros(0)
+    record = {
+        "n_scored_pixels": n,
+        "n_used": int(values.size),
+        "exact": rate == 1.0,
+        "mad_scale": thresholdlib.MAD_SCALE,
+    }
+    if not values.size:
+        return record | {"median": None, "mad": None, "scale": None}
+    median = float(np.median(values))
+    mad = float(np.median(np.abs(values - median)))
+    return record | {"median": median, "mad": mad, "scale": thresholdlib.MAD_SCALE * mad}
+
+
+def standardised_flags(d2, robust: dict, tau_z: float, path: Path, band_rows: int = 256) -> stitching.DiskArray:
+    """1.0 where the robust z of d² exceeds τ_z, 0.0 where it does not, NaN where d² is NaN (not scored)."""
+    out = stitching.DiskArray.create(path, d2.shape, np.float32)
+    for r0, r1 in stitching.bands(d2.shape[0], band_rows):
+        v = np.asarray(d2[r0:r1])
+        if robust["median"] is None:
+            out[r0:r1] = np.full(v.shape, np.nan, np.float32)
+            continue
+        flag = thresholdlib.exceeds(v, robust["median"], robust["scale"], tau_z)
+        out[r0:r1] = np.where(np.isnan(v), np.nan, flag).astype(np.float32)
+    return out
+
+
+def flagged_fraction(flags, weight, band_rows: int = 256) -> float | None:
+    """Mean of the flags map over the scored tissue (weight > 0, flags finite); None without such pixels."""
+    total = n = 0.0
+    for r0, r1 in stitching.bands(flags.shape[0], band_rows):
+        f = np.asarray(flags[r0:r1], np.float64)
+        on = (np.asarray(weight[r0:r1]) > 0) & np.isfinite(f)
+        total += float(f[on].sum())
+        n += int(on.sum())
+    return total / n if n else None
 
 
 def _colour(kde: stitching.DiskArray, path: Path, band_rows: int = 256) -> stitching.DiskArray:
