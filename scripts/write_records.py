@@ -14,7 +14,7 @@ from proganomaly.common.runlog import Progress, provenance, setup_logging, write
 from proganomaly.config import from_params
 from proganomaly.data.records import build_manifest, write_slide_records
 from proganomaly.data.slide import open_slide
-from proganomaly.data.stain import slide_normaliser
+from proganomaly.data.stain import read_estimate, slide_normaliser
 
 log = setup_logging(snakemake.log[0])
 cfg = from_params(snakemake.params, snakemake.rule)
@@ -41,6 +41,14 @@ with open_slide(snakemake.input.slide, mpp=qc.get("mpp")) as slide:
         transform=normaliser,
     )
 
+
+def _used(path, method: str) -> dict | None:
+    if not path:
+        return None
+    estimate = read_estimate(path)
+    return {"i0": estimate["i0"], method: estimate[method]}
+
+
 manifest = build_manifest(
     slide_id,
     out_dir,
@@ -58,7 +66,9 @@ manifest = build_manifest(
     stain={
         "normalisation": method,
         "estimate": stain_path,
-        "estimate_sha256": sha256_file(stain_path) if stain_path else None,
+        # The numbers the patches were normalised with, not the file's hash: stain.json also holds its provenance
+        # (a timestamp), so a hash would differ between two runs that normalised identically.
+        "estimate_used": _used(stain_path, method),
     },
 )
 write_json(snakemake.output.manifest, manifest)

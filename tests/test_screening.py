@@ -31,6 +31,13 @@ def reduced_config() -> dict:
     return validate_config(raw)
 
 
+def threshold_record(config: dict) -> dict:
+    """The τ record as fit_threshold writes it for `config`: with per-slide robust z, τ_z on z (a usual value)."""
+    if config["calibration"]["slide_standardisation"] == "none":
+        return {"method": "unsupervised"}
+    return {"method": "quantile", "tau_z": 3.5, "slide_standardisation": {"method": "robust"}}
+
+
 def card_for(config: dict, **extra) -> dict:
     """A model card as export_model writes it for `config` (statistics abridged: screening reads the settings)."""
     meta = {
@@ -44,7 +51,7 @@ def card_for(config: dict, **extra) -> dict:
         model_files={},
         manifests={},
         error_distribution={},
-        threshold={"method": "unsupervised"},
+        threshold=threshold_record(config),
         slide_mpp=[0.499],
     )
     return card | extra
@@ -135,8 +142,10 @@ def test_card_checks_name_the_key_and_the_fix(tmp_path, fake_detector):
     assert check_detector(fake_detector, cfg, scorers)["tau"] == 4.0
     # the config's own values must agree too: a screening config that normalises stains differently
     other = json.loads(json.dumps(cfg))
-    other["stain"]["normalisation"] = "macenko"
-    with pytest.raises(CardError, match=r"config stain.normalisation is 'macenko' but .* says 'none'"):
+    trained_with = cfg["stain"]["normalisation"]
+    other["stain"]["normalisation"] = "reinhard" if trained_with != "reinhard" else "none"
+    wrong = other["stain"]["normalisation"]
+    with pytest.raises(CardError, match=rf"config stain.normalisation is '{wrong}' but .* says '{trained_with}'"):
         check_detector(fake_detector, other, scorers)
     # native resolution (target_mpp null): a sheet mpp unlike the training slides' is refused, theirs accepted
     native = json.loads(json.dumps(cfg))
@@ -194,7 +203,7 @@ def exported_detector(tmp_path_factory):
         model_files={"generator_weights": model_dir / io.WEIGHTS, "model_json": model_dir / io.MODEL_JSON},
         manifests={},
         error_distribution={"scorer": "rgb_error", "mean": gauss["mean"].tolist()},
-        threshold={"method": "unsupervised"},
+        threshold=threshold_record(raw),
         slide_mpp=[0.499],
     )
     (folder / CARD_FILE).write_text(json.dumps(card))
