@@ -488,8 +488,8 @@ def test_nested_number_from_the_command_line_reaches_the_rule(tmp_path):
         return json.loads(line.removeprefix("PARAMS "))["k_std"]
 
     default = k_std("seed=1")
-    assert default != 3
-    assert k_std("calibration={k_std: 3}") == 3
+    assert default != 4
+    assert k_std("calibration={k_std: 4}") == 4
     assert k_std("calibration={k_std: 2.5}") == 2.5
     bad = subprocess.run([*cmd, "calibration={k_sdt: 3}"], capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0
