@@ -259,14 +259,19 @@ def test_gpu_counts_that_divide_the_batches_pass():
     check_cross_keys(Config.from_dict(validate_config(raw)))
 
 
-def test_batch_split_error_stops_the_workflow_at_parse_time(tmp_path):
-    """`snakemake -n` fails before any job, with the check's message naming both keys."""
+def dry_run_with(tmp_path: Path, extra_yaml: str) -> subprocess.CompletedProcess:
+    """`snakemake -n` in tmp_path with the demo config and `extra_yaml` merged over it."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
-    extra = tmp_path / "gpus.yaml"
-    extra.write_text("resources:\n  gpus:\n    calibration: 2\ncalibration:\n  batch_size: 7\n")
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(extra_yaml)
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "workflow" / "Snakefile")]
     cmd += ["--directory", str(tmp_path), "--configfile", str(extra), "-n", "--cores", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_batch_split_error_stops_the_workflow_at_parse_time(tmp_path):
+    """`snakemake -n` fails before any job, with the check's message naming both keys."""
+    proc = dry_run_with(tmp_path, "resources:\n  gpus:\n    calibration: 2\ncalibration:\n  batch_size: 7\n")
     assert proc.returncode != 0
     assert "calibration.batch_size=7 does not divide by resources.gpus.calibration=2" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
@@ -400,12 +405,7 @@ def test_scorer_settings_that_fit_pass_and_unused_ones_are_not_checked():
 
 
 def test_misspelt_scorer_stops_the_workflow_at_parse_time(tmp_path):
-    shutil.copytree(ROOT / "config", tmp_path / "config")
-    extra = tmp_path / "typo.yaml"
-    extra.write_text("calibration:\n  scorer: rgb_eror\n")
-    cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "workflow" / "Snakefile")]
-    cmd += ["--directory", str(tmp_path), "--configfile", str(extra), "-n", "--cores", "1"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = dry_run_with(tmp_path, "calibration:\n  scorer: rgb_eror\n")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "config key calibration.scorer: 'rgb_eror' is not one of" in out and "'rgb_error'" in out

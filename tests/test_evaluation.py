@@ -415,12 +415,7 @@ def test_rule_scripts_end_to_end(tmp_path):
     op = json.loads(op_path.read_text())
     val = pd.read_parquet(outs["v1"].grid)
     assert op["chosen_on"]["slides"] == ["v1"] and op["threshold"] == val.loc[val.f1.idxmax(), "threshold"]
-    for slide in slides:
-        d = Path(outs[slide].grid).parent
-        outs[slide].geojson, outs[slide].at_point = str(d / "predicted.geojson"), str(d / "at_operating_point.json")
-        exp_in = Files(**vars(ins[slide]), operating_point=str(op_path))
-        exp_out = Files(geojson=outs[slide].geojson, metrics=outs[slide].at_point)
-        run_script("export_predictions", exp_in, exp_out, config, tmp_path / f"x{slide}.log", Files(slide=slide))
+    export_all(slides, ins, outs, op_path, config, tmp_path)
     gj = json.loads(open(outs["s1"].geojson).read())
     assert gj["type"] == "FeatureCollection" and gj["features"]
     props = gj["features"][0]["properties"]
@@ -673,6 +668,16 @@ def test_lesion_cover_exact_and_raster_agree_with_shapely():
     assert sens["class"]["T"]["sensitivity"] == 0.5 and sens["group"]["I"]["sensitivity"] == 0.0
 
 
+def export_all(slides, ins, outs, op_path, config, tmp_path) -> None:
+    """Run export_predictions for every slide at op_path's cell; outs[slide] gains .geojson and .at_point."""
+    for slide in slides:
+        d = Path(outs[slide].grid).parent
+        outs[slide].geojson, outs[slide].at_point = str(d / "predicted.geojson"), str(d / "at_operating_point.json")
+        exp_in = Files(**vars(ins[slide]), operating_point=str(op_path))
+        exp_out = Files(geojson=outs[slide].geojson, metrics=outs[slide].at_point)
+        run_script("export_predictions", exp_in, exp_out, config, tmp_path / f"x{slide}.log", Files(slide=slide))
+
+
 def budget_grid(cells):
     """A one-slide grid from (threshold, dilation, tp, fp, fn, tn) rows, with µm² areas (mpp 1)."""
     df = pd.DataFrame(cells, columns=["threshold", "dilation", *AREAS]).assign(dilation_mode="scale")
@@ -759,12 +764,7 @@ def test_normal_only_slides_and_the_specificity_contract(tmp_path):
         want = least.loc[least.f1.idxmax()]
         assert "fp_budget" in op["warning"]
     assert (op["threshold"], op["dilation"]) == (want.threshold, want.dilation) and op["fp_budget"] == 0.01
-    for slide in slides:
-        d = Path(outs[slide].grid).parent
-        outs[slide].geojson, outs[slide].at_point = str(d / "predicted.geojson"), str(d / "at_operating_point.json")
-        exp_in = Files(**vars(ins[slide]), operating_point=str(op_path))
-        exp_out = Files(geojson=outs[slide].geojson, metrics=outs[slide].at_point)
-        run_script("export_predictions", exp_in, exp_out, config, tmp_path / f"x{slide}.log", Files(slide=slide))
+    export_all(slides, ins, outs, op_path, config, tmp_path)
     at_n = json.loads(open(outs["n1"].at_point).read())
     assert at_n["normal_only"] is True and at_n["all"]["f1"] is None and at_n["lesions"]["lesions"] == 0
     fp, tn = at_n["all"]["false_positive_um2"], at_n["all"]["true_negative_um2"]
