@@ -9,7 +9,7 @@ import tensorflow as tf
 from scipy.spatial.distance import mahalanobis
 
 from fresh_python import run_fresh_python
-from proganomaly.calibration import errors, stats
+from proganomaly.calibration import errors, stats, tf_stats
 from proganomaly.scoring import make_scorer
 
 
@@ -85,7 +85,7 @@ def test_sequential_merge_in_any_order_equals_whole():
 def test_tf_batch_moments_match_numpy():
     rng = np.random.default_rng(3)
     e = rng.random((5, 8, 8, 3)).astype(np.float32)
-    got = stats.from_batch(*stats.tf_batch_moments(tf.constant(e)))
+    got = stats.from_batch(*tf_stats.tf_batch_moments(tf.constant(e)))
     want = stats.moments_of(e.reshape(-1, 3))
     assert got.n == want.n == 320
     np.testing.assert_allclose(got.mean, want.mean, rtol=1e-12)
@@ -120,7 +120,7 @@ def test_mahalanobis_d2_equals_scipy_squared():
     e = rng.normal(size=(20, 3))
     want = np.array([mahalanobis(v, g["mean"], g["precision"]) ** 2 for v in e])
     np.testing.assert_allclose(stats.mahalanobis_d2(e, g["mean"], g["precision"]), want, rtol=1e-10)
-    got_tf = stats.tf_mahalanobis_d2(tf.constant(e.astype(np.float32)), g["mean"], g["precision"]).numpy()
+    got_tf = tf_stats.tf_mahalanobis_d2(tf.constant(e.astype(np.float32)), g["mean"], g["precision"]).numpy()
     np.testing.assert_allclose(got_tf, want, rtol=1e-4, atol=1e-5)
 
 
@@ -129,7 +129,7 @@ def test_bin_counts_tf_and_numpy_agree_with_direct_comparisons():
     edges = stats.log_edges(1e-2, 1e2, 10)
     values = np.concatenate([rng.lognormal(0, 2, 2000), edges[[0, 5, -1]], [0.0]]).astype(np.float32)
     got = stats.bin_counts(values, edges)
-    np.testing.assert_array_equal(got, stats.tf_bin_counts(tf.constant(values), edges).numpy())
+    np.testing.assert_array_equal(got, tf_stats.tf_bin_counts(tf.constant(values), edges).numpy())
     assert got.sum() == values.size
     for j, t in enumerate(edges):  # pixels above edge j are exactly those in bins j+1 …
         assert got[j + 1 :].sum() == (values > t).sum()
@@ -437,7 +437,7 @@ def test_one_sided_d2_numpy_tf_and_a_direct_reference_agree():
     want = np.array([mahalanobis(v, np.zeros(4), g["precision"]) ** 2 for v in clipped.reshape(-1, 4)]).reshape(6, 5)
     got = stats.mahalanobis_d2(e, g["mean"], g["precision"], dirs)
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
-    got_tf = stats.tf_mahalanobis_d2(tf.constant(e.astype(np.float32)), g["mean"], g["precision"], dirs).numpy()
+    got_tf = tf_stats.tf_mahalanobis_d2(tf.constant(e.astype(np.float32)), g["mean"], g["precision"], dirs).numpy()
     np.testing.assert_allclose(got_tf, want, rtol=1e-4, atol=1e-4)
     # all-zero directions (or none) are the two-sided d²
     np.testing.assert_array_equal(
@@ -454,7 +454,7 @@ def test_critic_logit_on_the_normal_side_scores_zero():
     e = np.array([[50.0], [2.0], [-7.0]])
     np.testing.assert_array_equal(stats.mahalanobis_d2(e, g["mean"], g["precision"], [-1]), [0.0, 0.0, 9.0])
     np.testing.assert_array_equal(stats.mahalanobis_d2(e, g["mean"], g["precision"]), [256.0, 0.0, 9.0])
-    tf_d2 = stats.tf_mahalanobis_d2(tf.constant(e, tf.float32), g["mean"], g["precision"], [-1]).numpy()
+    tf_d2 = tf_stats.tf_mahalanobis_d2(tf.constant(e, tf.float32), g["mean"], g["precision"], [-1]).numpy()
     np.testing.assert_allclose(tf_d2, [0.0, 0.0, 9.0], atol=1e-6)
 
 

@@ -6,7 +6,7 @@ import shapely
 import tensorflow as tf
 from sklearn.metrics import fbeta_score
 
-from proganomaly.calibration import errors, stats, threshold
+from proganomaly.calibration import errors, stats, tf_stats, threshold
 from proganomaly.data.patch_labels import LabelError, extents_of, patch_labels, union_of
 from test_stats import StandIn, random_patches, rgb
 
@@ -249,7 +249,7 @@ def test_device_binning_counts_equal_the_numpy_reference(jit):
     got = errors.masked_counts_step(edges, jit)(d2, masks).numpy()
     for m, row in zip(masks, got, strict=True):
         np.testing.assert_array_equal(row, stats.bin_counts(d2[m], edges))
-    np.testing.assert_array_equal(stats.tf_bin_counts(tf.constant(d2), edges).numpy(), stats.bin_counts(d2, edges))
+    np.testing.assert_array_equal(tf_stats.tf_bin_counts(tf.constant(d2), edges).numpy(), stats.bin_counts(d2, edges))
 
 
 def test_collect_d2_device_counts_equal_numpy_counts_of_the_returned_values():

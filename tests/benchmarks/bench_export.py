@@ -54,7 +54,7 @@ def minmax_img(v):
 
 
 def original_d2(e, mean, precision):
-    """d² as the original served it (a per-pixel matvec), kept here so that speed-ups of stats.tf_mahalanobis_d2
+    """d² as the original served it (a per-pixel matvec), kept here so that speed-ups of tf_stats.tf_mahalanobis_d2
     do not also speed up the baseline."""
     y = e - tf.constant(np.asarray(mean, np.float32))
     return tf.reduce_sum(tf.linalg.matvec(tf.constant(np.asarray(precision, np.float32)), y) * y, axis=-1)

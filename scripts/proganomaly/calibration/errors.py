@@ -2,7 +2,7 @@
 slides).
 
 The per-pixel quantities are computed by the same functions the SavedModel serves (the scorer's `features`,
-`stats.tf_mahalanobis_d2`), so τ fitted here flags what the exported model flags (bit for bit when both are
+`tf_stats.tf_mahalanobis_d2`), so τ fitted here flags what the exported model flags (bit for bit when both are
 compiled alike; XLA may round float32 differently, which moves only pixels within rounding of τ).
 """
 
@@ -104,13 +104,15 @@ def error_step(scorer, edges: np.ndarray, jit_compile: bool = False, border_px: 
     """
     import tensorflow as tf
 
+    from proganomaly.calibration import tf_stats
+
     table = tf.constant(_ROW_TABLE)
 
     @tf.function(jit_compile=jit_compile)
     def step(batch):
         e = interior(scorer(batch["image"]), border_px)
-        n, mean, m2 = stats.tf_batch_moments(e)
-        counts = tf.stack([stats.tf_bin_counts(e[..., c], edges) for c in range(len(scorer.channels))])
+        n, mean, m2 = tf_stats.tf_batch_moments(e)
+        counts = tf.stack([tf_stats.tf_bin_counts(e[..., c], edges) for c in range(len(scorer.channels))])
         pixels, channels = e.shape[1] * e.shape[2], e.shape[-1]
         pick = tf.gather(table, batch["index"] % table.shape[0]) % pixels
         rows = tf.gather(tf.reshape(e, (-1, pixels, channels)), pick, axis=1, batch_dims=1)
@@ -191,18 +193,20 @@ def d2_step(scorer, gaussian: dict, edges: np.ndarray, jit_compile: bool = False
     them."""
     import tensorflow as tf
 
+    from proganomaly.calibration import tf_stats
+
     @tf.function(jit_compile=jit_compile)
     def step(images):
         e = interior(scorer(images), border_px)
-        d2 = stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"], gaussian.get("directions"))
-        return (d2, *stats.tf_batch_moments(d2[..., None]), stats.tf_bin_counts(d2, edges))
+        d2 = tf_stats.tf_mahalanobis_d2(e, gaussian["mean"], gaussian["precision"], gaussian.get("directions"))
+        return (d2, *tf_stats.tf_batch_moments(d2[..., None]), tf_stats.tf_bin_counts(d2, edges))
 
     return step
 
 
 def masked_counts_step(edges: np.ndarray, jit_compile: bool = False):
     """(d2 (N, S, S), masks (M, N, S, S) bool) -> (M, len(edges) + 1) int64: the histogram of d2 under each mask, on
-    the device (the same bins and exact float32 comparisons as stats.tf_bin_counts)."""
+    the device (the same bins and exact float32 comparisons as tf_stats.tf_bin_counts)."""
     import tensorflow as tf
 
     n_bins = len(edges) + 1
@@ -238,7 +242,7 @@ def collect_d2(
 ) -> dict:
     """Stream d² of every pixel of a `make_dataset(..., with_meta=True)` dataset.
 
-    d² is under `gaussian` ("mean", "precision" and, for one-sided scores, "directions": `stats.tf_mahalanobis_d2`).
+    d² is under `gaussian` ("mean", "precision" and, for one-sided scores, "directions": `tf_stats.tf_mahalanobis_d2`).
     Returns the moments of d² and its histogram counts over every pixel, and the same over the normal pixels only
     (`normal_moments`, `normal_counts`: every pixel of a patch with no annotated pixel, its border included; the τ
     fitted without labels uses these, so annotated anomalies never raise it) with, while they number at most
@@ -341,7 +345,7 @@ def _add_slide_counts(slides: dict, d2, slide_ids, clean_patches, labels, labell
     bool, the patches that count as normal (None: all of them); `labels`/`labelled` as the labeller returns them,
     cut to the interior."""
     n_bins = len(edges) + 1
-    # the same float32 comparisons as the device's stats.tf_bin_counts, so the slides' counts add up to its counts
+    # the same float32 comparisons as the device's tf_stats.tf_bin_counts, so the slides' counts add up to its counts
     idx = np.searchsorted(np.asarray(edges, np.float32), np.asarray(d2, np.float32), side="left")
     ids = np.asarray([s.decode() if isinstance(s, bytes) else str(s) for s in np.asarray(slide_ids).ravel()])
 

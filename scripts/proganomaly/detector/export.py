@@ -6,7 +6,7 @@ Signature `serving_default`: input `patches` uint8 (N, S, S, 3); outputs (by nam
   anomaly_map      float32 (N, S, S, C) the scorer's per-pixel features (what the Gaussian was fitted to; for
                                         rgb_error e = |x − x̂| per pixel and channel, x in [-1, 1])
   mahalanobis_d2   float32 (N, S, S)    yᵀ Σ⁻¹ y, y = e − μ clipped per channel to its anomalous side when the
-                                        Gaussian has one-sided "directions" (stats.tf_mahalanobis_d2); squared
+                                        Gaussian has one-sided "directions" (tf_stats.tf_mahalanobis_d2); squared
                                         (not square-rooted), globally calibrated
   flags            uint8 (N, S, S)      1 where d² > τ, else 0
   flagged_count    int32 (N,)           number of flagged pixels
@@ -32,9 +32,11 @@ def detector_outputs(scorer, patches, mean, precision, tau: float, directions=No
     """All served outputs for a uint8 batch (traced inside the serving function)."""
     import tensorflow as tf
 
+    from proganomaly.calibration import tf_stats
+
     views = scorer.views(patches)
     features = scorer.features(views)
-    d2 = stats.tf_mahalanobis_d2(features, mean, precision, directions)
+    d2 = tf_stats.tf_mahalanobis_d2(features, mean, precision, directions)
     flagged = d2 > tf.constant(np.float32(tau))
     count = tf.reduce_sum(tf.cast(flagged, tf.int32), axis=(1, 2))
     pixels = tf.cast(tf.shape(d2)[1] * tf.shape(d2)[2], tf.float32)
