@@ -9,15 +9,15 @@
 rule fit_error_distribution:
     """Mean and covariance (calibration.covariance: shrunk or sample) of the scorer's per-pixel features (calibration.scorer), streamed exactly over the calibrate slides (and stain.calibration_copies appearance-jittered copies of them), and the one-sided directions of d² (calibration.one_sided)."""
     input:
-        model_json="results/model/model.json",
-        weights="results/model/generator.weights.h5",
+        model_json=model_path("model.json"),
+        weights=model_path("generator.weights.h5"),
         manifests=manifests("calibrate"),
     output:
-        json="results/calibration/error_distribution.json",
+        json=calibration_path("error_distribution.json"),
     log:
-        "results/logs/fit_error_distribution/all.log",
+        log_path("fit_error_distribution", "all"),
     benchmark:
-        "results/benchmarks/fit_error_distribution/all.tsv"
+        bench_path("fit_error_distribution", "all")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 4
@@ -49,20 +49,18 @@ rule fit_threshold:
     quantile of d²) and, with annotations, supervised (max F-β over all labelled pixels).
     """
     input:
-        model_json="results/model/model.json",
-        weights="results/model/generator.weights.h5",
-        error_distribution="results/calibration/error_distribution.json",
+        model_json=model_path("model.json"),
+        weights=model_path("generator.weights.h5"),
+        error_distribution=calibration_path("error_distribution.json"),
         manifests=manifests(*TAU_SPLITS),
-        patch_tables=expand(
-            "results/tiles/{slide}.patches.parquet", slide=slides_in(*TAU_SPLITS)
-        ),
+        patch_tables=expand(tile_path("patches.parquet"), slide=slides_in(*TAU_SPLITS)),
         annotations=threshold_annotations(),
     output:
-        json="results/calibration/threshold.json",
+        json=calibration_path("threshold.json"),
     log:
-        "results/logs/fit_threshold/all.log",
+        log_path("fit_threshold", "all"),
     benchmark:
-        "results/benchmarks/fit_threshold/all.tsv"
+        bench_path("fit_threshold", "all")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 4
@@ -96,19 +94,19 @@ rule fit_threshold:
 rule export_model:
     """The detector SavedModel (serving_default: uint8 patches in, named anomaly outputs out) and its model card; μ, Σ⁻¹ and the d² directions come from error_distribution.json, τ from threshold.json."""
     input:
-        model_json="results/model/model.json",
-        weights="results/model/generator.weights.h5",
-        error_distribution="results/calibration/error_distribution.json",
-        threshold="results/calibration/threshold.json",
+        model_json=model_path("model.json"),
+        weights=model_path("generator.weights.h5"),
+        error_distribution=calibration_path("error_distribution.json"),
+        threshold=calibration_path("threshold.json"),
         calibrate=manifests("calibrate"),
         threshold_manifests=manifests(*TAU_SPLITS),
     output:
-        saved_model=directory("results/export/saved_model"),
-        card="results/export/model_card.json",
+        saved_model=directory(export_path("saved_model")),
+        card=export_path("model_card.json"),
     log:
-        "results/logs/export_model/all.log",
+        log_path("export_model", "all"),
     benchmark:
-        "results/benchmarks/export_model/all.tsv"
+        bench_path("export_model", "all")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 2

@@ -30,6 +30,25 @@ from proganomaly.detector.card import (
     CardError,
     check_detector,
 )
+from proganomaly.layout import (
+    RESULTS,
+    bench_path,
+    calibration_path,
+    demo_path,
+    eval_path,
+    eval_set_path,
+    export_path,
+    log_path,
+    manifest_path,
+    model_path,
+    operating_point_path,
+    pooled_path,
+    pooled_set,
+    records_path,
+    report_path,
+    slide_path,
+    tile_path,
+)
 
 # One validation, at parse time, before any job: defaults come from the schema, and the constraints between keys
 # are checked here and nowhere else. Values from `--config` are first given their schema types (Snakemake reads
@@ -44,7 +63,7 @@ try:
     check_cross_keys(CONFIG)
 except ConfigError as exc:
     raise WorkflowError(f"config: {exc}") from None
-SLIDES = read_slide_sheet(config["slides"])
+SLIDES = read_slide_sheet(config["slides"], produced_prefix=f"{RESULTS}/")
 # Every row against the slides schema, with one compiled validator (snakemake.utils.validate per row re-reads the
 # schema each time: ~9 s of a 1000-slide dry run).
 validate_rows(SLIDES, WORKFLOW_DIR / "schemas" / "slides.schema.yaml", config["slides"])
@@ -56,9 +75,9 @@ SCREENING = DETECTOR is not None
 if SCREENING:
     from pathlib import Path
 
-    if Path(DETECTOR).resolve().is_relative_to(Path("results").resolve()):
+    if Path(DETECTOR).resolve().is_relative_to(Path(RESULTS).resolve()):
         raise WorkflowError(
-            f"detector: {DETECTOR} is inside results/, where this workflow writes its own detector; copy it out "
+            f"detector: {DETECTOR} is inside {RESULTS}/, where this workflow writes its own detector; copy it out "
             f"(e.g. cp -r {DETECTOR} detectors/NAME) and set detector to the copy, so screening can never retrain it"
         )
     try:
@@ -73,19 +92,17 @@ if SCREENING:
 
 
 def detector_file(name):
-    """A file of the detector that infers the maps: export_model's output (results/export/), or the screening
+    """A file of the detector that infers the maps: export_model's output (export_path), or the screening
     detector's folder. name: "saved_model" or "model_card"."""
-    folder = DETECTOR if SCREENING else "results/export"
-    return f"{folder}/{SAVED_MODEL_DIR if name == 'saved_model' else CARD_FILE}"
+    file = SAVED_MODEL_DIR if name == "saved_model" else CARD_FILE
+    return f"{DETECTOR}/{file}" if SCREENING else export_path(file)
 
 
 def threshold_file():
     """A JSON with the detector's τ at its top level: fit_threshold's threshold.json, or the screening detector's
     model card."""
     return (
-        detector_file("model_card")
-        if SCREENING
-        else "results/calibration/threshold.json"
+        detector_file("model_card") if SCREENING else calibration_path("threshold.json")
     )
 
 
@@ -142,7 +159,7 @@ def stain_estimate(wildcards):
     """
     if CONFIG.stain.normalisation == "none":
         return []
-    return f"results/tiles/{wildcards.slide}.stain.json"
+    return tile_path("stain.json", slide=wildcards.slide)
 
 
 def annotated_slides(*splits):
@@ -150,7 +167,7 @@ def annotated_slides(*splits):
 
 
 def manifests(*splits):
-    return expand("results/records/{slide}.manifest.json", slide=slides_in(*splits))
+    return expand(manifest_path(), slide=slides_in(*splits))
 
 
 # Splits whose TFRecords are read, by training (train, its held-out calibrate), fit_error_distribution (calibrate)
@@ -192,14 +209,14 @@ def get_final_output():
     """Everything `snakemake` builds by default: every stage for every slide, and the report's figures. Screening:
     no training, calibration or export, and none of their figures."""
     every = list(SLIDES.index)
-    targets = expand("results/tiles/{slide}.patches.parquet", slide=every)
+    targets = expand(tile_path("patches.parquet"), slide=every)
     if not SCREENING:
         targets += manifests(*RECORD_SPLITS)
         targets += [
-            "results/model/generator.weights.h5",
-            "results/calibration/threshold.json",
-            "results/export/saved_model",
-            "results/export/model_card.json",
+            model_path("generator.weights.h5"),
+            calibration_path("threshold.json"),
+            export_path("saved_model"),
+            export_path("model_card.json"),
         ]
     targets += slide_map_targets()
     targets += evaluation_targets()
@@ -211,8 +228,8 @@ def get_final_output():
 
 # Report figures of the training and calibration stages, which a screening run does not have.
 SCREENING_SKIPS = (
-    "results/report/training/",
-    "results/report/calibration/",
+    report_path("training/"),
+    report_path("calibration/"),
 )
 
 # Inference stage (infer_slide, stitch_maps): every slide that is evaluated or fits τ gets maps; in screening mode
@@ -224,8 +241,8 @@ MAPPED_SPLITS = SPLITS if SCREENING else ("test", "validation", "threshold")
 def slide_map_targets(splits=MAPPED_SPLITS):
     """Per-patch tables and maps of every slide of the given splits (the slides that are evaluated)."""
     slides = slides_in(*splits)
-    targets = expand("results/slides/{slide}/patches.parquet", slide=slides)
-    targets += expand("results/slides/{slide}/maps.json", slide=slides)
+    targets = expand(slide_path("patches.parquet"), slide=slides)
+    targets += expand(slide_path("maps.json"), slide=slides)
     return targets
 
 
@@ -256,13 +273,13 @@ def overlay_slides():
 
 def slide_prediction(wildcards):
     """The slide's predicted polygons, when it is evaluated."""
-    path = f"results/eval/{wildcards.slide}/predicted.geojson"
+    path = eval_path("predicted.geojson", slide=wildcards.slide)
     return [path] if wildcards.slide in evaluated_slides() else []
 
 
 def slide_metrics(wildcards):
     """The slide's metrics at the operating point (whose cell the panels' title states), when it is evaluated."""
-    path = f"results/eval/{wildcards.slide}/at_operating_point.json"
+    path = eval_path("at_operating_point.json", slide=wildcards.slide)
     return [path] if wildcards.slide in evaluated_slides() else []
 
 
@@ -270,44 +287,44 @@ def calibration_figures():
     names = ["error_distribution", "d2_histogram"]
     if annotated_slides(*TAU_SPLITS):
         names.append("fbeta_curve")
-    return expand("results/report/calibration/{name}.png", name=names)
+    return expand(report_path("calibration/{name}.png"), name=names)
 
 
 def report_targets():
     """Every figure and table of the report."""
     targets = [
-        "results/report/software/config.yaml",
-        "results/report/software/environments.html",
-        "results/report/qc/patch_counts.png",
-        "results/report/qc/slides.html",
+        report_path("software/config.yaml"),
+        report_path("software/environments.html"),
+        report_path("qc/patch_counts.png"),
+        report_path("qc/slides.html"),
     ]
-    targets += expand("results/tiles/{slide}.mask.png", slide=list(SLIDES.index))
+    targets += expand(tile_path("mask.png"), slide=list(SLIDES.index))
     targets += expand(
-        "results/report/training/{n}.png", n=("losses", "heldout", "throughput")
+        report_path("training/{n}.png"), n=("losses", "heldout", "throughput")
     )
     targets += calibration_figures()
-    targets += expand("results/report/slides/{slide}.png", slide=report_slides())
-    targets += expand("results/report/overlays/{slide}.png", slide=overlay_slides())
+    targets += expand(report_path("slides/{slide}.png"), slide=report_slides())
+    targets += expand(report_path("overlays/{slide}.png"), slide=overlay_slides())
     if EVAL_SETS:
-        targets += expand("results/report/eval/{name}.grid.png", name=EVAL_SETS)
+        targets += expand(report_path("eval/{name}.grid.png"), name=EVAL_SETS)
         targets += [
-            "results/report/eval/pixel_curves.png",
-            "results/report/eval/metrics.html",
+            report_path("eval/pixel_curves.png"),
+            report_path("eval/metrics.html"),
         ]
     if pooled_splits():
         targets += expand(
-            "results/report/eval/pooled/{split}.{kind}_curves.png",
+            report_path("eval/pooled/{split}.{kind}_curves.png"),
             split=pooled_splits(),
             kind=("class", "group"),
         )
         targets += expand(
-            "results/report/eval/pooled/{split}.froc.png", split=pooled_splits()
+            report_path("eval/pooled/{split}.froc.png"), split=pooled_splits()
         )
-        targets.append("results/report/eval/class_metrics.html")
+        targets.append(report_path("eval/class_metrics.html"))
     if SCORER_BENCHMARK.is_file():
         targets += [
-            "results/report/eval/scorer_comparison.png",
-            "results/report/eval/scorer_comparison.html",
+            report_path("eval/scorer_comparison.png"),
+            report_path("eval/scorer_comparison.html"),
         ]
     return targets
 
@@ -319,12 +336,12 @@ def evaluated_slides():
 
 
 def pooled_splits():
-    """Splits pooled into results/eval/pooled/{split} (each apart): pool_splits that have annotated slides."""
+    """Splits pooled (each apart, into its pooled_path folder): pool_splits that have annotated slides."""
     return [s for s in CONFIG.evaluation.pool_splits if annotated_slides(s)]
 
 
 def pooled_slides():
-    """Evaluated slides that are pooled (into their split's results/eval/pooled/{split})."""
+    """Evaluated slides that are pooled (into their split's pooled_path folder)."""
     return annotated_slides(*pooled_splits())
 
 
@@ -333,9 +350,7 @@ def pooled_inputs(name):
 
     def inputs(wildcards):
         return expand(
-            "results/eval/{slide}/{name}",
-            slide=annotated_slides(wildcards.split),
-            name=name,
+            eval_path("{name}"), slide=annotated_slides(wildcards.split), name=name
         )
 
     return inputs
@@ -351,14 +366,12 @@ def evaluation_targets():
         "lesion_grid.parquet",
     ]
     names += ["predicted.geojson", "at_operating_point.json"]
-    targets = expand(
-        "results/eval/{slide}/{name}", slide=evaluated_slides(), name=names
-    )
+    targets = expand(eval_path("{name}"), slide=evaluated_slides(), name=names)
     if evaluated_slides():
-        targets.append("results/eval/operating_point.json")
+        targets.append(operating_point_path())
     for split in pooled_splits():
         targets += expand(
-            "results/eval/pooled/{split}/{name}",
+            pooled_path("{name}"),
             split=split,
             name=["grid.parquet", "grid.csv", "class_grid.parquet", "metrics.json"],
         )

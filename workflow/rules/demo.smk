@@ -7,12 +7,12 @@
 
 rule fetch_demo_slide:
     output:
-        slide="results/demo/cmu_small_region.svs",
-        source="results/demo/source.json",
+        slide=demo_path("cmu_small_region.svs"),
+        source=demo_path("source.json"),
     log:
-        "results/logs/fetch_demo_slide/cmu_small_region.log",
+        log_path("fetch_demo_slide", "cmu_small_region"),
     benchmark:
-        "results/benchmarks/fetch_demo_slide/cmu_small_region.tsv"
+        bench_path("fetch_demo_slide", "cmu_small_region")
     conda:
         "../../envs/data.yaml"
     threads: 1
@@ -27,37 +27,37 @@ rule fetch_demo_slide:
 
 rule make_demo_cohort:
     input:
-        slide="results/demo/cmu_small_region.svs",
-        source="results/demo/source.json",
+        slide=demo_path("cmu_small_region.svs"),
+        source=demo_path("source.json"),
     output:
-        train_a="results/demo/demo_train_a.tif",
-        train_b="results/demo/demo_train_b.tif",
-        calibrate="results/demo/demo_calibrate.tif",
-        validation="results/demo/demo_validation.tif",
-        validation_labc="results/demo/demo_validation_labc.tif",
-        validation_normal="results/demo/demo_validation_normal.tif",
-        test="results/demo/demo_test.tif",
-        test_labd="results/demo/demo_test_labd.tif",
-        test_normal="results/demo/demo_test_normal.tif",
-        test_normal_labd="results/demo/demo_test_normal_labd.tif",
-        validation_annotations="results/demo/demo_validation.geojson",
-        validation_labc_annotations="results/demo/demo_validation_labc.geojson",
-        validation_normal_annotations="results/demo/demo_validation_normal.geojson",
-        test_annotations="results/demo/demo_test.geojson",
-        test_labd_annotations="results/demo/demo_test_labd.geojson",
-        test_normal_annotations="results/demo/demo_test_normal.geojson",
-        test_normal_labd_annotations="results/demo/demo_test_normal_labd.geojson",
-        cohort="results/demo/cohort.json",
+        train_a=demo_path("demo_train_a.tif"),
+        train_b=demo_path("demo_train_b.tif"),
+        calibrate=demo_path("demo_calibrate.tif"),
+        validation=demo_path("demo_validation.tif"),
+        validation_labc=demo_path("demo_validation_labc.tif"),
+        validation_normal=demo_path("demo_validation_normal.tif"),
+        test=demo_path("demo_test.tif"),
+        test_labd=demo_path("demo_test_labd.tif"),
+        test_normal=demo_path("demo_test_normal.tif"),
+        test_normal_labd=demo_path("demo_test_normal_labd.tif"),
+        validation_annotations=demo_path("demo_validation.geojson"),
+        validation_labc_annotations=demo_path("demo_validation_labc.geojson"),
+        validation_normal_annotations=demo_path("demo_validation_normal.geojson"),
+        test_annotations=demo_path("demo_test.geojson"),
+        test_labd_annotations=demo_path("demo_test_labd.geojson"),
+        test_normal_annotations=demo_path("demo_test_normal.geojson"),
+        test_normal_labd_annotations=demo_path("demo_test_normal_labd.geojson"),
+        cohort=demo_path("cohort.json"),
         overview=report(
-            "results/demo/cohort.png",
+            demo_path("cohort.png"),
             caption="../report/demo_cohort.rst",
             category="Data & QC",
             labels={"figure": "demo cohort"},
         ),
     log:
-        "results/logs/make_demo_cohort/demo.log",
+        log_path("make_demo_cohort", "demo"),
     benchmark:
-        "results/benchmarks/make_demo_cohort/demo.tsv"
+        bench_path("make_demo_cohort", "demo")
     conda:
         "../../envs/report.yaml"
     threads: 1

@@ -12,25 +12,25 @@ rule evaluate_slide:
     """Grids of confusion areas and metrics (all classes, per class / group) and pixel-level AUROC/AP of one
     annotated slide."""
     input:
-        kde="results/slides/{slide}/maps/kde.tif",
-        flags="results/slides/{slide}/maps/flags.tif",
-        mahalanobis_d2="results/slides/{slide}/maps/mahalanobis_d2.tif",
-        anomaly_map="results/slides/{slide}/maps/anomaly_map.tif",
-        maps="results/slides/{slide}/maps.json",
-        patches="results/tiles/{slide}.patches.parquet",
-        qc="results/tiles/{slide}.qc.json",
+        kde=slide_path("maps/kde.tif"),
+        flags=slide_path("maps/flags.tif"),
+        mahalanobis_d2=slide_path("maps/mahalanobis_d2.tif"),
+        anomaly_map=slide_path("maps/anomaly_map.tif"),
+        maps=slide_path("maps.json"),
+        patches=tile_path("patches.parquet"),
+        qc=tile_path("qc.json"),
         annotations=annotation_file,
     output:
-        grid="results/eval/{slide}/grid.parquet",
-        csv="results/eval/{slide}/grid.csv",
-        class_grid="results/eval/{slide}/class_grid.parquet",
-        metrics="results/eval/{slide}/metrics.json",
-        pixels="results/eval/{slide}/pixels.parquet",
-        lesion_grid="results/eval/{slide}/lesion_grid.parquet",
+        grid=eval_path("grid.parquet"),
+        csv=eval_path("grid.csv"),
+        class_grid=eval_path("class_grid.parquet"),
+        metrics=eval_path("metrics.json"),
+        pixels=eval_path("pixels.parquet"),
+        lesion_grid=eval_path("lesion_grid.parquet"),
     log:
-        "results/logs/evaluate_slide/{slide}.log",
+        log_path("evaluate_slide", "{slide}"),
     benchmark:
-        "results/benchmarks/evaluate_slide/{slide}.tsv"
+        bench_path("evaluate_slide", "{slide}")
     conda:
         "../../envs/geometry.yaml"
     threads: 1
@@ -61,15 +61,13 @@ rule choose_operating_point:
     ones included) within the budget of normal tissue inside the polygons, or the configured fixed cell (the JSON
     says which, and why)."""
     input:
-        grids=expand(
-            "results/eval/{slide}/grid.parquet", slide=annotated_slides("validation")
-        ),
+        grids=expand(eval_path("grid.parquet"), slide=annotated_slides("validation")),
     output:
-        "results/eval/operating_point.json",
+        operating_point_path(),
     log:
-        "results/logs/choose_operating_point/all.log",
+        log_path("choose_operating_point", "all"),
     benchmark:
-        "results/benchmarks/choose_operating_point/all.tsv"
+        bench_path("choose_operating_point", "all")
     conda:
         "../../envs/geometry.yaml"
     threads: 1
@@ -92,19 +90,19 @@ rule export_predictions:
     """Predicted polygons of one evaluated slide at the chosen operating point (QuPath GeoJSON), and its areas and
     metrics there (all classes, per class / group)."""
     input:
-        kde="results/slides/{slide}/maps/kde.tif",
-        maps="results/slides/{slide}/maps.json",
-        patches="results/tiles/{slide}.patches.parquet",
-        qc="results/tiles/{slide}.qc.json",
+        kde=slide_path("maps/kde.tif"),
+        maps=slide_path("maps.json"),
+        patches=tile_path("patches.parquet"),
+        qc=tile_path("qc.json"),
         annotations=annotation_file,
-        operating_point="results/eval/operating_point.json",
+        operating_point=operating_point_path(),
     output:
-        geojson="results/eval/{slide}/predicted.geojson",
-        metrics="results/eval/{slide}/at_operating_point.json",
+        geojson=eval_path("predicted.geojson"),
+        metrics=eval_path("at_operating_point.json"),
     log:
-        "results/logs/export_predictions/{slide}.log",
+        log_path("export_predictions", "{slide}"),
     benchmark:
-        "results/benchmarks/export_predictions/{slide}.tsv"
+        bench_path("export_predictions", "{slide}")
     conda:
         "../../envs/geometry.yaml"
     threads: 1
@@ -138,21 +136,21 @@ rule pool_metrics:
         pixels=pooled_inputs("pixels.parquet"),
         at_point=pooled_inputs("at_operating_point.json"),
         lesion_grids=pooled_inputs("lesion_grid.parquet"),
-        operating_point="results/eval/operating_point.json",
+        operating_point=operating_point_path(),
     output:
-        grid="results/eval/pooled/{split}/grid.parquet",
+        grid=pooled_path("grid.parquet"),
         csv=report(
-            "results/eval/pooled/{split}/grid.csv",
+            pooled_path("grid.csv"),
             caption="../report/eval_pooled_grid.rst",
             category="Evaluation",
             labels={"slide": "pooled {split}", "table": "threshold × dilation grid"},
         ),
-        class_grid="results/eval/pooled/{split}/class_grid.parquet",
-        metrics="results/eval/pooled/{split}/metrics.json",
+        class_grid=pooled_path("class_grid.parquet"),
+        metrics=pooled_path("metrics.json"),
     log:
-        "results/logs/pool_metrics/{split}.log",
+        log_path("pool_metrics", "{split}"),
     benchmark:
-        "results/benchmarks/pool_metrics/{split}.tsv"
+        bench_path("pool_metrics", "{split}")
     conda:
         "../../envs/geometry.yaml"
     threads: 1

@@ -12,17 +12,17 @@ rule infer_slide:
     """Per-patch scores and disk-backed stitching canvases of one slide."""
     input:
         slide=slide_file,
-        patches="results/tiles/{slide}.patches.parquet",
+        patches=tile_path("patches.parquet"),
         model=detector_file("saved_model"),
         stain=stain_estimate,
     output:
-        patches="results/slides/{slide}/patches.parquet",
-        canvas=temp(directory("results/slides/{slide}/canvas")),
-        json="results/slides/{slide}/inference.json",
+        patches=slide_path("patches.parquet"),
+        canvas=temp(directory(slide_path("canvas"))),
+        json=slide_path("inference.json"),
     log:
-        "results/logs/infer_slide/{slide}.log",
+        log_path("infer_slide", "{slide}"),
     benchmark:
-        "results/benchmarks/infer_slide/{slide}.tsv"
+        bench_path("infer_slide", "{slide}")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 4
@@ -41,22 +41,23 @@ rule infer_slide:
 rule stitch_maps:
     """Pyramidal TIFF maps at the configured downsample, the KDE heat map and PNG overviews of one slide."""
     input:
-        canvas="results/slides/{slide}/canvas",
-        qc="results/tiles/{slide}.qc.json",
-        tissue="results/tiles/{slide}.tissue.png",
-        patches="results/slides/{slide}/patches.parquet",
+        canvas=slide_path("canvas"),
+        qc=tile_path("qc.json"),
+        tissue=tile_path("tissue.png"),
+        patches=slide_path("patches.parquet"),
         threshold=threshold_file(),
     output:
-        maps=expand("results/slides/{{slide}}/maps/{name}.tif", name=MAP_NAMES),
+        maps=expand(slide_path("maps/{name}.tif"), name=MAP_NAMES, allow_missing=True),
         renditions=expand(
-            "results/slides/{{slide}}/maps/{name}{suffix}",
+            slide_path("maps/{name}{suffix}"),
             name=FLOAT_MAPS,
             suffix=RENDITION_SUFFIX,
+            allow_missing=True,
         ),
-        tiles="results/slides/{slide}/tiles.geojson",
+        tiles=slide_path("tiles.geojson"),
         overviews=[
             report(
-                f"results/slides/{{slide}}/overview/{name}.png",
+                slide_path(f"overview/{name}.png"),
                 caption=f"../report/slide_{name}.rst",
                 category="Slide maps",
                 subcategory="{slide}",
@@ -64,11 +65,11 @@ rule stitch_maps:
             )
             for name in MAP_NAMES
         ],
-        json="results/slides/{slide}/maps.json",
+        json=slide_path("maps.json"),
     log:
-        "results/logs/stitch_maps/{slide}.log",
+        log_path("stitch_maps", "{slide}"),
     benchmark:
-        "results/benchmarks/stitch_maps/{slide}.tsv"
+        bench_path("stitch_maps", "{slide}")
     conda:
         "../../envs/geometry.yaml"
     threads: 1

@@ -5,16 +5,16 @@
 rule write_records:
     input:
         slide=slide_file,
-        patches="results/tiles/{slide}.patches.parquet",
-        qc="results/tiles/{slide}.qc.json",
+        patches=tile_path("patches.parquet"),
+        qc=tile_path("qc.json"),
         stain=stain_estimate,
     output:
-        records=directory("results/records/{slide}"),
-        manifest="results/records/{slide}.manifest.json",
+        records=directory(records_path()),
+        manifest=manifest_path(),
     log:
-        "results/logs/write_records/{slide}.log",
+        log_path("write_records", "{slide}"),
     benchmark:
-        "results/benchmarks/write_records/{slide}.tsv"
+        bench_path("write_records", "{slide}")
     wildcard_constraints:
         slide=RECORD_SLIDES,
     conda:

@@ -3,7 +3,7 @@
 # whatever stages exist (report_targets() in common.smk).
 
 # Evaluated slides and the pooled splits (the evaluation stage's choice, not ours).
-EVAL_SETS = evaluated_slides() + [f"pooled/{s}" for s in pooled_splits()]
+EVAL_SETS = evaluated_slides() + [pooled_set(s) for s in pooled_splits()]
 
 
 wildcard_constraints:
@@ -14,15 +14,15 @@ rule export_config:
     """The validated configuration (schema defaults filled in) as YAML."""
     output:
         report(
-            "results/report/software/config.yaml",
+            report_path("software/config.yaml"),
             caption="../report/config.rst",
             category="Software and configuration",
             labels={"item": "configuration"},
         ),
     log:
-        "results/logs/export_config/all.log",
+        log_path("export_config", "all"),
     benchmark:
-        "results/benchmarks/export_config/all.tsv"
+        bench_path("export_config", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -41,16 +41,16 @@ rule export_software:
         envs=ENV_FILES,
     output:
         html=report(
-            "results/report/software/environments.html",
+            report_path("software/environments.html"),
             caption="../report/environments.rst",
             category="Software and configuration",
             labels={"item": "package versions"},
         ),
-        tsv="results/report/software/environments.tsv",
+        tsv=report_path("software/environments.tsv"),
     log:
-        "results/logs/export_software/all.log",
+        log_path("export_software", "all"),
     benchmark:
-        "results/benchmarks/export_software/all.tsv"
+        bench_path("export_software", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -65,25 +65,25 @@ rule plot_qc:
     """Patches per slide and resolution (records manifests); the slide table (sheet and tiling QC)."""
     input:
         sheet=config["slides"],
-        qc=expand("results/tiles/{slide}.qc.json", slide=list(SLIDES.index)),
+        qc=expand(tile_path("qc.json"), slide=list(SLIDES.index)),
         manifests=manifests(*RECORD_SPLITS),
     output:
         counts=report(
-            "results/report/qc/patch_counts.png",
+            report_path("qc/patch_counts.png"),
             caption="../report/patch_counts.rst",
             category="Data & QC",
             labels={"slide": "all", "figure": "patch counts"},
         ),
         table=report(
-            "results/report/qc/slides.html",
+            report_path("qc/slides.html"),
             caption="../report/slide_table.rst",
             category="Data & QC",
             labels={"slide": "all", "figure": "slide table"},
         ),
     log:
-        "results/logs/plot_qc/all.log",
+        log_path("plot_qc", "all"),
     benchmark:
-        "results/benchmarks/plot_qc/all.tsv"
+        bench_path("plot_qc", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -97,32 +97,32 @@ rule plot_qc:
 rule plot_training:
     """Loss curves per growth phase, held-out reconstruction error and throughput (samples: train_reconstruction)."""
     input:
-        loss_log="results/model/loss_log.csv",
-        heldout="results/model/heldout_error.csv",
-        training="results/model/training.json",
+        loss_log=model_path("loss_log.csv"),
+        heldout=model_path("heldout_error.csv"),
+        training=model_path("training.json"),
     output:
         losses=report(
-            "results/report/training/losses.png",
+            report_path("training/losses.png"),
             caption="../report/plot_training_losses.rst",
             category="Training",
             labels={"figure": "losses"},
         ),
         heldout=report(
-            "results/report/training/heldout.png",
+            report_path("training/heldout.png"),
             caption="../report/plot_training_heldout.rst",
             category="Training",
             labels={"figure": "held-out error"},
         ),
         throughput=report(
-            "results/report/training/throughput.png",
+            report_path("training/throughput.png"),
             caption="../report/plot_training_throughput.rst",
             category="Training",
             labels={"figure": "images per second"},
         ),
     log:
-        "results/logs/plot_training/all.log",
+        log_path("plot_training", "all"),
     benchmark:
-        "results/benchmarks/plot_training/all.tsv"
+        bench_path("plot_training", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -138,17 +138,17 @@ rule plot_training:
 rule plot_calibration:
     """Per-channel error distribution; d² histogram with τ; the supervised F-β curve (annotated threshold slides)."""
     input:
-        error_distribution="results/calibration/error_distribution.json",
-        threshold="results/calibration/threshold.json",
+        error_distribution=calibration_path("error_distribution.json"),
+        threshold=calibration_path("threshold.json"),
     output:
         error_distribution=report(
-            "results/report/calibration/error_distribution.png",
+            report_path("calibration/error_distribution.png"),
             caption="../report/error_distribution.rst",
             category="Calibration",
             labels={"figure": "error distribution"},
         ),
         d2=report(
-            "results/report/calibration/d2_histogram.png",
+            report_path("calibration/d2_histogram.png"),
             caption="../report/d2_histogram.rst",
             category="Calibration",
             labels={"figure": "d² histogram"},
@@ -156,7 +156,7 @@ rule plot_calibration:
         fbeta=(
             [
                 report(
-                    "results/report/calibration/fbeta_curve.png",
+                    report_path("calibration/fbeta_curve.png"),
                     caption="../report/fbeta_curve.rst",
                     category="Calibration",
                     labels={"figure": "F-β curve"},
@@ -166,9 +166,9 @@ rule plot_calibration:
             else []
         ),
     log:
-        "results/logs/plot_calibration/all.log",
+        log_path("plot_calibration", "all"),
     benchmark:
-        "results/benchmarks/plot_calibration/all.tsv"
+        bench_path("plot_calibration", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -182,26 +182,26 @@ rule plot_calibration:
 rule plot_slide:
     """Thumbnail, d² map, KDE heat map and predicted polygons against annotations of one slide."""
     input:
-        thumbnail="results/slides/{slide}/maps/thumbnail.tif",
-        d2="results/slides/{slide}/maps/mahalanobis_d2.tif",
-        kde="results/slides/{slide}/maps/kde.tif",
-        maps="results/slides/{slide}/maps.json",
+        thumbnail=slide_path("maps/thumbnail.tif"),
+        d2=slide_path("maps/mahalanobis_d2.tif"),
+        kde=slide_path("maps/kde.tif"),
+        maps=slide_path("maps.json"),
         threshold=threshold_file(),
         annotations=annotation_file,
         predicted=slide_prediction,
         metrics=slide_metrics,
     output:
         report(
-            "results/report/slides/{slide}.png",
+            report_path("slides/{slide}.png"),
             caption="../report/slide_panels.rst",
             category="Slide maps",
             subcategory="{slide}",
             labels={"slide": "{slide}", "map": "summary panels"},
         ),
     log:
-        "results/logs/plot_slide/{slide}.log",
+        log_path("plot_slide", "{slide}"),
     benchmark:
-        "results/benchmarks/plot_slide/{slide}.tsv"
+        bench_path("plot_slide", "{slide}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -218,24 +218,24 @@ rule plot_overlay:
     """Every mapped slide (validation, test, threshold): thumbnail, KDE heat map, predicted and true polygons, legend
     and scale bar."""
     input:
-        thumbnail="results/slides/{slide}/maps/thumbnail.tif",
-        kde="results/slides/{slide}/maps/kde.tif",
-        maps="results/slides/{slide}/maps.json",
+        thumbnail=slide_path("maps/thumbnail.tif"),
+        kde=slide_path("maps/kde.tif"),
+        maps=slide_path("maps.json"),
         annotations=annotation_file,
         predicted=slide_prediction,
         metrics=slide_metrics,
     output:
         report(
-            "results/report/overlays/{slide}.png",
+            report_path("overlays/{slide}.png"),
             caption="../report/slide_overlay.rst",
             category="Slide maps",
             subcategory="{slide}",
             labels={"slide": "{slide}", "map": "overlay"},
         ),
     log:
-        "results/logs/plot_overlay/{slide}.log",
+        log_path("plot_overlay", "{slide}"),
     benchmark:
-        "results/benchmarks/plot_overlay/{slide}.tsv"
+        bench_path("plot_overlay", "{slide}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -253,19 +253,19 @@ rule plot_eval_grid:
     """F1 and IoU over the threshold × dilation grid of one slide (or pooled), best cell and operating point
     marked."""
     input:
-        grid="results/eval/{evalset}/grid.parquet",
-        operating_point="results/eval/operating_point.json",
+        grid=eval_set_path("grid.parquet"),
+        operating_point=operating_point_path(),
     output:
         report(
-            "results/report/eval/{evalset}.grid.png",
+            report_path("eval/{evalset}.grid.png"),
             caption="../report/eval_grid.rst",
             category="Evaluation",
             labels={"slide": "{evalset}", "figure": "F1 / IoU grid"},
         ),
     log:
-        "results/logs/plot_eval_grid/{evalset}.log",
+        log_path("plot_eval_grid", "{evalset}"),
     benchmark:
-        "results/benchmarks/plot_eval_grid/{evalset}.tsv"
+        bench_path("plot_eval_grid", "{evalset}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -279,34 +279,32 @@ rule plot_eval_grid:
 rule plot_eval_summary:
     """Pixel-level ROC and precision–recall curves of every score map, and the metrics table."""
     input:
-        grids=expand("results/eval/{name}/grid.parquet", name=EVAL_SETS),
-        metrics=expand("results/eval/{name}/metrics.json", name=EVAL_SETS),
-        at_point=expand(
-            "results/eval/{slide}/at_operating_point.json", slide=evaluated_slides()
-        ),
+        grids=[eval_set_path("grid.parquet", s) for s in EVAL_SETS],
+        metrics=[eval_set_path("metrics.json", s) for s in EVAL_SETS],
+        at_point=expand(eval_path("at_operating_point.json"), slide=evaluated_slides()),
     output:
         curves=report(
-            "results/report/eval/pixel_curves.png",
+            report_path("eval/pixel_curves.png"),
             caption="../report/roc_pr.rst",
             category="Evaluation",
             labels={"slide": "all", "figure": "ROC and precision-recall"},
         ),
         table=report(
-            "results/report/eval/metrics.html",
+            report_path("eval/metrics.html"),
             caption="../report/metrics_table.rst",
             category="Evaluation",
             labels={"slide": "all", "figure": "metrics table"},
         ),
         csv=report(
-            "results/report/eval/metrics.csv",
+            report_path("eval/metrics.csv"),
             caption="../report/metrics_csv.rst",
             category="Evaluation",
             labels={"slide": "all", "figure": "all metrics (CSV)"},
         ),
     log:
-        "results/logs/plot_eval_summary/all.log",
+        log_path("plot_eval_summary", "all"),
     benchmark:
-        "results/benchmarks/plot_eval_summary/all.tsv"
+        bench_path("plot_eval_summary", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -324,24 +322,24 @@ rule plot_eval_summary:
 rule plot_eval_classes:
     """Pixel-level ROC and precision–recall curves per annotation class and per group, one split pooled."""
     input:
-        metrics="results/eval/pooled/{split}/metrics.json",
+        metrics=pooled_path("metrics.json"),
     output:
         classes=report(
-            "results/report/eval/pooled/{split}.class_curves.png",
+            report_path("eval/pooled/{split}.class_curves.png"),
             caption="../report/class_curves.rst",
             category="Evaluation",
             labels={"slide": "pooled {split}", "figure": "ROC and PR per class"},
         ),
         groups=report(
-            "results/report/eval/pooled/{split}.group_curves.png",
+            report_path("eval/pooled/{split}.group_curves.png"),
             caption="../report/group_curves.rst",
             category="Evaluation",
             labels={"slide": "pooled {split}", "figure": "ROC and PR per group"},
         ),
     log:
-        "results/logs/plot_eval_classes/{split}.log",
+        log_path("plot_eval_classes", "{split}"),
     benchmark:
-        "results/benchmarks/plot_eval_classes/{split}.tsv"
+        bench_path("plot_eval_classes", "{split}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -356,18 +354,18 @@ rule plot_eval_froc:
     """Lesion sensitivity against false-positive area per mm² of normal tissue over the KDE thresholds (at the
     operating dilation), one split pooled."""
     input:
-        metrics="results/eval/pooled/{split}/metrics.json",
+        metrics=pooled_path("metrics.json"),
     output:
         report(
-            "results/report/eval/pooled/{split}.froc.png",
+            report_path("eval/pooled/{split}.froc.png"),
             caption="../report/froc.rst",
             category="Evaluation",
             labels={"slide": "pooled {split}", "figure": "FROC"},
         ),
     log:
-        "results/logs/plot_eval_froc/{split}.log",
+        log_path("plot_eval_froc", "{split}"),
     benchmark:
-        "results/benchmarks/plot_eval_froc/{split}.tsv"
+        bench_path("plot_eval_froc", "{split}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -384,22 +382,20 @@ rule plot_class_metrics:
     """Per-class metrics table: pixel AUROC/AP per class and group, oracle best-cell F1, metrics at the operating
     point, per pooled split."""
     input:
-        metrics=expand(
-            "results/eval/pooled/{split}/metrics.json", split=pooled_splits()
-        ),
-        operating_point="results/eval/operating_point.json",
+        metrics=expand(pooled_path("metrics.json"), split=pooled_splits()),
+        operating_point=operating_point_path(),
     output:
         table=report(
-            "results/report/eval/class_metrics.html",
+            report_path("eval/class_metrics.html"),
             caption="../report/class_metrics.rst",
             category="Evaluation",
             labels={"slide": "pooled", "figure": "per-class metrics table"},
         ),
-        csv="results/report/eval/class_metrics.csv",
+        csv=report_path("eval/class_metrics.csv"),
     log:
-        "results/logs/plot_class_metrics/all.log",
+        log_path("plot_class_metrics", "all"),
     benchmark:
-        "results/benchmarks/plot_class_metrics/all.tsv"
+        bench_path("plot_class_metrics", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -419,21 +415,21 @@ rule plot_scorer_comparison:
         benchmark=SCORER_BENCHMARK,
     output:
         figure=report(
-            "results/report/eval/scorer_comparison.png",
+            report_path("eval/scorer_comparison.png"),
             caption="../report/scorer_comparison.rst",
             category="Evaluation",
             labels={"slide": "benchmark", "figure": "scorer comparison"},
         ),
         table=report(
-            "results/report/eval/scorer_comparison.html",
+            report_path("eval/scorer_comparison.html"),
             caption="../report/scorer_comparison.rst",
             category="Evaluation",
             labels={"slide": "benchmark", "figure": "scorer comparison table"},
         ),
     log:
-        "results/logs/plot_scorer_comparison/all.log",
+        log_path("plot_scorer_comparison", "all"),
     benchmark:
-        "results/benchmarks/plot_scorer_comparison/all.tsv"
+        bench_path("plot_scorer_comparison", "all")
     conda:
         "../../envs/report.yaml"
     threads: 1

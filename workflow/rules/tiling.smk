@@ -7,20 +7,20 @@ rule tile_slide:
     input:
         slide=slide_file,
     output:
-        patches="results/tiles/{slide}.patches.parquet",
-        qc="results/tiles/{slide}.qc.json",
+        patches=tile_path("patches.parquet"),
+        qc=tile_path("qc.json"),
         mask=report(
-            "results/tiles/{slide}.mask.png",
+            tile_path("mask.png"),
             caption="../report/tissue_mask.rst",
             category="Data & QC",
             labels={"slide": "{slide}", "figure": "tissue mask"},
         ),
-        tissue="results/tiles/{slide}.tissue.png",
-        stain="results/tiles/{slide}.stain.json",
+        tissue=tile_path("tissue.png"),
+        stain=tile_path("stain.json"),
     log:
-        "results/logs/tile_slide/{slide}.log",
+        log_path("tile_slide", "{slide}"),
     benchmark:
-        "results/benchmarks/tile_slide/{slide}.tsv"
+        bench_path("tile_slide", "{slide}")
     conda:
         "../../envs/data.yaml"
     threads: 1

@@ -9,32 +9,32 @@ rule train_reconstruction:
         manifests=manifests("train"),
         heldout=manifests("calibrate"),
     output:
-        weights="results/model/generator.weights.h5",
-        model="results/model/model.json",
+        weights=model_path("generator.weights.h5"),
+        model=model_path("model.json"),
         loss_log=report(
-            "results/model/loss_log.csv",
+            model_path("loss_log.csv"),
             caption="../report/training_loss_log.rst",
             category="Training",
             labels={"figure": "loss log"},
         ),
         heldout=report(
-            "results/model/heldout_error.csv",
+            model_path("heldout_error.csv"),
             caption="../report/training_heldout.rst",
             category="Training",
             labels={"figure": "held-out reconstruction error"},
         ),
         samples=report(
-            directory("results/model/samples"),
+            directory(model_path("samples")),
             patterns=["{name}.png"],
             caption="../report/training_samples.rst",
             category="Training",
             labels={"figure": "sample reconstructions", "phase": "{name}"},
         ),
-        training="results/model/training.json",
+        training=model_path("training.json"),
     log:
-        "results/logs/train_reconstruction/train_reconstruction.log",
+        log_path("train_reconstruction", "train_reconstruction"),
     benchmark:
-        "results/benchmarks/train_reconstruction/train_reconstruction.tsv"
+        bench_path("train_reconstruction", "train_reconstruction")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 8

@@ -1,0 +1,147 @@
+"""Where the workflow writes: every output, log and benchmark path, as one table of templates under RESULTS.
+
+The rules ask these functions for their paths instead of spelling them, so the layout changes here and nowhere else.
+A function fills the wildcards it is given and leaves the others as ``{wildcard}`` text for Snakemake:
+
+    slide_path("maps.json")                    -> "results/slides/{slide}/maps.json"
+    slide_path("maps.json", slide="demo_test") -> "results/slides/demo_test/maps.json"
+    log_path("infer_slide", "{slide}")         -> "results/logs/infer_slide/{slide}.log"
+
+The result is a plain pattern (single braces), so it works as a rule's input, output, log or benchmark as it is. In
+``expand()``, either fill every wildcard or pass ``allow_missing=True`` to leave the rule's own (instead of the
+``{{slide}}`` escape of a hand-written pattern): ``expand(slide_path("maps/{name}.tif"), name=MAP_NAMES,
+allow_missing=True)``.
+
+DETECTOR_KINDS are what one detector is (its model, calibration and export) and what it infers on each slide. They
+are kept apart so that several named detectors are one edit: prefix those templates with a ``{detector}`` level, and
+every rule that names them carries the wildcard. A whole run is the same edit to RESULTS (e.g. ``results/{run}``).
+Nothing here reads the config: the layout is fixed at import, the same for every job and every parse.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import PurePosixPath
+
+RESULTS = "results"
+
+# {file}: the file (or subpath) inside the kind's folder, chosen by the rule; every other field is a wildcard.
+DETECTOR_KINDS = {
+    "model": "model/{file}",
+    "calibration": "calibration/{file}",
+    "export": "export/{file}",
+    "slide": "slides/{slide}/{file}",  # infer_slide and stitch_maps: scores, canvases, maps of one slide
+}
+RUN_KINDS = {
+    "demo": "demo/{file}",
+    "tiles": "tiles/{slide}.{file}",
+    "records": "records/{slide}",
+    "manifest": "records/{slide}.manifest.json",
+    "eval": "eval/{slide}/{file}",
+    "pooled": "eval/pooled/{split}/{file}",
+    "operating_point": "eval/operating_point.json",
+    "report": "report/{file}",
+    "log": "logs/{rule}/{file}.log",
+    "benchmark": "benchmarks/{rule}/{file}.tsv",
+}
+LAYOUT = {**RUN_KINDS, **DETECTOR_KINDS}
+
+
+class _KeepMissing(dict):
+    """format_map values: a wildcard not given stays as its own {name} text."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def fields(pattern: str) -> set[str]:
+    """The {field} names of a pattern."""
+    return {name for _, name, _, _ in string.Formatter().parse(pattern) if name}
+
+
+def path(kind: str, file: str | None = None, **wildcards: str) -> str:
+    """The path of a kind's file under RESULTS, with the given wildcards filled and the others left as {text}.
+
+    file must be given exactly when the kind's template has a {file}; it may itself hold wildcards ("{slide}").
+    """
+    template = f"{RESULTS}/{LAYOUT[kind]}"
+    if ("{file}" in template) != (file is not None):
+        raise TypeError(f"layout kind {kind!r} ({LAYOUT[kind]}) {'needs' if file is None else 'takes no'} file")
+    if file is not None:
+        parts = PurePosixPath(file).parts
+        if not file or file.startswith("/") or ".." in parts:
+            raise ValueError(f"layout {kind!r}: file {file!r} must be a relative path inside its folder")
+        template = template.replace("{file}", file)
+    unknown = set(wildcards) - fields(template)
+    if unknown:
+        raise TypeError(f"layout kind {kind!r} ({template}) has no wildcard {sorted(unknown)}")
+    return template.format_map(_KeepMissing(wildcards))
+
+
+def demo_path(file: str) -> str:
+    return path("demo", file)
+
+
+def tile_path(file: str, **wildcards: str) -> str:
+    return path("tiles", file, **wildcards)
+
+
+def records_path(**wildcards: str) -> str:
+    return path("records", **wildcards)
+
+
+def manifest_path(**wildcards: str) -> str:
+    return path("manifest", **wildcards)
+
+
+def model_path(file: str, **wildcards: str) -> str:
+    return path("model", file, **wildcards)
+
+
+def calibration_path(file: str, **wildcards: str) -> str:
+    return path("calibration", file, **wildcards)
+
+
+def export_path(file: str, **wildcards: str) -> str:
+    return path("export", file, **wildcards)
+
+
+def slide_path(file: str, **wildcards: str) -> str:
+    return path("slide", file, **wildcards)
+
+
+def eval_path(file: str, **wildcards: str) -> str:
+    return path("eval", file, **wildcards)
+
+
+def pooled_path(file: str, **wildcards: str) -> str:
+    return path("pooled", file, **wildcards)
+
+
+def pooled_set(split: str = "{split}") -> str:
+    """A pooled split as an eval set: its folder under eval/, where a slide has its id (eval_set_path)."""
+    return f"pooled/{split}"
+
+
+def eval_set_path(file: str, evalset: str = "{evalset}") -> str:
+    """A file of an eval set: an evaluated slide (its id) or a pooled split (pooled_set), which share eval/'s
+    file names; the report reads both alike."""
+    return path("eval", file, slide=evalset)
+
+
+def operating_point_path() -> str:
+    return path("operating_point")
+
+
+def report_path(file: str, **wildcards: str) -> str:
+    return path("report", file, **wildcards)
+
+
+def log_path(rule: str, name: str, **wildcards: str) -> str:
+    """A job's log: one per job, named by its wildcards ("{slide}") or "all"."""
+    return path("log", name, rule=rule, **wildcards)
+
+
+def bench_path(rule: str, name: str, **wildcards: str) -> str:
+    """A job's benchmark TSV, named as its log."""
+    return path("benchmark", name, rule=rule, **wildcards)

@@ -1,0 +1,107 @@
+"""Fusion of several detectors' per-pixel scores on the shared map grid.
+
+Each detector's score (d² or its slide's robust z) means something only against that detector's own normal
+distribution, so scores are not added; each is first turned into an upper-tail probability under the detector's
+normal pixels (`tail_probability`, from the histogram fit_threshold keeps of them), then the probabilities are
+combined (`FUSERS`):
+
+* ``fisher``: X = −2 Σ ln pᵢ, χ² with 2k degrees of freedom under independence; evidence from several moderately
+  unusual detectors adds up.
+* ``min_p``: Tippett's 1 − (1 − min pᵢ)^k; one very unusual detector is enough, and a detector that is blind to an
+  anomaly cannot dilute another that sees it.
+
+The fused score is −log₁₀ p (0 = typical, 3 = one in a thousand), one map on which τ and the operating point are
+fitted like on any detector's score. Pixels a detector did not score (NaN) combine the detectors that did; NaN
+where none did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+
+class FusionError(ValueError):
+    """Scores or reference histograms that cannot be fused."""
+
+
+def tail_probability(values: np.ndarray, counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """P(X > value) under a detector's normal pixels, given as `stats.bin_counts` counts over `edges`.
+
+    The bins are (−inf, e0], (e0, e1], …, (e_last, inf); the CDF is linear within a bin, the first bin is taken as a
+    point mass at e0 and the open last bin as one at e_last (the histogram's own conventions). The result is
+    (n·S + 1) / (n + 1): never 0, so a value beyond every normal pixel gets p = 1/(n + 1), the smallest a reference
+    of n pixels can support. NaN stays NaN.
+    """
+    counts = np.asarray(counts, np.float64)
+    edges = np.asarray(edges, np.float64)
+    if counts.ndim != 1 or edges.ndim != 1 or counts.size != edges.size + 1:
+        raise FusionError(f"{counts.size} counts need {counts.size - 1} edges, got {edges.size}")
+    if edges.size < 1 or np.any(np.diff(edges) <= 0):
+        raise FusionError("histogram edges must be strictly increasing")
+    n = counts.sum()
+    if n <= 0:
+        raise FusionError("the reference histogram is empty: no normal pixels to compare with")
+    # above[j]: normal pixels in bins after bin j
+    above = n - np.cumsum(counts)
+    v = np.asarray(values, np.float64)
+    out = np.full(v.shape, np.nan)
+    ok = np.isfinite(v)
+    x = v[ok]
+    j = np.searchsorted(edges, x, side="left")  # the bin (e_{j-1}, e_j] that holds x
+    inner = (j > 0) & (j < edges.size)
+    surv = np.where(j == 0, n - counts[0] * (x >= edges[0]), above[j])  # the point mass at e0 counts below e0 only
+    jj = j[inner]
+    lo, hi = edges[jj - 1], edges[jj]
+    surv[inner] += counts[jj] * (hi - x[inner]) / (hi - lo)
+    surv[j == edges.size] = 0.0  # beyond the point mass at e_last
+    out[ok] = (surv + 1.0) / (n + 1.0)
+    return out
+
+
+def _stack(pvalues: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if not pvalues:
+        raise FusionError("nothing to fuse: no detector's p-values")
+    shapes = {np.shape(p) for p in pvalues}
+    if len(shapes) != 1:
+        raise FusionError(f"detectors' maps are on different grids: shapes {sorted(shapes)}")
+    p = np.stack([np.asarray(x, np.float64) for x in pvalues])
+    finite = np.isfinite(p)
+    if np.any((p[finite] <= 0) | (p[finite] > 1)):
+        raise FusionError("p-values must lie in (0, 1]")
+    return p, finite, finite.sum(axis=0)
+
+
+def fisher(pvalues: Sequence[np.ndarray]) -> np.ndarray:
+    """Fisher's combined p over the detectors that scored each pixel; NaN where none did."""
+    p, finite, k = _stack(pvalues)
+    x = -2.0 * np.where(finite, np.log(np.where(finite, p, 1.0)), 0.0).sum(axis=0)
+    out = np.full(k.shape, np.nan)
+    some = k > 0
+    out[some] = sps.chi2.sf(x[some], 2 * k[some])
+    return out
+
+
+def min_p(pvalues: Sequence[np.ndarray]) -> np.ndarray:
+    """Tippett's combined p, 1 − (1 − min p)^k, over the detectors that scored each pixel; NaN where none did."""
+    p, finite, k = _stack(pvalues)
+    lowest = np.where(finite, p, np.inf).min(axis=0)
+    out = np.full(k.shape, np.nan)
+    some = k > 0
+    # −expm1(k·log1p(−p)) keeps digits for tiny p, where 1 − (1 − p)^k would round to k·p or to 0
+    out[some] = -np.expm1(k[some] * np.log1p(-np.minimum(lowest[some], 1.0 - 1e-16)))
+    return out
+
+
+FUSERS: dict[str, Callable[[Sequence[np.ndarray]], np.ndarray]] = {"fisher": fisher, "min_p": min_p}
+
+
+def fused_score(pvalues: Sequence[np.ndarray], method: str) -> np.ndarray:
+    """−log₁₀ of the combined p (float32 map; NaN where no detector scored)."""
+    try:
+        fuse = FUSERS[method]
+    except KeyError:
+        raise FusionError(f"fusion method {method!r} is not one of {sorted(FUSERS)}") from None
+    return (-np.log10(fuse(pvalues))).astype(np.float32)
