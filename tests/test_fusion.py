@@ -84,3 +84,159 @@ def test_bad_inputs_are_refused_with_the_reason():
         fused_score([np.ones(2)], "stouffer")
     with pytest.raises(FusionError, match="empty"):
         tail_probability(np.ones(2), np.zeros(3), np.array([1.0, 2.0]))
+
+
+# ------------------------------------------------------------------------------ fused maps from detectors' maps
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from proganomaly.calibration.stats import histogram_record  # noqa: E402
+from proganomaly.maps import fused  # noqa: E402
+from proganomaly.maps.fusion import detector_pvalues, flags_of, normal_pixels, quantile_tau  # noqa: E402
+from proganomaly.maps.names import FLOAT_MAPS, MAP_NAMES, RENDITION_SUFFIX  # noqa: E402
+from proganomaly.maps.pyramid import write_pyramid  # noqa: E402
+from proganomaly.maps.slidemaps import KdeParams  # noqa: E402
+
+H, W, DS, MPP = 40, 60, 4, 0.5
+EDGES = log_edges(1e-2, 1e3, 50)
+
+
+def _threshold(normal_d2, robust=None):
+    th = {"d2_histogram_normal": histogram_record(bin_counts(normal_d2, EDGES), EDGES)}
+    if robust is not None:
+        zedges = np.linspace(-10, 50, 241)
+        th["slide_standardisation"] = {"z_histogram_normal": histogram_record(bin_counts(robust, zedges), zedges)}
+    return th
+
+
+def test_detector_pvalues_use_robust_z_against_the_z_reference():
+    rng = np.random.default_rng(0)
+    z_normal = rng.normal(0, 1, 50_000)
+    th = _threshold(rng.chisquare(4, 1000).astype(np.float32), robust=z_normal)
+    d2 = np.array([[10.0, 12.0, np.nan, 16.0]])
+    std = {"method": "robust", "median": 10.0, "scale": 2.0}
+    got = detector_pvalues(d2, std, th)
+    zedges = np.asarray(th["slide_standardisation"]["z_histogram_normal"]["edges"])
+    counts = np.asarray(bin_counts(z_normal, zedges), float)
+    np.testing.assert_allclose(got[0, [0, 1, 3]], tail_probability(np.array([0.0, 1.0, 3.0]), counts, zedges))
+    assert np.isnan(got[0, 2])
+    assert got[0, 1] == pytest.approx((np.sum(z_normal > 1.0) + 1) / (z_normal.size + 1), abs=2e-3)
+
+
+def test_detector_pvalues_of_raw_d2_and_missing_references_are_refused():
+    th = _threshold(np.random.default_rng(1).chisquare(4, 5000).astype(np.float32))
+    got = detector_pvalues(np.array([1e-6, 1e6]), {"method": "none"}, th)
+    assert got[0] == 1.0 and got[1] == pytest.approx(1 / 5001)
+    with pytest.raises(FusionError, match="z histogram"):
+        detector_pvalues(np.ones(2), {"method": "robust", "median": 1.0, "scale": 1.0}, th)
+
+
+def test_quantile_tau_and_flags():
+    normal = [np.arange(1000, dtype=float), np.arange(1000, 2000, dtype=float)]
+    tau = quantile_tau(normal, 0.99)
+    assert tau["tau"] == pytest.approx(np.quantile(np.arange(2000.0), 0.99)) and tau["n"] == 2000
+    flags = flags_of(np.array([np.nan, tau["tau"], tau["tau"] + 1]), tau["tau"])
+    assert np.isnan(flags[0]) and flags[1] == 0 and flags[2] == 1
+    kept = normal_pixels(np.array([1.0, 2.0, np.nan, 4.0]), np.array([255, 255, 255, 0]), np.array([0, 1, 0, 0]))
+    np.testing.assert_array_equal(kept, [1.0])
+    with pytest.raises(FusionError, match="strictly between"):
+        quantile_tau(normal, 1.0)
+
+
+def _detector_maps(folder: Path, d2: np.ndarray, tissue: np.ndarray, coverage: np.ndarray, std: dict) -> None:
+    maps = folder / "maps"
+    maps.mkdir(parents=True)
+    rgb = np.full((H, W, 3), 200, np.uint8)
+    for name, arr in (("thumbnail", rgb), ("reconstruction", rgb), ("tissue", tissue), ("coverage", coverage),
+                      ("mahalanobis_d2", d2)):  # fmt: skip
+        write_pyramid(maps / f"{name}.tif", arr, MPP * DS, tile=16, compression="deflate")
+    meta = {"downsample": DS, "width": W, "height": H, "level0_width": W * DS, "level0_height": H * DS,
+            "mpp": MPP * DS, "level0_mpp": MPP, "slide_standardisation": std}  # fmt: skip
+    (folder / "maps.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def two_detectors(tmp_path):
+    """Two detectors' maps of one slide: each sees one of two lesions; the left third of the slide is glass."""
+    rng = np.random.default_rng(5)
+    tissue = np.zeros((H, W), np.uint8)
+    tissue[:, 20:] = 255
+    scored = tissue > 0
+    d2s, paths = [], {}
+    for i, (r, c) in enumerate([(10, 30), (28, 48)]):
+        d2 = np.where(scored, rng.chisquare(4, (H, W)), np.nan).astype(np.float32)
+        d2[r : r + 6, c : c + 6] = 200.0
+        d2s.append(d2)
+        folder = tmp_path / f"det{i}"
+        _detector_maps(folder, d2, tissue, np.where(scored, 255, 0).astype(np.uint8), {"method": "none"})
+        th = tmp_path / f"threshold{i}.json"
+        th.write_text(json.dumps(_threshold(rng.chisquare(4, 20_000).astype(np.float32))))
+        paths[i] = (folder / "maps" / "mahalanobis_d2.tif", folder / "maps.json", th)
+    return tmp_path, tissue, d2s, paths
+
+
+@pytest.mark.parametrize("method", ["fisher", "min_p"])
+def test_fused_maps_flag_what_either_detector_sees_and_write_every_map(two_detectors, method):
+    tmp_path, tissue, _, paths = two_detectors
+    d2_paths = [paths[i][0] for i in (0, 1)]
+    jsons = [paths[i][1] for i in (0, 1)]
+    ths = [paths[i][2] for i in (0, 1)]
+    score, used = fused.fused_score(d2_paths, jsons, ths, method)
+    assert np.isnan(score[:, :20]).all() and np.isfinite(score[:, 20:]).all()
+    assert len(used) == 2 and used[0]["score"] == "d2"
+    normal = np.ones((H, W), bool)
+    normal[10:16, 30:36] = normal[28:34, 48:54] = False
+    tau = quantile_tau([normal_pixels(score, tissue, ~normal)], 0.99)["tau"]
+    assert (score[10:16, 30:36] > tau).all() and (score[28:34, 48:54] > tau).all()
+    grid = fused.check_same_grid([json.loads(p.read_text()) for p in jsons], ["a", "b"])
+    out = tmp_path / "fused"
+    meta = fused.write_fused_maps(
+        score, tau, jsons[0].parent / "maps", [j.parent / "maps" / "coverage.tif" for j in jsons], grid,
+        out / "maps", out / "overview", kde=KdeParams("slide", 2.0, 4.0, 0.0, 0.25), tile_px=16,
+        rgb_compression="deflate", overview_max_px=64, work_tile_px=32,
+    )  # fmt: skip
+    for name in MAP_NAMES:
+        assert (out / "maps" / f"{name}.tif").is_file() and (out / "overview" / f"{name}.png").is_file()
+    for name in FLOAT_MAPS:
+        assert (out / "maps" / f"{name}{RENDITION_SUFFIX}").is_file()
+    flags = fused.read_level0(out / "maps" / "flags.tif")
+    np.testing.assert_array_equal(np.isnan(flags), np.isnan(score))
+    np.testing.assert_array_equal(flags[~np.isnan(flags)], (score > tau)[~np.isnan(score)])
+    np.testing.assert_array_equal(fused.read_level0(out / "maps" / "mahalanobis_d2.tif"), score)
+    kde = fused.read_level0(out / "maps" / "kde.tif")
+    assert np.nanmax(kde) <= 1 and kde[12, 32] == 1.0  # inside a lesion: its whole neighbourhood is flagged
+    assert meta["tissue_pixels"] == int((tissue > 0).sum()) and meta["unscored_tissue_pixels"] == 0
+    assert meta["slide_standardisation"]["flagged_fraction"] == pytest.approx(np.mean(score[:, 20:] > tau))
+
+
+def test_fit_fusion_fits_tau_on_normal_pixels_outside_grown_annotations(two_detectors, tmp_path):
+    import logging
+
+    from shapely.geometry import box, mapping
+
+    tmp, tissue, _, paths = two_detectors
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import fit_fusion
+
+    # the first lesion annotated (level-0 px); the second is not, so its pixels count as normal
+    gj = tmp / "ann.geojson"
+    poly = box(30 * DS, 10 * DS, 36 * DS, 16 * DS)
+    gj.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": mapping(poly), "properties": {"classification": {"name": "tumour"}}}]}))  # fmt: skip
+    tissue_tif = tmp / "det0" / "maps" / "tissue.tif"
+    res = fit_fusion.main(
+        ["s1"], ["a", "b"], [str(paths[i][0]) for i in (0, 1)], [str(paths[i][1]) for i in (0, 1)],
+        [str(paths[i][2]) for i in (0, 1)], [str(tissue_tif)], {"s1": str(gj)}, "min_p", 0.5, 4.0,
+        logging.getLogger("t"),
+    )  # fmt: skip
+    score, _ = fused.fused_score([paths[i][0] for i in (0, 1)], [paths[i][1] for i in (0, 1)],
+                                 [paths[i][2] for i in (0, 1)], "min_p")  # fmt: skip
+    keep = (tissue > 0) & np.isfinite(score)
+    keep[10 - 2 : 16 + 2, 30 - 2 : 36 + 2] = False  # the annotation grown by 4 µm = 2 map px (2 µm/px)
+    # the grown box has round corners: the corner pixels' centres lie 8.49 level-0 px from the box, beyond its 8
+    for r, c in ((8, 28), (8, 37), (17, 28), (17, 37)):
+        keep[r, c] = True
+    assert res["slides"]["s1"]["normal_pixels"] == int(keep.sum())
+    assert res["tau"] == pytest.approx(float(np.quantile(score[keep], 0.5)))
+    assert res["detectors"] == ["a", "b"]

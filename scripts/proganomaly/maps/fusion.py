@@ -105,3 +105,62 @@ def fused_score(pvalues: Sequence[np.ndarray], method: str) -> np.ndarray:
     except KeyError:
         raise FusionError(f"fusion method {method!r} is not one of {sorted(FUSERS)}") from None
     return (-np.log10(fuse(pvalues))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------- detectors' scores
+
+
+def histogram_of(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, edges) in `stats.bin_counts` layout from a `stats.histogram_record` (threshold.json)."""
+    counts = [record["at_or_below_first_edge"], *record["counts"], record["above_last_edge"]]
+    return np.asarray(counts, np.float64), np.asarray(record["edges"], np.float64)
+
+
+def detector_pvalues(d2: np.ndarray, standardisation: dict, threshold: dict) -> np.ndarray:
+    """Tail probabilities of one detector's stitched d² map under its own normal pixels.
+
+    `standardisation`: the slide's record in the detector's maps.json ("slide_standardisation"); `threshold`: the
+    detector's threshold.json. A detector that standardises per slide (method robust) is compared on its robust z,
+    z = (d² − median) / scale of this slide, against the pooled z of its normal calibration pixels; otherwise its raw
+    d² against their d². A zero scale (half the slide shares one d²) makes z ±inf: beyond every normal pixel.
+    """
+    if standardisation.get("method", "none") == "robust":
+        reference = (threshold.get("slide_standardisation") or {}).get("z_histogram_normal")
+        if reference is None:
+            raise FusionError("the detector's maps are robust-standardised but its threshold.json has no z histogram")
+        if standardisation.get("median") is None:
+            return np.full(np.shape(d2), np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = (np.asarray(d2, np.float64) - standardisation["median"]) / standardisation["scale"]
+        score[np.asarray(d2 == standardisation["median"])] = 0.0  # 0/0 at the median itself
+    else:
+        reference = threshold.get("d2_histogram_normal")
+        if reference is None:
+            raise FusionError("the detector's threshold.json has no d2_histogram_normal")
+        score = np.asarray(d2, np.float64)
+    return tail_probability(score, *histogram_of(reference))
+
+
+def normal_pixels(score: np.ndarray, tissue: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """Fused scores of the scored tissue outside the (margin-grown) annotations: what τ is fitted on."""
+    keep = (np.asarray(tissue) > 0) & ~np.asarray(annotated, bool) & np.isfinite(score)
+    return np.asarray(score)[keep]
+
+
+def quantile_tau(normal: Sequence[np.ndarray], q: float) -> dict:
+    """τ of the fused score: the q-quantile of the pooled normal pixels (numpy's linear interpolation)."""
+    if not 0.0 < q < 1.0:
+        raise FusionError(f"fusion.normal_quantile={q} must lie strictly between 0 and 1")
+    values = np.concatenate([np.asarray(v, np.float64).ravel() for v in normal]) if normal else np.zeros(0)
+    if not values.size:
+        raise FusionError("no normal scored pixels on the threshold/validation slides to fit the fused τ on")
+    tau = float(np.quantile(values, q))
+    return {"method": "quantile", "q": float(q), "tau": tau, "n": int(values.size),
+            "flagged_fraction": float((values > tau).mean())}  # fmt: skip
+
+
+def flags_of(score: np.ndarray, tau: float) -> np.ndarray:
+    """1 where the fused score exceeds τ, 0 where it does not, NaN where no detector scored the pixel."""
+    score = np.asarray(score, np.float32)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isnan(score), np.nan, (score > tau).astype(np.float32)).astype(np.float32)

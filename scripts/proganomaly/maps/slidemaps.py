@@ -74,7 +74,6 @@ def write_slide_maps(
     """Write `maps_dir/{name}.tif` and `overview_dir/{name}.png` for every map, and `maps_dir/{name}.u16.tif` for
     every float map; return the maps.json content. `tau_z`: flag by the slide's robust z of d² (module docstring);
     None keeps the SavedModel's flags."""
-    from .pyramid import write_pyramid
 
     canvas, meta = stitching.open_canvas(canvas_dir)
     grid = canvas.grid
@@ -122,6 +121,43 @@ def write_slide_maps(
     log.info("%s: median d² %s, MAD %s over the scored tissue; %s of it flagged (%s)", canvas_dir,
              robust["median"], robust["mad"], standardisation["flagged_fraction"], standardisation["method"])  # fmt: skip
 
+    if kde.method == "patch":
+        if "kde_patch" not in canvas.sums:
+            raise ValueError(
+                f"{canvas_dir}: no per-patch KDE canvas; re-run infer_slide with stitching.kde.method=patch"
+            )
+        arrays["kde"] = stitching.finalize_map(canvas, "kde_patch", work / "kde.npy", dtype=np.float32, fill=np.nan)
+    out = write_map_set(
+        arrays, weight, grid, maps_dir, overview_dir, work, kde=kde, tile_px=tile_px, rgb_compression=rgb_compression,
+        overview_max_px=overview_max_px, work_tile_px=work_tile_px, progress=progress,
+    )  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
+    return {**out, **scored, "patches": meta.get("patches"), "slide_standardisation": standardisation}
+
+
+def write_map_set(
+    arrays: dict,
+    weight,
+    grid: stitching.MapGrid,
+    maps_dir: Path,
+    overview_dir: Path,
+    work: Path,
+    *,
+    kde: KdeParams,
+    tile_px: int = 256,
+    rgb_compression: str = "deflate",
+    overview_max_px: int = 2000,
+    work_tile_px: int = 1024,
+    progress=None,
+) -> dict:
+    """Write every map of MAP_NAMES from `arrays` (all but kde and kde_color, which are made here from the flags and
+    the scored-tissue `weight`): pyramids, uint16 renditions and overviews; return maps.json's description of them.
+
+    Shared by a detector's maps (from its canvas) and the fused maps (from several detectors' maps on one grid).
+    """
+    from .pyramid import write_pyramid
+
+    arrays = dict(arrays)
     sigma_px = kde.bandwidth_um / grid.map_mpp
     min_area_px = kde.min_object_um2 / grid.map_mpp**2
     if kde.method == "slide":
@@ -132,11 +168,11 @@ def write_slide_maps(
         rule = kdelib.scaling_rule(kde.ceiling)
         definition = kdelib.definition(kde.ceiling)
     elif kde.method == "patch":
-        if "kde_patch" not in canvas.sums:
+        if "kde" not in arrays:
             raise ValueError(
-                f"{canvas_dir}: no per-patch KDE canvas; re-run infer_slide with stitching.kde.method=patch"
+                "stitching.kde.method=patch: the per-patch KDE exists only in one detector's canvas; fused maps need "
+                "stitching.kde.method=slide"
             )
-        arrays["kde"] = stitching.finalize_map(canvas, "kde_patch", work / "kde.npy", dtype=np.float32, fill=np.nan)
         rule = "per-patch KDE of spec 8.3 (per-patch min-max and count scaling), stitched by averaging; not comparable across slides"
         definition = {
             "formula": "the original's per-patch KDE (spec 8.3) of each patch's flags, averaged where patches overlap",
@@ -172,7 +208,6 @@ def write_slide_maps(
         small = stitching.overview(arr, overview_max_px)
         png, display[name] = _overview_png(name, small)
         Image.fromarray(png).save(overview_dir / f"{name}.png")
-    shutil.rmtree(work, ignore_errors=True)
     return {
         "downsample": grid.downsample,
         "width": grid.width,
@@ -185,8 +220,6 @@ def write_slide_maps(
         "renditions": renditions,
         "pixel_convention": "map pixel (r, c) covers level-0 [c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)",
         "nodata": NODATA,
-        # Tissue = the tissue mask on the map grid; unscored = no patch interior covers it (NaN in the float maps).
-        **scored,
         "kde": {
             "method": kde.method,
             "bandwidth_um": kde.bandwidth_um,
@@ -199,8 +232,6 @@ def write_slide_maps(
             "definition": definition,
         },
         "overview_display_range": display,
-        "patches": meta.get("patches"),
-        "slide_standardisation": standardisation,
     }
 
 
