@@ -5,7 +5,7 @@ e = |x − G(x)|, x in [-1, 1], inference mode). The scorer's own state (if it f
 mean, the covariance (`calibration.covariance`: the exact sample covariance, or its correlation shrunk towards the
 identity by OAS / Ledoit-Wolf estimated on one feature row per patch; plus the scorer's ridge), its inverse and
 Cholesky factors, the shrinkage α, the per-channel anomaly directions d² clips with (`calibration.one_sided`) and
-any warnings go to results/calibration/error_distribution.json together with per-channel histograms and quantiles
+any warnings go to results/detectors/{detector}/calibration/error_distribution.json together with per-channel histograms and quantiles
 of e (for the report) and provenance.
 
 With `stain.calibration_copies` = K > 0 the calibrate patches are streamed K more times, each copy under per-patch

@@ -5,7 +5,7 @@ one-sided "directions"), of every pixel of every patch of those slides. Always c
 (every pixel of the patches that touch no annotation: a per-patch score spreads an anomaly over its whole patch),
 the unsupervised τ = mean + k·std and the quantile τ; when slides have annotations, also the supervised τ
 maximising F-β over all their pixels (labels: pixel centre inside an annotation polygon). `calibration.threshold_method` picks the one that is exported. Writes
-results/calibration/threshold.json with all three, the pixel counts they used, d² quantiles and histogram (also by
+results/detectors/{detector}/calibration/threshold.json with all three, the pixel counts they used, d² quantiles and histogram (also by
 label), and the F-β curve.
 
 With `calibration.slide_standardisation: robust` also τ_z, on the per-slide robust z = (d² − median) / (1.4826 · MAD)

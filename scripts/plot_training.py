@@ -1,6 +1,6 @@
 """Rule plot_training: losses per growth phase, held-out reconstruction error and training throughput.
 
-The sample grids (results/model/samples/) are report items of train_reconstruction itself, one per phase.
+The sample grids (results/detectors/{detector}/model/samples/) are report items of train_reconstruction itself, one per phase.
 """
 
 import json

@@ -62,7 +62,7 @@ if __name__ == "__main__" and "snakemake" not in globals():
         sys.exit(__doc__)
     cfg = load_config("config/config.yaml")
     out = Path(sys.argv[4])
-    threshold = sys.argv[5] if len(sys.argv) == 6 else "results/calibration/threshold.json"
+    threshold = sys.argv[5] if len(sys.argv) == 6 else "results/detectors/main/calibration/threshold.json"
     main(*sys.argv[1:4], out / "maps", out / "overview", out / "maps.json", cfg, cfg.to_dict(), None, threshold)
 else:
     main(

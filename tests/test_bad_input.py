@@ -130,14 +130,14 @@ def test_workflow_tiles_good_slide_and_fails_bad_one_with_message(tmp_path):
     (work / "override.yaml").write_text("slides: sheet.tsv\ntiling:\n  thumbnail_mpp: 2.0\n")
     cmd = [SNAKEMAKE, "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(work)]
     cmd += ["--configfile", str(work / "override.yaml"), "--cores", "1", "--keep-going"]
-    cmd += ["results/tiles/good_slide.patches.parquet", "results/tiles/bad_slide.patches.parquet"]
+    cmd += [f"results/detectors/main/tiles/{s}.patches.parquet" for s in ("good_slide", "bad_slide")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode != 0, proc.stderr[-3000:]
-    patches = pd.read_parquet(work / "results" / "tiles" / "good_slide.patches.parquet")
+    patches = pd.read_parquet(work / "results" / "detectors" / "main" / "tiles" / "good_slide.patches.parquet")
     # The tissue block is the middle half of a 512 × 384 slide: 4 × 3 = 12 whole 64-px patches... plus edge ones.
     assert len(patches) >= 12 and (patches["slide_id"] == "good_slide").all()
-    assert (work / "results" / "tiles" / "good_slide.qc.json").is_file()
-    assert not (work / "results" / "tiles" / "bad_slide.patches.parquet").exists()
+    assert (work / "results" / "detectors" / "main" / "tiles" / "good_slide.qc.json").is_file()
+    assert not (work / "results" / "detectors" / "main" / "tiles" / "bad_slide.patches.parquet").exists()
     log = (work / "results" / "logs" / "tile_slide" / "bad_slide.log").read_text()
     assert "slide 'bad_slide'" in log and "bad.svs is a PNG image, not a TIFF" in log
     assert "tile_slide" in proc.stderr and "bad_slide" in proc.stderr

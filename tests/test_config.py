@@ -83,7 +83,9 @@ def test_unvalidated_dict_is_refused():
 
 # ------------------------------------------------------------------------------------- one definition per key
 SCHEMA = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-JSON_TYPES = {int: {"integer"}, float: {"number"}, str: {"string"}, bool: {"boolean"}, type(None): {"null"}}
+JSON_TYPES = {
+    int: {"integer"}, float: {"number"}, str: {"string"}, bool: {"boolean"}, type(None): {"null"}, dict: {"object"},
+}  # fmt: skip
 
 
 def _json_types(tp) -> set[str]:
@@ -475,8 +477,10 @@ def test_nested_number_from_the_command_line_reaches_the_rule(tmp_path):
     shutil.copytree(ROOT / "config", tmp_path / "config")
     wrapper = tmp_path / "Snakefile"
     wrapper.write_text(
-        f"include: {str(ROOT / 'workflow' / 'Snakefile')!r}\n\nimport json\n\n"
-        'print("PARAMS", json.dumps(dict(rules.fit_threshold.rule.params.items())["calibration"]))\n'
+        f"include: {str(ROOT / 'workflow' / 'Snakefile')!r}\n\nimport json\nfrom types import SimpleNamespace\n\n"
+        # a detector's params are functions of the job's wildcards: the one detector of this config is main
+        'calibration = dict(rules.fit_threshold.rule.params.items())["calibration"]\n'
+        'print("PARAMS", json.dumps(calibration(SimpleNamespace(detector="main"))))\n'
     )
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(wrapper), "--directory", str(tmp_path)]
     cmd += ["-n", "--cores", "1", "--config"]

@@ -11,12 +11,15 @@ from proganomaly.layout import (
     DETECTOR_KINDS,
     LAYOUT,
     RESULTS,
+    RUN_KINDS,
     bench_path,
     calibration_path,
     demo_path,
     eval_path,
     eval_set_path,
     export_path,
+    fused_path,
+    grid_path,
     log_path,
     manifest_path,
     model_path,
@@ -41,18 +44,20 @@ def example(kind: str, **wildcards: str) -> str:
     ("got", "want"),
     [
         (demo_path("cohort.json"), "results/demo/cohort.json"),
-        (tile_path("patches.parquet", slide="s1"), "results/tiles/s1.patches.parquet"),
-        (records_path(slide="s1"), "results/records/s1"),
-        (manifest_path(slide="s1"), "results/records/s1.manifest.json"),
-        (model_path("generator.weights.h5"), "results/model/generator.weights.h5"),
-        (calibration_path("threshold.json"), "results/calibration/threshold.json"),
-        (export_path("saved_model"), "results/export/saved_model"),
-        (slide_path("maps/kde.tif", slide="s1"), "results/slides/s1/maps/kde.tif"),
+        (tile_path("stain.json", slide="s1"), "results/tiles/s1.stain.json"),
+        (grid_path("patches.parquet", slide="s1", detector="d"), "results/detectors/d/tiles/s1.patches.parquet"),
+        (records_path(slide="s1", detector="d"), "results/detectors/d/records/s1"),
+        (manifest_path(slide="s1", detector="d"), "results/detectors/d/records/s1.manifest.json"),
+        (model_path("generator.weights.h5", detector="d"), "results/detectors/d/model/generator.weights.h5"),
+        (calibration_path("threshold.json", detector="d"), "results/detectors/d/calibration/threshold.json"),
+        (export_path("saved_model", detector="d"), "results/detectors/d/export/saved_model"),
+        (slide_path("maps/kde.tif", slide="s1", detector="d"), "results/detectors/d/slides/s1/maps/kde.tif"),
+        (fused_path("maps/kde.tif", slide="s1"), "results/slides/s1/maps/kde.tif"),
         (eval_path("grid.parquet", slide="s1"), "results/eval/s1/grid.parquet"),
         (pooled_path("metrics.json", split="test"), "results/eval/pooled/test/metrics.json"),
         (operating_point_path(), "results/eval/operating_point.json"),
         (report_path("qc/slides.html"), "results/report/qc/slides.html"),
-        (log_path("infer_slide", "s1"), "results/logs/infer_slide/s1.log"),
+        (log_path("infer_slide", "d/s1"), "results/logs/infer_slide/d/s1.log"),
         (bench_path("fit_threshold", "all"), "results/benchmarks/fit_threshold/all.tsv"),
     ],
 )
@@ -61,9 +66,10 @@ def test_concrete_paths(got, want):
 
 
 def test_missing_wildcards_stay_for_snakemake():
-    assert slide_path("maps.json") == "results/slides/{slide}/maps.json"
-    assert tile_path("qc.json") == "results/tiles/{slide}.qc.json"
-    assert manifest_path() == "results/records/{slide}.manifest.json"
+    assert slide_path("maps.json") == "results/detectors/{detector}/slides/{slide}/maps.json"
+    assert grid_path("qc.json") == "results/detectors/{detector}/tiles/{slide}.qc.json"
+    assert manifest_path() == "results/detectors/{detector}/records/{slide}.manifest.json"
+    assert fused_path("maps.json") == "results/slides/{slide}/maps.json"
     assert pooled_path("grid.csv") == "results/eval/pooled/{split}/grid.csv"
     assert log_path("tile_slide", "{slide}") == "results/logs/tile_slide/{slide}.log"
     assert bench_path("pool_metrics", "{split}") == "results/benchmarks/pool_metrics/{split}.tsv"
@@ -75,12 +81,15 @@ def test_missing_wildcards_stay_for_snakemake():
 
 def test_patterns_work_in_expand():
     """Filled by expand(), or left for the rule with allow_missing (no {{slide}} escapes needed)."""
-    assert expand(manifest_path(), slide=["a", "b"]) == [
-        "results/records/a.manifest.json",
-        "results/records/b.manifest.json",
+    assert expand(manifest_path(detector="d"), slide=["a", "b"]) == [
+        "results/detectors/d/records/a.manifest.json",
+        "results/detectors/d/records/b.manifest.json",
     ]
     maps = expand(slide_path("maps/{name}.tif"), name=["kde", "flags"], allow_missing=True)
-    assert maps == ["results/slides/{slide}/maps/kde.tif", "results/slides/{slide}/maps/flags.tif"]
+    assert maps == [
+        "results/detectors/{detector}/slides/{slide}/maps/kde.tif",
+        "results/detectors/{detector}/slides/{slide}/maps/flags.tif",
+    ]
     assert expand(eval_path("{name}"), slide=["a"], name=["grid.csv"]) == ["results/eval/a/grid.csv"]
 
 
@@ -106,8 +115,13 @@ def test_a_file_cannot_leave_its_folder(file):
 
 @pytest.mark.parametrize(
     "wildcards",
-    [{}, {"slide": "a", "split": "a", "rule": "a", "evalset": "a"}, {"slide": "pooled", "split": "x"}],
-    ids=["unfilled", "same_values", "slide_named_pooled"],
+    [
+        {},
+        {"slide": "a", "split": "a", "rule": "a", "evalset": "a", "detector": "a"},
+        {"slide": "pooled", "split": "x"},
+        {"slide": "detectors", "detector": "tiles"},
+    ],
+    ids=["unfilled", "same_values", "slide_named_pooled", "names_like_folders"],
 )
 def test_no_two_kinds_share_a_path(wildcards):
     paths = {}
@@ -128,12 +142,12 @@ def test_mistakes_are_refused():
         path("operating_point", "x.json")
 
 
-def test_a_detector_level_is_one_edit(monkeypatch):
-    """What the layout is for: prefixing the detector kinds gives every one of them a {detector} wildcard."""
-    assert set(DETECTOR_KINDS) == {"model", "calibration", "export", "slide"}
-    for kind, template in DETECTOR_KINDS.items():
-        monkeypatch.setitem(LAYOUT, kind, "detectors/{detector}/" + template)
-    assert slide_path("maps.json") == "results/detectors/{detector}/slides/{slide}/maps.json"
+def test_a_detector_owns_its_kinds():
+    """Every detector kind, and no run kind, has a {detector} level: what differs between detectors (patch grid,
+    records, model, calibration, export, per-slide maps) is apart per detector; the rest is the run's."""
+    assert set(DETECTOR_KINDS) == {"grid", "records", "manifest", "model", "calibration", "export", "slide"}
+    for kind, template in LAYOUT.items():
+        assert (kind in DETECTOR_KINDS) == template.startswith("detectors/{detector}/"), kind
     assert model_path("model.json", detector="d1") == "results/detectors/d1/model/model.json"
-    assert export_path("saved_model") == "results/detectors/{detector}/export/saved_model"
-    assert tile_path("qc.json") == "results/tiles/{slide}.qc.json"  # run-level kinds are untouched
+    assert tile_path("mask.png") == "results/tiles/{slide}.mask.png"  # tissue is detected once per slide
+    assert "fused" in RUN_KINDS

@@ -94,8 +94,8 @@ def test_every_figure_is_a_report_item(report):
     assert {
         "results/report/software/config.yaml",
         "results/report/software/environments.html",
-        "results/report/qc/patch_counts.png",
-        "results/report/qc/slides.html",
+        "results/report/qc/main/patch_counts.png",
+        "results/report/qc/main/slides.html",
     } <= expected
     missing = expected - set(results)
     assert not missing, f"figures made but not in the report: {sorted(missing)}"

@@ -45,7 +45,8 @@ EXTRA = "tests/config/rerun_change.yaml"
 PLACEHOLDER = {".geojson": '{"type": "FeatureCollection", "features": []}\n', ".json": "{}\n"}
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 # The slide sheet is an input file, not a parameter: test_adding_a_test_slide_runs_only_its_branch covers it.
-NOT_PARAMETERS = ("slides", "detector")
+# detectors names the detectors, so changing it changes the jobs (tests/test_detectors.py), not their parameters.
+NOT_PARAMETERS = ("slides", "detector", "detectors")
 
 
 def planned(workdir: Path, *args: str) -> list[tuple[str, dict[str, str]]]:

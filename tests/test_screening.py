@@ -164,10 +164,21 @@ def test_card_checks_name_the_key_and_the_fix(tmp_path, fake_detector):
 
 def test_detector_inside_results_is_refused(tmp_path, demo_svs, fake_detector):
     work = scratch(tmp_path / "work", demo_svs)
-    shutil.copytree(fake_detector, work / "results" / "export")
-    proc = snakemake(work, "-n", "--cores", "1", "--config", "slides=screen.tsv", "detector=results/export")
+    shutil.copytree(fake_detector, work / "results" / "detectors" / "main" / "export")
+    config = ["slides=screen.tsv", "detector=results/detectors/main/export"]
+    proc = snakemake(work, "-n", "--cores", "1", "--config", *config)
     assert proc.returncode != 0
     assert "is inside results/" in proc.stdout + proc.stderr
+
+
+def test_screening_with_several_detectors_is_refused(tmp_path, demo_svs, fake_detector):
+    """The screened detector plays the one detector, main; screening beside named detectors is not built yet."""
+    work = scratch(tmp_path / "work", demo_svs)
+    config = ["slides=screen.tsv", f"detector={fake_detector}", "detectors={fine: {}, coarse: {}}"]
+    proc = snakemake(work, "-n", "--cores", "1", "--config", *config)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "screening with several detectors is not built yet" in out and "fine, coarse" in out, out[-3000:]
 
 
 # ------------------------------------------------------------------------------------ a screening run
@@ -220,13 +231,14 @@ def test_screening_a_new_slide_maps_exports_and_plots_it_without_training(tmp_pa
     assert not set(jobs) & set(TRAINING_JOBS), jobs
     assert {"tile_slide", "infer_slide", "stitch_maps", "plot_overlay"} <= set(jobs), jobs
 
-    slide = work / "results" / "slides" / "new_slide"
+    slide = work / "results" / "detectors" / "main" / "slides" / "new_slide"  # the screened detector is main
     overlay = work / "results" / "report" / "overlays" / "new_slide.png"
     targets = [str(p.relative_to(work)) for p in (slide / "maps.json", slide / "tiles.geojson", overlay)]
     proc = snakemake(work, "--cores", "2", *targets, *config)  # --config takes every word after it
     assert proc.returncode == 0, proc.stderr[-6000:]
 
-    assert not (work / "results" / "model").exists() and not (work / "results" / "calibration").exists()
+    detector = work / "results" / "detectors" / "main"
+    assert not (detector / "model").exists() and not (detector / "calibration").exists()
     inference = json.loads((slide / "inference.json").read_text())
     assert Path(inference["saved_model"]) == exported_detector / SAVED_MODEL_DIR
     assert inference["patch_size_px"] == 16

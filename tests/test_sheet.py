@@ -119,7 +119,8 @@ def test_a_target_of_a_slide_not_in_the_sheet_names_the_sheet(tmp_path):
     with a message naming the sheet, before any job runs."""
     shutil.copytree(ROOT / "config", tmp_path / "config")
     cmd = [str(Path(sys.executable).with_name("snakemake")), "-s", str(ROOT / "workflow" / "Snakefile")]
-    cmd += ["--directory", str(tmp_path), "-n", "--cores", "1", "results/tiles/no_such_slide.patches.parquet"]
+    cmd += ["--directory", str(tmp_path), "-n", "--cores", "1"]
+    cmd += ["results/detectors/main/tiles/no_such_slide.patches.parquet"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0

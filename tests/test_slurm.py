@@ -59,7 +59,7 @@ def expand(patterns, slides: dict[str, str]) -> list[str]:
 
 def wanted(pattern: str, slide: str | None, slides: dict[str, str]) -> bool:
     """Test slides get no TFRecords (nothing reads them), so record targets skip them."""
-    return not (slide and pattern.startswith("results/records/") and slides[slide] == "test")
+    return not (slide and pattern.startswith("results/detectors/main/records/") and slides[slide] == "test")
 
 
 def load_profile() -> dict:
@@ -413,7 +413,7 @@ def test_sbatch_asks_for_the_configured_gpu_count(tmp_path, gpu_model):
         assert marker in text
         (workdir / PROFILE.relative_to(ROOT)).write_text(text.replace(marker, f"    gpu_model: {gpu_model}  #", 1))
     (workdir / "gpus.yaml").write_text(yaml.safe_dump({"resources": {"gpus": GPU_COUNTS}}))
-    target = f"results/slides/{list(slide_ids(workdir))[-1]}/patches.parquet"
+    target = f"results/detectors/main/slides/{list(slide_ids(workdir))[-1]}/patches.parquet"
     cmd = [wfrun.SNAKEMAKE, "-n", "--profile", "slurm", "--configfile", str(wfrun.TEST_CONFIG), "gpus.yaml"]
     code, out = wfrun.run([*cmd, "--", target], workdir, 600)
     assert code == 0, out[-4000:]

@@ -99,7 +99,7 @@ def test_patch_labels_against_point_in_polygon():
 
 
 def test_missing_patch_extent_names_the_table():
-    with pytest.raises(LabelError, match=r"results/tiles/s1\.patches\.parquet"):
+    with pytest.raises(LabelError, match=r"tiles/s1\.patches\.parquet"):
         extents_of({("s1", 0, 0): (64, 64)}, [b"s1"], [64], [0])
 
 

@@ -1,5 +1,6 @@
 """proganomaly.data.tiling: grid geometry against hand-computed cases, tissue fractions against brute force."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -154,6 +155,25 @@ def test_tile_slide_resamples_to_target_mpp(tmp_path):
     assert res.qc["mpp"] == 0.5 and res.qc["patch_count"] == len(p)
     assert res.qc["tissue_fraction"] == pytest.approx(400 * 340 / (640 * 480), rel=0.05)
     json.dumps(res.qc)  # the QC record is plain JSON
+
+
+def test_several_grids_share_one_tissue_mask(tmp_path):
+    """tile_slide's grids of several detectors: each is the grid it would be alone, over the first one's mask."""
+    path = tmp_path / "s.tif"
+    synthetic_slide(path, 0.5, (100, 60, 500, 400))
+    fine = tiling(patch_size_px=32, stride_px=16, target_mpp=1.0, thumbnail_mpp=2.0)
+    coarse = tiling(patch_size_px=32, stride_px=32, target_mpp=2.0, thumbnail_mpp=2.0)
+    with open_slide(path) as slide:
+        first = tile_slide(slide, "s", fine)
+        shared = tile_slide(slide, "s", coarse, tissue_of=first)
+        alone = tile_slide(slide, "s", coarse)
+        both = dataclasses.replace(first, patches=pd.concat([first.patches, shared.patches]))
+        assert render_overlay(slide, both).shape == render_overlay(slide, first).shape
+    pd.testing.assert_frame_equal(shared.patches, alone.patches)
+    assert shared.mask is first.mask and set(shared.patches["width"]) == {128}
+    assert {k: v for k, v in shared.qc.items() if k != "seconds"} == {
+        k: v for k, v in alone.qc.items() if k != "seconds"
+    }
 
 
 def test_render_overlay_is_finer_than_the_mask_for_small_slides(tmp_path):

@@ -51,13 +51,13 @@ def test_rerun_has_nothing_to_do(demo_run):
 def test_patch_tables_and_manifests_agree(demo_run):
     res = demo_run / "results"
     for slide in SLIDES:
-        patches = pd.read_parquet(res / "tiles" / f"{slide}.patches.parquet")
+        patches = pd.read_parquet(res / "detectors" / "main" / "tiles" / f"{slide}.patches.parquet")
         assert len(patches) > 0, slide
         assert list(patches.columns[:6]) == ["slide_id", "x", "y", "width", "height", "tissue_fraction"]
         assert (patches["tissue_fraction"] >= 0.5).all()
         # 16 px at 4 µm/px on a 0.499 µm/px slide: 128 level-0 px per patch, on a grid of 12 px = 96 level-0 px.
         assert set(patches["width"]) == {128} and (patches["x"] % 96 == 0).all() and (patches["y"] % 96 == 0).all()
-        manifest = res / "records" / f"{slide}.manifest.json"
+        manifest = res / "detectors" / "main" / "records" / f"{slide}.manifest.json"
         if slide in TEST_SLIDES:  # test slides get no records: nothing reads them
             assert not manifest.exists()
             continue

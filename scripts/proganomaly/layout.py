@@ -3,18 +3,21 @@
 The rules ask these functions for their paths instead of spelling them, so the layout changes here and nowhere else.
 A function fills the wildcards it is given and leaves the others as ``{wildcard}`` text for Snakemake:
 
-    slide_path("maps.json")                    -> "results/slides/{slide}/maps.json"
-    slide_path("maps.json", slide="demo_test") -> "results/slides/demo_test/maps.json"
-    log_path("infer_slide", "{slide}")         -> "results/logs/infer_slide/{slide}.log"
+    slide_path("maps.json")                       -> "results/detectors/{detector}/slides/{slide}/maps.json"
+    slide_path("maps.json", slide="demo_test")    -> "results/detectors/{detector}/slides/demo_test/maps.json"
+    log_path("infer_slide", "{detector}/{slide}") -> "results/logs/infer_slide/{detector}/{slide}.log"
 
 The result is a plain pattern (single braces), so it works as a rule's input, output, log or benchmark as it is. In
 ``expand()``, either fill every wildcard or pass ``allow_missing=True`` to leave the rule's own (instead of the
 ``{{slide}}`` escape of a hand-written pattern): ``expand(slide_path("maps/{name}.tif"), name=MAP_NAMES,
 allow_missing=True)``.
 
-DETECTOR_KINDS are what one detector is (its model, calibration and export) and what it infers on each slide. They
-are kept apart so that several named detectors are one edit: prefix those templates with a ``{detector}`` level, and
-every rule that names them carries the wildcard. A whole run is the same edit to RESULTS (e.g. ``results/{run}``).
+DETECTOR_KINDS are what one named detector is and makes, under ``detectors/{detector}/``: its patch grid and records
+of each slide (its patch size and resolution are its own), its model, calibration and export, and what it infers
+and stitches on each slide. The slide's tissue mask and stain estimate (tiles), the fused maps that the evaluation
+and report read (fused), and everything after them are the run's, one per slide. A whole run is the same edit to
+RESULTS (e.g. ``results/{run}``).
+
 Nothing here reads the config: the layout is fixed at import, the same for every job and every parse.
 """
 
@@ -27,16 +30,18 @@ RESULTS = "results"
 
 # {file}: the file (or subpath) inside the kind's folder, chosen by the rule; every other field is a wildcard.
 DETECTOR_KINDS = {
-    "model": "model/{file}",
-    "calibration": "calibration/{file}",
-    "export": "export/{file}",
-    "slide": "slides/{slide}/{file}",  # infer_slide and stitch_maps: scores, canvases, maps of one slide
+    "grid": "detectors/{detector}/tiles/{slide}.{file}",  # tile_slide: the detector's patch table and its QC
+    "records": "detectors/{detector}/records/{slide}",
+    "manifest": "detectors/{detector}/records/{slide}.manifest.json",
+    "model": "detectors/{detector}/model/{file}",
+    "calibration": "detectors/{detector}/calibration/{file}",
+    "export": "detectors/{detector}/export/{file}",
+    "slide": "detectors/{detector}/slides/{slide}/{file}",  # infer_slide and stitch_maps: scores, canvases, maps
 }
 RUN_KINDS = {
     "demo": "demo/{file}",
-    "tiles": "tiles/{slide}.{file}",
-    "records": "records/{slide}",
-    "manifest": "records/{slide}.manifest.json",
+    "tiles": "tiles/{slide}.{file}",  # tile_slide: tissue mask and stain estimate, shared by every detector
+    "fused": "slides/{slide}/{file}",  # the slide's detectors' maps fused: what evaluation and report read
     "eval": "eval/{slide}/{file}",
     "pooled": "eval/pooled/{split}/{file}",
     "operating_point": "eval/operating_point.json",
@@ -86,6 +91,10 @@ def tile_path(file: str, **wildcards: str) -> str:
     return path("tiles", file, **wildcards)
 
 
+def grid_path(file: str, **wildcards: str) -> str:
+    return path("grid", file, **wildcards)
+
+
 def records_path(**wildcards: str) -> str:
     return path("records", **wildcards)
 
@@ -108,6 +117,10 @@ def export_path(file: str, **wildcards: str) -> str:
 
 def slide_path(file: str, **wildcards: str) -> str:
     return path("slide", file, **wildcards)
+
+
+def fused_path(file: str, **wildcards: str) -> str:
+    return path("fused", file, **wildcards)
 
 
 def eval_path(file: str, **wildcards: str) -> str:

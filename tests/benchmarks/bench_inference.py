@@ -1,10 +1,10 @@
 """Inference throughput on the demo test slide: patches/s and the time split between reading, model and writing.
 
-Model: results/export/saved_model when it exists; otherwise the anchor GANomaly generator (proganomaly.model.networks,
+Model: results/detectors/main/export/saved_model when it exists; otherwise the anchor GANomaly generator (proganomaly.model.networks,
 config defaults) with random weights, exported through proganomaly.detector.export.save_detector (same signature, same serving
 code; only the weights are untrained). Without a GPU the anchor's filter counts are divided by --width-divisor
 (default 8; the paper's 512-filter blocks cost ~25 GFLOP per 64-px patch, minutes per run on a shared CPU); the
-printed header says which model ran. Patches: results/tiles/demo_test.patches.parquet when it exists, otherwise
+printed header says which model ran. Patches: results/detectors/main/tiles/demo_test.patches.parquet when it exists, otherwise
 every patch of a regular grid at the model's size. Runs with prefetch off and on, `repeats` times each; prints medians.
 
     .venv/bin/python tests/benchmarks/bench_inference.py [--repeats 3] [--batch-size 32]
@@ -31,8 +31,8 @@ from proganomaly.maps import inference, stitching  # noqa: E402
 from proganomaly.scoring import make_scorer  # noqa: E402
 
 SLIDE = ROOT / "results/demo/demo_test.tif"
-EXPORT = ROOT / "results/export/saved_model"
-TILES = ROOT / "results/tiles/demo_test.patches.parquet"
+EXPORT = ROOT / "results/detectors/main/export/saved_model"
+TILES = ROOT / "results/detectors/main/tiles/demo_test.patches.parquet"
 
 
 def _anchor(config, divisor: int):
@@ -50,7 +50,7 @@ def _anchor(config, divisor: int):
 
 def model_path(tmp: Path, config, divisor: int) -> tuple[Path, str]:
     if (EXPORT / "saved_model.pb").exists():
-        return EXPORT, "real export (results/export/saved_model)"
+        return EXPORT, "real export (results/detectors/main/export/saved_model)"
     from proganomaly.detector.export import save_detector
 
     path = tmp / "saved_model"

@@ -19,7 +19,7 @@ GeoJSON, and the slide sheet pointing at them.
 
 Targets: train_reconstruction, fit_error_distribution, fit_threshold, export_model, infer_slide of the test slide and,
 unless --no-evaluation, stitch_maps and the evaluation through the pooled test metrics. Afterwards it checks that
-results/model/model.json describes nine blocks at 1024 px with the divided filters and that the exported
+results/detectors/main/model/model.json describes nine blocks at 1024 px with the divided filters and that the exported
 SavedModel's serving signature takes (None, 1024, 1024, 3) uint8 patches, prints per rule the wall seconds and peak
 RSS (columns s and max_rss of Snakemake's benchmark TSVs, results/benchmarks/<rule>/; summed / maxed over a rule's
 jobs), the held-out evaluation's configuration and rows, and writes the table to OUT/paper_topology.json.
@@ -137,11 +137,11 @@ def write_cohort(work: Path, width: int, height: int, seed: int = 0) -> Path:
 
 def targets(evaluation: bool) -> list[str]:
     out = [
-        "results/model/model.json",
-        "results/calibration/error_distribution.json",
-        "results/calibration/threshold.json",
-        "results/export/saved_model",
-        "results/slides/pt_test/patches.parquet",
+        "results/detectors/main/model/model.json",
+        "results/detectors/main/calibration/error_distribution.json",
+        "results/detectors/main/calibration/threshold.json",
+        "results/detectors/main/export/saved_model",
+        "results/detectors/main/slides/pt_test/patches.parquet",
     ]
     if evaluation:
         out += ["results/eval/pooled/test/metrics.json"]
@@ -188,7 +188,7 @@ def check_topology(work: Path, filters: list[list[int]]) -> dict:
     """model.json: nine blocks at 1024 px with the divided filters; SavedModel: (None, 1024, 1024, 3) uint8 input."""
     from proganomaly.model.networks import num_blocks
 
-    record = json.loads((work / "results" / "model" / "model.json").read_text())
+    record = json.loads((work / "results" / "detectors" / "main" / "model" / "model.json").read_text())
     got = record["model"]["filters"]
     assert record["patch_size_px"] == PATCH, record["patch_size_px"]
     assert num_blocks(record["patch_size_px"]) == len(got) == 9, got
@@ -200,7 +200,7 @@ def check_topology(work: Path, filters: list[list[int]]) -> dict:
         "spec = list(sig.structured_input_signature[1].values())[0]\n"
         "print(json.dumps({'shape': spec.shape.as_list(), 'dtype': spec.dtype.name}))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(work / "results" / "export" / "saved_model")],
+    proc = subprocess.run([sys.executable, "-c", code, str(work / "results" / "detectors" / "main" / "export" / "saved_model")],
                           capture_output=True, text=True, env=env, check=True)  # fmt: skip
     served = json.loads(proc.stdout.strip().splitlines()[-1])
     assert served == {"shape": [None, PATCH, PATCH, 3], "dtype": "uint8"}, served
@@ -209,7 +209,7 @@ def check_topology(work: Path, filters: list[list[int]]) -> dict:
 
 def heldout_summary(work: Path, blocks: int, examples: int) -> dict:
     """The held-out log: one row before training and one per phase (2·blocks − 1), each over every held-out patch."""
-    heldout = pd.read_csv(work / "results" / "model" / "heldout_error.csv")
+    heldout = pd.read_csv(work / "results" / "detectors" / "main" / "model" / "heldout_error.csv")
     assert len(heldout) == 2 * blocks, f"{len(heldout)} held-out rows for {2 * blocks - 1} phases"
     assert (heldout["examples"] == examples).all(), heldout["examples"].tolist()
     last = heldout.iloc[-1]
@@ -229,7 +229,7 @@ def pooled_test(work: Path) -> dict | None:
 
 def held_out_patches(work: Path) -> int:
     """Patches of the calibrate slides (the held-out pool)."""
-    return sum(len(pd.read_parquet(work / "results" / "tiles" / f"{s}.patches.parquet"))
+    return sum(len(pd.read_parquet(work / "results" / "detectors" / "main" / "tiles" / f"{s}.patches.parquet"))
                for s, split in SPLITS.items() if split == "calibrate")  # fmt: skip
 
 

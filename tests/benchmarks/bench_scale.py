@@ -141,7 +141,7 @@ def annotations(path: Path, patches_path: Path, n: int = 5) -> None:
 
 
 def slide_stages(work: Path, size: int, fraction: float, cfg: dict) -> tuple[list, dict]:
-    from proganomaly.config import config_params
+    from proganomaly.config import GRID_KEYS, config_params
 
     slide, sid = work / f"synthetic_{size}_{fraction:g}.tif", "bench"
     rows = []
@@ -155,7 +155,8 @@ def slide_stages(work: Path, size: int, fraction: float, cfg: dict) -> tuple[lis
         )
         rows.append(("make slide (benchmark input)", child(code, work)))
     t, s = work / "tiles", work / "slides" / sid
-    tiles = {k: str(t / f"{sid}.{k}") for k in ("patches.parquet", "qc.json", "mask.png", "tissue.png")}
+    tiles = {k: str(t / f"{sid}.{k}") for k in ("patches.parquet", "qc.json", "mask.png", "tissue.png", "stain.json")}
+    grid = {k: cfg["tiling"][k] for k in GRID_KEYS}
     rows.append(
         (
             "tile_slide",
@@ -163,14 +164,16 @@ def slide_stages(work: Path, size: int, fraction: float, cfg: dict) -> tuple[lis
                 work,
                 "tile_slide.py",
                 "tile_slide",
-                {**config_params(cfg, "tiling"), "mpp": None},
+                # one detector's patch grid (tile_slide writes one per detector)
+                {**config_params(cfg, "tiling"), "grids": [grid], "mpp": None},
                 sid,
                 input={"slide": str(slide)},
                 output={
-                    "patches": tiles["patches.parquet"],
-                    "qc": tiles["qc.json"],
+                    "patches": [tiles["patches.parquet"]],
+                    "qc": [tiles["qc.json"]],
                     "mask": tiles["mask.png"],
                     "tissue": tiles["tissue.png"],
+                    "stain": tiles["stain.json"],
                 },
             ),
         )

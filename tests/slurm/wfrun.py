@@ -38,33 +38,40 @@ STAGES = (
     Stage(
         "tiling",
         ("tile_slide",),
-        ("results/tiles/{slide}.patches.parquet",),
-        ("results/tiles/{slide}.patches.parquet", "results/tiles/{slide}.qc.json", "results/tiles/{slide}.tissue.png"),
+        ("results/detectors/main/tiles/{slide}.patches.parquet",),
+        (
+            "results/detectors/main/tiles/{slide}.patches.parquet",
+            "results/detectors/main/tiles/{slide}.qc.json",
+            "results/tiles/{slide}.tissue.png",
+        ),
     ),
     Stage(
         "records",
         ("write_records",),
-        ("results/records/{slide}.manifest.json",),
-        ("results/records/{slide}.manifest.json", "results/records/{slide}"),
+        ("results/detectors/main/records/{slide}.manifest.json",),
+        ("results/detectors/main/records/{slide}.manifest.json", "results/detectors/main/records/{slide}"),
     ),
     Stage(
         "training",
         ("train_reconstruction",),
-        ("results/model/model.json",),
-        ("results/model/model.json", "results/model/generator.weights.h5"),
+        ("results/detectors/main/model/model.json",),
+        ("results/detectors/main/model/model.json", "results/detectors/main/model/generator.weights.h5"),
     ),
     Stage(
         "calibration",
         ("fit_error_distribution", "fit_threshold"),
-        ("results/calibration/threshold.json",),
-        ("results/calibration/error_distribution.json", "results/calibration/threshold.json"),
+        ("results/detectors/main/calibration/threshold.json",),
+        (
+            "results/detectors/main/calibration/error_distribution.json",
+            "results/detectors/main/calibration/threshold.json",
+        ),
     ),
-    Stage("export", ("export_model",), ("results/export/model_card.json",), ()),
+    Stage("export", ("export_model",), ("results/detectors/main/export/model_card.json",), ()),
     Stage(
         "inference",
         ("infer_slide",),
-        ("results/slides/demo_test/patches.parquet",),
-        ("results/slides/demo_test/patches.parquet",),
+        ("results/detectors/main/slides/demo_test/patches.parquet",),
+        ("results/detectors/main/slides/demo_test/patches.parquet",),
     ),
 )
 

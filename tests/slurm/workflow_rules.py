@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 from snakemake.api import SnakemakeApi
 from snakemake.io import is_flagged
@@ -39,9 +40,12 @@ def config_keys(params, config: dict) -> list[str]:
         else:
             keys.append(path)
 
+    # a detector rule's params are functions of the job's wildcards (detector_params): the same keys for every
+    # detector, so the first detector's values say which
+    detector = SimpleNamespace(detector=next(iter(config.get("detectors") or {}), "main"))
     for name, value in params.items():
-        if name in config and not callable(value):
-            walk(value, name)
+        if name in config:
+            walk(value(detector) if callable(value) else value, name)
     return sorted(keys)
 
 

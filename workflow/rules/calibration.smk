@@ -1,4 +1,4 @@
-# Calibration stage: the Gaussian of reconstruction errors on the calibrate slides (fit_error_distribution), the
+# Calibration stage, per detector: the Gaussian of reconstruction errors on the calibrate slides (fit_error_distribution), the
 # dynamic threshold on the threshold and validation slides (fit_threshold), then one SavedModel with both baked in
 # (export_model).
 # fit_error_distribution and fit_threshold run the generator over every patch: they ask for resources.gpus.calibration
@@ -15,9 +15,9 @@ rule fit_error_distribution:
     output:
         json=calibration_path("error_distribution.json"),
     log:
-        log_path("fit_error_distribution", "all"),
+        log_path("fit_error_distribution", "{detector}"),
     benchmark:
-        bench_path("fit_error_distribution", "all")
+        bench_path("fit_error_distribution", "{detector}")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 4
@@ -26,7 +26,7 @@ rule fit_error_distribution:
         runtime=120,
         gpu=CONFIG.resources.gpus.calibration,
     params:
-        **config_params(
+        **detector_params(
             "calibration.scorer",
             "calibration.border_px",
             "calibration.batch_size",
@@ -53,14 +53,18 @@ rule fit_threshold:
         weights=model_path("generator.weights.h5"),
         error_distribution=calibration_path("error_distribution.json"),
         manifests=manifests(*TAU_SPLITS),
-        patch_tables=expand(tile_path("patches.parquet"), slide=slides_in(*TAU_SPLITS)),
+        patch_tables=expand(
+            grid_path("patches.parquet"),
+            slide=slides_in(*TAU_SPLITS),
+            allow_missing=True,
+        ),
         annotations=threshold_annotations(),
     output:
         json=calibration_path("threshold.json"),
     log:
-        log_path("fit_threshold", "all"),
+        log_path("fit_threshold", "{detector}"),
     benchmark:
-        bench_path("fit_threshold", "all")
+        bench_path("fit_threshold", "{detector}")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 4
@@ -69,7 +73,7 @@ rule fit_threshold:
         runtime=120,
         gpu=CONFIG.resources.gpus.calibration,
     params:
-        **config_params(
+        **detector_params(
             "calibration.scorer",
             "calibration.border_px",
             "calibration.batch_size",
@@ -104,9 +108,9 @@ rule export_model:
         saved_model=directory(export_path("saved_model")),
         card=export_path("model_card.json"),
     log:
-        log_path("export_model", "all"),
+        log_path("export_model", "{detector}"),
     benchmark:
-        bench_path("export_model", "all")
+        bench_path("export_model", "{detector}")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 2
@@ -115,6 +119,6 @@ rule export_model:
         runtime=30,
         gpu=1,
     params:
-        **config_params("export", "scoring", *SCREENING_KEYS),
+        **detector_params("export", "scoring", *SCREENING_KEYS),
     script:
         "../../scripts/export_model.py"

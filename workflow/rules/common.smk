@@ -13,11 +13,13 @@ WORKFLOW_DIR = SOURCE_DIR / "workflow"
 SCORER_BENCHMARK = SOURCE_DIR / "docs" / "detection-benchmark.json"
 
 from proganomaly.config import (
+    DETECTOR_NAME_PATTERN,
+    GRID_KEYS,
     Config,
     ConfigError,
     KdeConfig,
     apply_overrides,
-    check_cross_keys,
+    detector_configs,
     enum_of,
     validate_config,
 )
@@ -38,6 +40,8 @@ from proganomaly.layout import (
     eval_path,
     eval_set_path,
     export_path,
+    fused_path,
+    grid_path,
     log_path,
     manifest_path,
     model_path,
@@ -53,6 +57,8 @@ from proganomaly.layout import (
 # One validation, at parse time, before any job: defaults come from the schema, and the constraints between keys
 # are checked here and nowhere else. Values from `--config` are first given their schema types (Snakemake reads
 # `--config 'calibration={k_std: 3}'` as the string '3'), and dotted keys from the API or a module's `config:` nested.
+# Each detector's config (its `detectors` entry merged over the top level; without entries, one detector `main` that is
+# the top level) is validated whole and cross-key checked; the top level alone is only their base and the shared keys.
 try:
     apply_overrides(
         config,
@@ -60,9 +66,11 @@ try:
     )
     validate_config(config)
     CONFIG = Config.from_dict(config)
-    check_cross_keys(CONFIG)
+    DETECTORS = detector_configs(config)
+    DETECTOR_CONFIGS = {name: Config.from_dict(raw) for name, raw in DETECTORS.items()}
 except ConfigError as exc:
     raise WorkflowError(f"config: {exc}") from None
+DETECTOR_NAMES = list(DETECTORS)
 SLIDES = read_slide_sheet(config["slides"], produced_prefix=f"{RESULTS}/")
 # Every row against the slides schema, with one compiled validator (snakemake.utils.validate per row re-reads the
 # schema each time: ~9 s of a 1000-slide dry run).
@@ -75,6 +83,11 @@ SCREENING = DETECTOR is not None
 if SCREENING:
     from pathlib import Path
 
+    if config["detectors"]:
+        raise WorkflowError(
+            f"detector: {DETECTOR} screens as the one detector of the top-level config, but detectors: also names "
+            f"{', '.join(DETECTOR_NAMES)}; screening with several detectors is not built yet, so remove one of the two"
+        )
     if Path(DETECTOR).resolve().is_relative_to(Path(RESULTS).resolve()):
         raise WorkflowError(
             f"detector: {DETECTOR} is inside {RESULTS}/, where this workflow writes its own detector; copy it out "
@@ -91,19 +104,65 @@ if SCREENING:
         raise WorkflowError(str(exc)) from None
 
 
-def detector_file(name):
+def detector_config(name):
+    """The typed config of one detector: its entry merged over the top level."""
+    return DETECTOR_CONFIGS[name]
+
+
+def detector_params(*paths):
+    """config_params of the job's own detector (`params: **detector_params(...)` in a rule with a {detector}
+    wildcard): one function of the wildcards per top-level key, so each job gets, and reruns on, its detector's
+    values only, and its script reads them as usual (from_params)."""
+
+    def param(key):
+        def value(wildcards):
+            return _config_params(DETECTORS[wildcards.detector], *paths)[key]
+
+        return value
+
+    return {key: param(key) for key in _config_params(config, *paths)}
+
+
+def detector_file(name, detector="{detector}"):
     """A file of the detector that infers the maps: export_model's output (export_path), or the screening
     detector's folder. name: "saved_model" or "model_card"."""
     file = SAVED_MODEL_DIR if name == "saved_model" else CARD_FILE
-    return f"{DETECTOR}/{file}" if SCREENING else export_path(file)
+    return f"{DETECTOR}/{file}" if SCREENING else export_path(file, detector=detector)
 
 
-def threshold_file():
+def threshold_file(detector="{detector}"):
     """A JSON with the detector's τ at its top level: fit_threshold's threshold.json, or the screening detector's
     model card."""
-    return (
-        detector_file("model_card") if SCREENING else calibration_path("threshold.json")
-    )
+    if SCREENING:
+        return detector_file("model_card")
+    return calibration_path("threshold.json", detector=detector)
+
+
+# The slide's final maps, the one set that everything after stitching reads (evaluation, operating point, QuPath
+# export, report). One detector: its own stitched maps. Several: the fused maps of fusion.smk, under
+# fused_path, which must hold what the readers take from a detector's stitched maps:
+#   maps/{name}.tif for every name of MAP_NAMES (thumbnail, mahalanobis_d2, anomaly_map, flags, kde, ... on the
+#   shared stitching.map_mpp grid; evaluation reads kde, flags, mahalanobis_d2 and anomaly_map, the plots
+#   thumbnail, mahalanobis_d2 and kde), maps/{name}.u16.tif renditions of the float maps, overview/{name}.png,
+#   maps.json (stitch_maps' grid metadata: level0_width/height, level0_mpp, downsample, ...), tiles.geojson, and
+#   threshold.json with the fused τ at its top level (plot_slide draws it on the d² panel).
+FUSED = len(DETECTOR_NAMES) > 1
+
+
+def final_map_file(file):
+    """A file of the slide's final maps ("maps/kde.tif", "maps.json", "threshold.json"), {slide} left open."""
+    if FUSED:
+        return fused_path(file)
+    if file == "threshold.json":
+        return threshold_file(DETECTOR_NAMES[0])
+    return slide_path(file, detector=DETECTOR_NAMES[0])
+
+
+def tissue_grid(file):
+    """The patch grid ("patches.parquet", "qc.json") whose patches are the tissue that the final maps are evaluated
+    on: the first detector's (its QC also holds the slide's size and mpp, which are every detector's).
+    """
+    return grid_path(file, detector=DETECTOR_NAMES[0])
 
 
 # {slide}: the sheet's id syntax, not an alternation of its ids. Snakemake compiles every rule file pattern's regex
@@ -111,6 +170,7 @@ def threshold_file():
 # The syntax has no '/', so a slide wildcard is one path component; an id not in the sheet fails in sheet_row.
 wildcard_constraints:
     slide=SLIDE_ID_PATTERN,
+    detector=DETECTOR_NAME_PATTERN,
     res=r"\d+",
 
 
@@ -166,8 +226,16 @@ def annotated_slides(*splits):
     return [s for s in slides_in(*splits) if ANNOTATIONS_OF[s]]
 
 
-def manifests(*splits):
-    return expand(manifest_path(), slide=slides_in(*splits))
+def manifests(*splits, detector="{detector}"):
+    """The records manifests of a detector's slides of these splits ({detector} left for the rule by default)."""
+    return expand(
+        manifest_path(detector=detector), slide=slides_in(*splits), allow_missing=True
+    )
+
+
+def tile_grids():
+    """tile_slide's params.grids: each detector's patch grid, in the order of DETECTOR_NAMES (its outputs')."""
+    return [{k: DETECTORS[d]["tiling"][k] for k in GRID_KEYS} for d in DETECTOR_NAMES]
 
 
 # Splits whose TFRecords are read, by training (train, its held-out calibrate), fit_error_distribution (calibrate)
@@ -193,6 +261,7 @@ PATCH_KDE_KEYS = [
 
 
 def infer_slide_params():
+    # stitching is shared by every detector, so its choice of KDE decides for all of them
     paths = [
         "inference",
         "stitching.map_mpp",
@@ -202,22 +271,25 @@ def infer_slide_params():
     ]
     if CONFIG.stitching.kde.method == "patch":
         paths += PATCH_KDE_KEYS
-    return config_params(*paths)
+    return detector_params(*paths)
 
 
 def get_final_output():
     """Everything `snakemake` builds by default: every stage for every slide, and the report's figures. Screening:
     no training, calibration or export, and none of their figures."""
     every = list(SLIDES.index)
-    targets = expand(tile_path("patches.parquet"), slide=every)
+    targets = expand(grid_path("patches.parquet"), slide=every, detector=DETECTOR_NAMES)
     if not SCREENING:
-        targets += manifests(*RECORD_SPLITS)
-        targets += [
-            model_path("generator.weights.h5"),
-            calibration_path("threshold.json"),
-            export_path("saved_model"),
-            export_path("model_card.json"),
-        ]
+        targets += expand(manifests(*RECORD_SPLITS), detector=DETECTOR_NAMES)
+        targets += expand(
+            [
+                model_path("generator.weights.h5"),
+                calibration_path("threshold.json"),
+                export_path("saved_model"),
+                export_path("model_card.json"),
+            ],
+            detector=DETECTOR_NAMES,
+        )
     targets += slide_map_targets()
     targets += evaluation_targets()
     targets += [
@@ -239,10 +311,17 @@ MAPPED_SPLITS = SPLITS if SCREENING else ("test", "validation", "threshold")
 
 
 def slide_map_targets(splits=MAPPED_SPLITS):
-    """Per-patch tables and maps of every slide of the given splits (the slides that are evaluated)."""
+    """Every detector's per-patch tables and maps of every slide of the given splits (the slides that are
+    evaluated), and their final maps."""
     slides = slides_in(*splits)
-    targets = expand(slide_path("patches.parquet"), slide=slides)
-    targets += expand(slide_path("maps.json"), slide=slides)
+    targets = expand(
+        [slide_path("patches.parquet"), slide_path("maps.json")],
+        slide=slides,
+        detector=DETECTOR_NAMES,
+    )
+    targets += [
+        t for t in expand(final_map_file("maps.json"), slide=slides) if t not in targets
+    ]
     return targets
 
 
@@ -287,7 +366,11 @@ def calibration_figures():
     names = ["error_distribution", "d2_histogram"]
     if annotated_slides(*TAU_SPLITS):
         names.append("fbeta_curve")
-    return expand(report_path("calibration/{name}.png"), name=names)
+    return expand(
+        report_path("calibration/{detector}/{name}.png"),
+        name=names,
+        detector=DETECTOR_NAMES,
+    )
 
 
 def report_targets():
@@ -295,12 +378,17 @@ def report_targets():
     targets = [
         report_path("software/config.yaml"),
         report_path("software/environments.html"),
-        report_path("qc/patch_counts.png"),
-        report_path("qc/slides.html"),
     ]
+    targets += expand(
+        report_path("qc/{detector}/{name}"),
+        detector=DETECTOR_NAMES,
+        name=("patch_counts.png", "slides.html"),
+    )
     targets += expand(tile_path("mask.png"), slide=list(SLIDES.index))
     targets += expand(
-        report_path("training/{n}.png"), n=("losses", "heldout", "throughput")
+        report_path("training/{detector}/{n}.png"),
+        n=("losses", "heldout", "throughput"),
+        detector=DETECTOR_NAMES,
     )
     targets += calibration_figures()
     targets += expand(report_path("slides/{slide}.png"), slide=report_slides())

@@ -1,7 +1,8 @@
 # Evaluation stage: the threshold × dilation grid of polygon confusion areas per annotated slide (replacing the
 # original's 416-element Dataflow job), all classes and per annotation class / group, and pixel-level AUROC / AP of
 # the maps; the operating point chosen on the pooled validation slides; QuPath GeoJSON of the predicted polygons at
-# that point; the pooled metrics per split (validation and test apart).
+# that point; the pooled metrics per split (validation and test apart). Every rule here reads the slide's final maps
+# (final_map_file: the one detector's, or the fused maps of several).
 
 
 wildcard_constraints:
@@ -12,13 +13,13 @@ rule evaluate_slide:
     """Grids of confusion areas and metrics (all classes, per class / group) and pixel-level AUROC/AP of one
     annotated slide."""
     input:
-        kde=slide_path("maps/kde.tif"),
-        flags=slide_path("maps/flags.tif"),
-        mahalanobis_d2=slide_path("maps/mahalanobis_d2.tif"),
-        anomaly_map=slide_path("maps/anomaly_map.tif"),
-        maps=slide_path("maps.json"),
-        patches=tile_path("patches.parquet"),
-        qc=tile_path("qc.json"),
+        kde=final_map_file("maps/kde.tif"),
+        flags=final_map_file("maps/flags.tif"),
+        mahalanobis_d2=final_map_file("maps/mahalanobis_d2.tif"),
+        anomaly_map=final_map_file("maps/anomaly_map.tif"),
+        maps=final_map_file("maps.json"),
+        patches=tissue_grid("patches.parquet"),
+        qc=tissue_grid("qc.json"),
         annotations=annotation_file,
     output:
         grid=eval_path("grid.parquet"),
@@ -90,10 +91,10 @@ rule export_predictions:
     """Predicted polygons of one evaluated slide at the chosen operating point (QuPath GeoJSON), and its areas and
     metrics there (all classes, per class / group)."""
     input:
-        kde=slide_path("maps/kde.tif"),
-        maps=slide_path("maps.json"),
-        patches=tile_path("patches.parquet"),
-        qc=tile_path("qc.json"),
+        kde=final_map_file("maps/kde.tif"),
+        maps=final_map_file("maps.json"),
+        patches=tissue_grid("patches.parquet"),
+        qc=tissue_grid("qc.json"),
         annotations=annotation_file,
         operating_point=operating_point_path(),
     output:

@@ -1,4 +1,4 @@
-# Inference stage: the exported detector over each test/threshold slide's tissue patches (infer_slide, on
+# Inference stage: each exported detector over each test/threshold slide's tissue patches (its own patch grid) (infer_slide, on
 # resources.gpus.inference GPUs, each batch split over them; inference.batch_size must divide by the count), then
 # the stitched maps, KDE heat map and report overviews (stitch_maps, CPU). The canvases between the two are sums and
 # covered area at the map downsample, on disk (~25 MB per demo slide, ~1.6 GB per 25×25 mm slide at 4 µm/px): temp(),
@@ -12,7 +12,7 @@ rule infer_slide:
     """Per-patch scores and disk-backed stitching canvases of one slide."""
     input:
         slide=slide_file,
-        patches=tile_path("patches.parquet"),
+        patches=grid_path("patches.parquet"),
         model=detector_file("saved_model"),
         stain=stain_estimate,
     output:
@@ -20,9 +20,9 @@ rule infer_slide:
         canvas=temp(directory(slide_path("canvas"))),
         json=slide_path("inference.json"),
     log:
-        log_path("infer_slide", "{slide}"),
+        log_path("infer_slide", "{detector}/{slide}"),
     benchmark:
-        bench_path("infer_slide", "{slide}")
+        bench_path("infer_slide", "{detector}/{slide}")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 4
@@ -32,17 +32,18 @@ rule infer_slide:
         gpu=CONFIG.resources.gpus.inference,
     params:
         **infer_slide_params(),
-        **config_params("stain.normalisation"),
+        **detector_params("stain.normalisation"),
         mpp=slide_mpp,
     script:
         "../../scripts/infer_slide.py"
 
 
 rule stitch_maps:
-    """Pyramidal TIFF maps at the configured downsample, the KDE heat map and PNG overviews of one slide."""
+    """Pyramidal TIFF maps of one detector on one slide at the shared map downsample (stitching.map_mpp), the KDE heat
+    map and PNG overviews."""
     input:
         canvas=slide_path("canvas"),
-        qc=tile_path("qc.json"),
+        qc=grid_path("qc.json"),
         tissue=tile_path("tissue.png"),
         patches=slide_path("patches.parquet"),
         threshold=threshold_file(),
@@ -61,15 +62,15 @@ rule stitch_maps:
                 caption=f"../report/slide_{name}.rst",
                 category="Slide maps",
                 subcategory="{slide}",
-                labels={"slide": "{slide}", "map": name},
+                labels={"slide": "{slide}", "detector": "{detector}", "map": name},
             )
             for name in MAP_NAMES
         ],
         json=slide_path("maps.json"),
     log:
-        log_path("stitch_maps", "{slide}"),
+        log_path("stitch_maps", "{detector}/{slide}"),
     benchmark:
-        bench_path("stitch_maps", "{slide}")
+        bench_path("stitch_maps", "{detector}/{slide}")
     conda:
         "../../envs/geometry.yaml"
     threads: 1
@@ -77,7 +78,7 @@ rule stitch_maps:
         mem_mb=3000,
         runtime=120,
     params:
-        **config_params(
+        **detector_params(
             "stitching.tile_px",
             "stitching.rgb_compression",
             "stitching.overview_max_px",
@@ -94,6 +95,6 @@ rule stitch_maps:
 
 
 rule slide_maps:
-    """Target: maps of every test and threshold slide."""
+    """Target: every detector's maps, and the final maps, of every mapped slide (validation, test, threshold)."""
     input:
         slide_map_targets(),

@@ -1,20 +1,20 @@
-# Records stage: per-resolution TFRecords of the slides whose split some rule reads (RECORD_SPLITS); a test slide
-# matches no write_records job, so nothing can ask for its records by mistake.
+# Records stage: per detector, per-resolution TFRecords of the slides whose split some rule reads (RECORD_SPLITS); a
+# test slide matches no write_records job, so nothing can ask for its records by mistake.
 
 
 rule write_records:
     input:
         slide=slide_file,
-        patches=tile_path("patches.parquet"),
-        qc=tile_path("qc.json"),
+        patches=grid_path("patches.parquet"),
+        qc=grid_path("qc.json"),
         stain=stain_estimate,
     output:
         records=directory(records_path()),
         manifest=manifest_path(),
     log:
-        log_path("write_records", "{slide}"),
+        log_path("write_records", "{detector}/{slide}"),
     benchmark:
-        bench_path("write_records", "{slide}")
+        bench_path("write_records", "{detector}/{slide}")
     wildcard_constraints:
         slide=RECORD_SLIDES,
     conda:
@@ -24,6 +24,6 @@ rule write_records:
         mem_mb=2000,
         runtime=120,
     params:
-        **config_params("tiling.patch_size_px", "records", "stain.normalisation"),
+        **detector_params("tiling.patch_size_px", "records", "stain.normalisation"),
     script:
         "../../scripts/write_records.py"

@@ -62,28 +62,32 @@ rule export_software:
 
 
 rule plot_qc:
-    """Patches per slide and resolution (records manifests); the slide table (sheet and tiling QC)."""
+    """One detector's patches per slide and resolution (records manifests); the slide table (sheet and tiling QC)."""
     input:
         sheet=config["slides"],
-        qc=expand(tile_path("qc.json"), slide=list(SLIDES.index)),
+        qc=expand(grid_path("qc.json"), slide=list(SLIDES.index), allow_missing=True),
         manifests=manifests(*RECORD_SPLITS),
     output:
         counts=report(
-            report_path("qc/patch_counts.png"),
+            report_path("qc/{detector}/patch_counts.png"),
             caption="../report/patch_counts.rst",
             category="Data & QC",
-            labels={"slide": "all", "figure": "patch counts"},
+            labels={
+                "slide": "all",
+                "detector": "{detector}",
+                "figure": "patch counts",
+            },
         ),
         table=report(
-            report_path("qc/slides.html"),
+            report_path("qc/{detector}/slides.html"),
             caption="../report/slide_table.rst",
             category="Data & QC",
-            labels={"slide": "all", "figure": "slide table"},
+            labels={"slide": "all", "detector": "{detector}", "figure": "slide table"},
         ),
     log:
-        log_path("plot_qc", "all"),
+        log_path("plot_qc", "{detector}"),
     benchmark:
-        bench_path("plot_qc", "all")
+        bench_path("plot_qc", "{detector}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -95,34 +99,35 @@ rule plot_qc:
 
 
 rule plot_training:
-    """Loss curves per growth phase, held-out reconstruction error and throughput (samples: train_reconstruction)."""
+    """One detector's loss curves per growth phase, held-out reconstruction error and throughput (samples:
+    train_reconstruction)."""
     input:
         loss_log=model_path("loss_log.csv"),
         heldout=model_path("heldout_error.csv"),
         training=model_path("training.json"),
     output:
         losses=report(
-            report_path("training/losses.png"),
+            report_path("training/{detector}/losses.png"),
             caption="../report/plot_training_losses.rst",
             category="Training",
-            labels={"figure": "losses"},
+            labels={"detector": "{detector}", "figure": "losses"},
         ),
         heldout=report(
-            report_path("training/heldout.png"),
+            report_path("training/{detector}/heldout.png"),
             caption="../report/plot_training_heldout.rst",
             category="Training",
-            labels={"figure": "held-out error"},
+            labels={"detector": "{detector}", "figure": "held-out error"},
         ),
         throughput=report(
-            report_path("training/throughput.png"),
+            report_path("training/{detector}/throughput.png"),
             caption="../report/plot_training_throughput.rst",
             category="Training",
-            labels={"figure": "images per second"},
+            labels={"detector": "{detector}", "figure": "images per second"},
         ),
     log:
-        log_path("plot_training", "all"),
+        log_path("plot_training", "{detector}"),
     benchmark:
-        bench_path("plot_training", "all")
+        bench_path("plot_training", "{detector}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -136,39 +141,40 @@ rule plot_training:
 
 
 rule plot_calibration:
-    """Per-channel error distribution; d² histogram with τ; the supervised F-β curve (annotated threshold slides)."""
+    """One detector's per-channel error distribution; d² histogram with τ; the supervised F-β curve (annotated
+    threshold slides)."""
     input:
         error_distribution=calibration_path("error_distribution.json"),
         threshold=calibration_path("threshold.json"),
     output:
         error_distribution=report(
-            report_path("calibration/error_distribution.png"),
+            report_path("calibration/{detector}/error_distribution.png"),
             caption="../report/error_distribution.rst",
             category="Calibration",
-            labels={"figure": "error distribution"},
+            labels={"detector": "{detector}", "figure": "error distribution"},
         ),
         d2=report(
-            report_path("calibration/d2_histogram.png"),
+            report_path("calibration/{detector}/d2_histogram.png"),
             caption="../report/d2_histogram.rst",
             category="Calibration",
-            labels={"figure": "d² histogram"},
+            labels={"detector": "{detector}", "figure": "d² histogram"},
         ),
         fbeta=(
             [
                 report(
-                    report_path("calibration/fbeta_curve.png"),
+                    report_path("calibration/{detector}/fbeta_curve.png"),
                     caption="../report/fbeta_curve.rst",
                     category="Calibration",
-                    labels={"figure": "F-β curve"},
+                    labels={"detector": "{detector}", "figure": "F-β curve"},
                 )
             ]
             if annotated_slides(*TAU_SPLITS)
             else []
         ),
     log:
-        log_path("plot_calibration", "all"),
+        log_path("plot_calibration", "{detector}"),
     benchmark:
-        bench_path("plot_calibration", "all")
+        bench_path("plot_calibration", "{detector}")
     conda:
         "../../envs/report.yaml"
     threads: 1
@@ -182,11 +188,11 @@ rule plot_calibration:
 rule plot_slide:
     """Thumbnail, d² map, KDE heat map and predicted polygons against annotations of one slide."""
     input:
-        thumbnail=slide_path("maps/thumbnail.tif"),
-        d2=slide_path("maps/mahalanobis_d2.tif"),
-        kde=slide_path("maps/kde.tif"),
-        maps=slide_path("maps.json"),
-        threshold=threshold_file(),
+        thumbnail=final_map_file("maps/thumbnail.tif"),
+        d2=final_map_file("maps/mahalanobis_d2.tif"),
+        kde=final_map_file("maps/kde.tif"),
+        maps=final_map_file("maps.json"),
+        threshold=final_map_file("threshold.json"),
         annotations=annotation_file,
         predicted=slide_prediction,
         metrics=slide_metrics,
@@ -218,9 +224,9 @@ rule plot_overlay:
     """Every mapped slide (validation, test, threshold): thumbnail, KDE heat map, predicted and true polygons, legend
     and scale bar."""
     input:
-        thumbnail=slide_path("maps/thumbnail.tif"),
-        kde=slide_path("maps/kde.tif"),
-        maps=slide_path("maps.json"),
+        thumbnail=final_map_file("maps/thumbnail.tif"),
+        kde=final_map_file("maps/kde.tif"),
+        maps=final_map_file("maps.json"),
         annotations=annotation_file,
         predicted=slide_prediction,
         metrics=slide_metrics,

@@ -1,14 +1,17 @@
-# Tiling stage: tissue mask and patch grid per slide (tile_slide), then per-resolution TFRecords (write_records).
+# Tiling stage: per slide, one tissue mask and each detector's patch grid on it (tile_slide); per-resolution
+# TFRecords per detector and slide (write_records, records.smk).
 
 
 rule tile_slide:
-    """Tissue mask on a thumbnail, the table of tissue patches (level-0 coordinates) and the stain estimate of one
-    slide."""
+    """Tissue mask on a thumbnail, each detector's table of tissue patches (level-0 coordinates) and the stain
+    estimate of one slide."""
     input:
         slide=slide_file,
     output:
-        patches=tile_path("patches.parquet"),
-        qc=tile_path("qc.json"),
+        patches=expand(
+            grid_path("patches.parquet"), detector=DETECTOR_NAMES, allow_missing=True
+        ),
+        qc=expand(grid_path("qc.json"), detector=DETECTOR_NAMES, allow_missing=True),
         mask=report(
             tile_path("mask.png"),
             caption="../report/tissue_mask.rst",
@@ -28,7 +31,10 @@ rule tile_slide:
         mem_mb=2000,
         runtime=30,
     params:
+        # the whole top-level tiling: its tissue keys are every detector's, and its grid keys the base that each
+        # detector's grid (grids) is merged over
         **config_params("tiling"),
+        grids=tile_grids(),
         mpp=slide_mpp,
     script:
         "../../scripts/tile_slide.py"

@@ -1,5 +1,5 @@
-# Training stage: progressive GAN reconstruction training on the train slides' records (train_reconstruction).
-# Resume state lives in results/model/checkpoints/, deliberately not an output: Snakemake leaves it alone when the
+# Training stage: each detector's progressive GAN, trained on its records of the train slides (train_reconstruction).
+# Resume state lives in the detector's model/checkpoints/, deliberately not an output: Snakemake leaves it alone when the
 # job fails or is killed, and rerunning the rule continues from the last checkpoint.
 
 
@@ -15,26 +15,33 @@ rule train_reconstruction:
             model_path("loss_log.csv"),
             caption="../report/training_loss_log.rst",
             category="Training",
-            labels={"figure": "loss log"},
+            labels={"detector": "{detector}", "figure": "loss log"},
         ),
         heldout=report(
             model_path("heldout_error.csv"),
             caption="../report/training_heldout.rst",
             category="Training",
-            labels={"figure": "held-out reconstruction error"},
+            labels={
+                "detector": "{detector}",
+                "figure": "held-out reconstruction error",
+            },
         ),
         samples=report(
             directory(model_path("samples")),
             patterns=["{name}.png"],
             caption="../report/training_samples.rst",
             category="Training",
-            labels={"figure": "sample reconstructions", "phase": "{name}"},
+            labels={
+                "detector": "{detector}",
+                "figure": "sample reconstructions",
+                "phase": "{name}",
+            },
         ),
         training=model_path("training.json"),
     log:
-        log_path("train_reconstruction", "train_reconstruction"),
+        log_path("train_reconstruction", "{detector}"),
     benchmark:
-        bench_path("train_reconstruction", "train_reconstruction")
+        bench_path("train_reconstruction", "{detector}")
     conda:
         "../../envs/tensorflow.yaml"
     threads: 8
@@ -43,7 +50,7 @@ rule train_reconstruction:
         mem_mb=16000,
         runtime=2880,
     params:
-        **config_params(
+        **detector_params(
             "model",
             "training",
             "seed",

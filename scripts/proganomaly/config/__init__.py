@@ -11,6 +11,14 @@ from proganomaly.config.build import (
     validate_config,
 )
 from proganomaly.config.checks import check_cross_keys, num_blocks, scorers_used
+from proganomaly.config.detectors import (
+    DETECTOR_NAME_PATTERN,
+    DETECTOR_SECTIONS,
+    GRID_KEYS,
+    MAIN,
+    deep_merge,
+    detector_configs,
+)
 from proganomaly.config.params import Section, config_params, from_params
 from proganomaly.config.sections import (
     AdamConfig,
@@ -46,6 +54,10 @@ from proganomaly.config.sections import (
 
 __all__ = [
     "CONFIG_SCHEMA",
+    "DETECTOR_NAME_PATTERN",
+    "DETECTOR_SECTIONS",
+    "GRID_KEYS",
+    "MAIN",
     "SLIDES_SCHEMA",
     "AdamConfig",
     "BergDiscriminatorWeights",
@@ -81,6 +93,8 @@ __all__ = [
     "apply_overrides",
     "check_cross_keys",
     "config_params",
+    "deep_merge",
+    "detector_configs",
     "enum_of",
     "expand_dotted_keys",
     "from_params",

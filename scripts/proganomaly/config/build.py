@@ -72,16 +72,23 @@ def _build_dataclass(tp: Any, value: Any, where: str) -> Any:
 
 def validate_config(data: dict) -> dict:
     """Validate a raw config dict against the schema, filling defaults in place (as the workflow does)."""
-    import jsonschema
     from snakemake.utils import validate
 
-    schema = load_schema()
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
+    error = schema_error(data)
     if error is not None:
-        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ConfigError(f"config key {key}: {error.message}")
+        raise ConfigError(f"config key {error[0]}: {error[1]}")
     validate(data, schema=str(CONFIG_SCHEMA), set_default=True)
     return data
+
+
+def schema_error(data: dict) -> tuple[str, str] | None:
+    """The most relevant schema violation of a raw config, as (dotted key, message), or None."""
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(load_schema()).iter_errors(data))
+    if error is None:
+        return None
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)", error.message
 
 
 # ------------------------------------------------------------------------------------- command-line overrides
@@ -164,7 +171,12 @@ def apply_overrides(config: dict, overrides: dict | None) -> dict:
         if "." in str(key) or key not in config:
             continue
         props = _properties(load_schema())
-        if key in props:
+        if key == "detectors" and isinstance(value, dict) and isinstance(config[key], dict):
+            # an entry's sections are typed as the top-level sections they override
+            for name, entry in value.items():
+                if isinstance(entry, dict) and isinstance(config[key].get(name), dict):
+                    config[key][name] = _merge_typed(config[key][name], entry, {"properties": props})
+        elif key in props:
             config[key] = _merge_typed(config[key], value, props[key])
     return config
 

@@ -34,7 +34,8 @@ def python_type(node: Mapping, path: str, section: Callable[[Mapping, str], type
 
 def _single(name: str, node: Mapping, path: str, section: Callable[[Mapping, str], type]) -> Any:
     if name == "object":
-        return section(node, path)
+        # a mapping of free keys (detectors: {name: ...}) stays a dict; its entries are typed where they are used
+        return section(node, path) if "properties" in node else dict
     if name == "array":
         return list[python_type(node["items"], f"{path}[]", section)]
     return SCALARS[name]

@@ -29,7 +29,7 @@ from shapely.geometry.base import BaseGeometry
 from proganomaly.common.io import write_text
 
 ANOMALY_CLASS = {"name": "Anomaly", "color": [230, 40, 40]}
-# Per-patch columns of results/slides/{slide}/patches.parquet exported as tile measurements (those present).
+# Per-patch columns of results/detectors/{detector}/slides/{slide}/patches.parquet exported as tile measurements (those present).
 TILE_MEASUREMENTS = ("flagged_fraction", "mean_d2", "max_d2", "score", "latent_norm")
 # A fixed namespace: feature ids are uuid5(namespace, "<slide>/<kind>/<index>"), the same on every run.
 _NAMESPACE = uuid.UUID("5a0d6f3e-7f3b-4e59-9a52-3f7d0c8b1e21")
@@ -133,7 +133,7 @@ def tile_features(patches, slide_id: str, stride: float | None = None) -> list[d
     """One locked QuPath tile per patch, its stride cell (tile_cells; the whole patch when stride is None), with the
     per-patch scores as measurements.
 
-    patches: a frame with x, y, width, height and any of TILE_MEASUREMENTS (results/slides/{slide}/patches.parquet).
+    patches: a frame with x, y, width, height and any of TILE_MEASUREMENTS (results/detectors/{detector}/slides/{slide}/patches.parquet).
     """
     missing = [c for c in ("x", "y", "width", "height") if c not in patches.columns]
     if missing:
@@ -160,7 +160,7 @@ def tile_features(patches, slide_id: str, stride: float | None = None) -> list[d
 
 
 def write_tiles(path: str | Path, patches, slide_id: str, stride: float | None = None, **metadata) -> None:
-    """results/slides/{slide}/tiles.geojson: every inferred patch as a QuPath tile (its stride cell) with its scores.
+    """results/detectors/{detector}/slides/{slide}/tiles.geojson: every inferred patch as a QuPath tile (its stride cell) with its scores.
 
     stride: the patch grid's step in level-0 px (the tiling QC's stride_level0_px); None writes whole patches, which
     overlap wherever the stride is smaller than the patch, and says so in the metadata.

@@ -63,7 +63,7 @@ def extents_of(lookup: dict, slide_ids, xs, ys) -> tuple[np.ndarray, np.ndarray]
             w[i], h[i] = lookup[(s, int(x), int(y))]
         except KeyError:
             raise LabelError(
-                f"patch ({s}, x={int(x)}, y={int(y)}) of the records is not in results/tiles/{s}.patches.parquet; "
+                f"patch ({s}, x={int(x)}, y={int(y)}) of the records is not in its patch table (tiles/{s}.patches.parquet of this detector); "
                 "the records are stale: rerun write_records for this slide"
             ) from None
     return w, h

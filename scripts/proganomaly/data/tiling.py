@@ -159,25 +159,31 @@ class TilingResult:
     qc: dict
 
 
-def tile_slide(slide: Slide, slide_id: str, tiling) -> TilingResult:
+def tile_slide(slide: Slide, slide_id: str, tiling, tissue_of: TilingResult | None = None) -> TilingResult:
     """Tissue mask on a thumbnail and the scored patch grid of one open slide.
 
-    ``tiling`` is a ``proganomaly.config.TilingConfig``. Raises TilingError when no patch passes the thresholds.
+    ``tiling`` is a ``proganomaly.config.TilingConfig``. ``tissue_of``: an earlier result on the same slide with the
+    same tissue settings, whose thumbnail and mask are reused (several patch grids over one tissue mask). Raises
+    TilingError when no patch passes the thresholds.
     """
     start = time.perf_counter()
-    ds = thumbnail_downsample(tiling.thumbnail_mpp, slide.mpp)
-    thumb = slide.thumbnail(ds)
-    t_thumb = time.perf_counter() - start
     tissue = tiling.tissue
-    mask, info = detect_tissue(
-        thumb,
-        slide.mpp * ds,
-        method=tissue.method,
-        saturation_threshold=tissue.saturation_threshold,
-        closing_um=tissue.closing_um,
-        min_object_um2=tissue.min_object_um2,
-        min_hole_um2=tissue.min_hole_um2,
-    )
+    if tissue_of is None:
+        ds = thumbnail_downsample(tiling.thumbnail_mpp, slide.mpp)
+        thumb = slide.thumbnail(ds)
+        t_thumb = time.perf_counter() - start
+        mask, info = detect_tissue(
+            thumb,
+            slide.mpp * ds,
+            method=tissue.method,
+            saturation_threshold=tissue.saturation_threshold,
+            closing_um=tissue.closing_um,
+            min_object_um2=tissue.min_object_um2,
+            min_hole_um2=tissue.min_hole_um2,
+        )
+    else:
+        ds, thumb, mask, info = tissue_of.downsample, tissue_of.thumbnail, tissue_of.mask, tissue_of.qc["tissue"]
+        t_thumb = 0.0
     size = level0_extent(tiling.patch_size_px, tiling.target_mpp, slide.mpp)
     stride = level0_extent(tiling.stride_px, tiling.target_mpp, slide.mpp)
     xs, ys, fractions, candidates = score_grid(mask, ds, slide.dimensions, size, stride, tiling.min_tissue_fraction)
@@ -238,7 +244,8 @@ def render_overlay(slide: Slide, result: TilingResult, long_side_px: int = 800) 
         ((np.arange(view.shape[1]) + 0.5) * ds / result.downsample).astype(np.int64), result.mask.shape[1] - 1
     )
     mask = result.mask[np.ix_(rows, cols)]
-    p = result.patches
-    size = int(p["width"].iloc[0]) if len(p) else 0
-    covered = coverage(mask.shape, ds, p["x"].to_numpy(), p["y"].to_numpy(), size) if len(p) else None
+    covered = None
+    for size, p in result.patches.groupby("width"):  # several grids (detectors) may share one slide's overlay
+        cells = coverage(mask.shape, ds, p["x"].to_numpy(), p["y"].to_numpy(), int(size))
+        covered = cells if covered is None else covered | cells
     return outline_overlay(view, mask, covered)

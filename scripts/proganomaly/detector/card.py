@@ -117,7 +117,7 @@ def _same(a, b) -> bool:
 def read_card(folder: str | Path) -> dict:
     """The card of a detector folder, after checking the folder has the SavedModel and a well-formed card."""
     folder = Path(folder)
-    fix = "set detector to a folder written by export_model (results/export of a training run, copied elsewhere)"
+    fix = "set detector to a folder written by export_model (results/detectors/NAME/export of a training run, copied elsewhere)"
     if not folder.is_dir():
         raise CardError(f"detector: {folder} is not a folder; {fix}")
     if not (folder / SAVED_MODEL_DIR / "saved_model.pb").is_file():

@@ -1,4 +1,4 @@
-"""Calibration figures from results/calibration/{error_distribution,threshold}.json (histograms are stored there)."""
+"""Calibration figures from results/detectors/{detector}/calibration/{error_distribution,threshold}.json (histograms are stored there)."""
 
 from __future__ import annotations
 

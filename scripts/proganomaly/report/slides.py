@@ -1,6 +1,6 @@
 """Per-slide panels: thumbnail, d² map, KDE heat map over the thumbnail, predicted polygons against annotations.
 
-Maps come from the stitched pyramidal TIFFs (`results/slides/{slide}/maps/*.tif`); the smallest pyramid level that is
+Maps come from the stitched pyramidal TIFFs (`results/detectors/{detector}/slides/{slide}/maps/*.tif`); the smallest pyramid level that is
 still at least `max_px` on its long side is read, so a gigapixel slide costs a few MB here. Axes are in mm of the
 slide (level-0 px × level-0 mpp), so every panel and both polygon sets share one coordinate frame.
 """

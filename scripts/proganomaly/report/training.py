@@ -1,10 +1,10 @@
-"""Training figures from results/model/loss_log.csv (one row per logged step) and the held-out error log.
+"""Training figures from results/detectors/{detector}/model/loss_log.csv (one row per logged step) and the held-out error log.
 
 The loss log's columns are the training step's loss names (proganomaly.model.losses, training.loop): critic terms
 end in `-D(x)` / `_gradient_penalty` / `_wgan_gp` (plus `epsilon_drift_penalty`); adversarial terms end in
 `_for_generator`; reconstruction terms end in `_l1` / `_l2`. Progress and phase columns are found by name from short
 candidate lists, so a renamed counter fails with a message naming the columns. The held-out log is
-results/model/heldout_error.csv (training.loop.HELDOUT_FIELDS).
+results/detectors/{detector}/model/heldout_error.csv (training.loop.HELDOUT_FIELDS).
 """
 
 from __future__ import annotations
