@@ -50,7 +50,7 @@ if __name__ == "__main__":
     cfg = from_params(snakemake.params, snakemake.rule)
     f = cfg.fusion
     result = main(
-        list(snakemake.params.slides), list(snakemake.params.detectors), list(snakemake.input.d2),
+        list(snakemake.params.tau_slides), list(snakemake.params.detector_names), list(snakemake.input.d2),
         list(snakemake.input.maps), list(snakemake.input.thresholds), list(snakemake.input.tissue),
         dict(snakemake.params.annotations), f.method, f.normal_quantile, f.annotation_margin_um, log,
     )  # fmt: skip

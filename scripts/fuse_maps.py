@@ -3,6 +3,7 @@ score, flags above the fused τ (fit_fusion), the KDE and every map, overview an
 stitch_maps would write, and the per-patch QuPath tiles of the primary detector."""
 
 import json
+import shutil
 from pathlib import Path
 
 from proganomaly.common import runlog
@@ -15,7 +16,7 @@ if __name__ == "__main__":
     log = runlog.setup_logging(snakemake.log[0])
     cfg = from_params(snakemake.params, snakemake.rule)
     inp, out = snakemake.input, snakemake.output
-    detectors = list(snakemake.params.detectors)
+    detectors = list(snakemake.params.detector_names)
     metas = [json.loads(Path(p).read_text()) for p in inp.maps]
     grid = fused.check_same_grid(metas, detectors)
     fit = json.loads(Path(inp.fusion).read_text())
@@ -33,4 +34,6 @@ if __name__ == "__main__":
     meta["fusion"] = {"method": fit["method"], "tau": fit["tau"], "detectors": dict(zip(detectors, used, strict=True))}
     log.info("%s: fused %s of %s; %s of the scored tissue flagged", snakemake.wildcards.slide, fit["method"],
              detectors, meta["slide_standardisation"]["flagged_fraction"])  # fmt: skip
+    # QuPath's per-patch tiles are the primary detector's: the fused score has no patches of its own
+    shutil.copyfile(inp.tiles, out.tiles)
     runlog.write_json(out.json, runlog.provenance(cfg.to_dict(), **meta))

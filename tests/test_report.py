@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from system_packages import ensure_apt
-from test_workflow import ROOT, demo_run, snakemake  # noqa: F401
+from test_workflow import ROOT, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def script_json(html: str, name: str):
 
 
 @pytest.fixture(scope="module")
-def report(demo_run):  # noqa: F811
+def report(demo_run):
     """The zipped report of the demo run, unpacked; its results and categories as the page holds them."""
     snakemake(demo_run, "--cores", "2", "report_figures")
     snakemake(demo_run, "--cores", "1", "--report", "results/report.zip", "report_figures")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,15 +31,6 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         )
         raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
     return proc
-
-
-@pytest.fixture(scope="session")
-def demo_run(tmp_path_factory):
-    """One full run shared by every end-to-end check (it is the expensive part)."""
-    workdir = tmp_path_factory.mktemp("e2e")
-    shutil.copytree(ROOT / "config", workdir / "config")
-    snakemake(workdir, "--cores", "2")
-    return workdir
 
 
 def test_rerun_has_nothing_to_do(demo_run):

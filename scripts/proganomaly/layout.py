@@ -46,6 +46,7 @@ RUN_KINDS = {
     "pooled": "eval/pooled/{split}/{file}",
     "operating_point": "eval/operating_point.json",
     "report": "report/{file}",
+    "fusion": "fusion/{file}",  # fit_fusion: the fused τ of every detector's maps together
     "log": "logs/{rule}/{file}.log",
     "benchmark": "benchmarks/{rule}/{file}.tsv",
 }
@@ -121,6 +122,10 @@ def slide_path(file: str, **wildcards: str) -> str:
 
 def fused_path(file: str, **wildcards: str) -> str:
     return path("fused", file, **wildcards)
+
+
+def fusion_path(file: str, **wildcards: str) -> str:
+    return path("fusion", file, **wildcards)
 
 
 def eval_path(file: str, **wildcards: str) -> str:

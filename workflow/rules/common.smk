@@ -41,6 +41,7 @@ from proganomaly.layout import (
     eval_set_path,
     export_path,
     fused_path,
+    fusion_path,
     grid_path,
     log_path,
     manifest_path,
@@ -144,15 +145,15 @@ def threshold_file(detector="{detector}"):
 #   maps/{name}.tif for every name of MAP_NAMES (thumbnail, mahalanobis_d2, anomaly_map, flags, kde, ... on the
 #   shared stitching.map_mpp grid; evaluation reads kde, flags, mahalanobis_d2 and anomaly_map, the plots
 #   thumbnail, mahalanobis_d2 and kde), maps/{name}.u16.tif renditions of the float maps, overview/{name}.png,
-#   maps.json (stitch_maps' grid metadata: level0_width/height, level0_mpp, downsample, ...), tiles.geojson, and
-#   threshold.json with the fused τ at its top level (plot_slide draws it on the d² panel).
+#   maps.json (stitch_maps' grid metadata: level0_width/height, level0_mpp, downsample, ...), tiles.geojson,
+#   and the fused τ at the top level of fit_fusion's threshold.json (plot_slide draws it on the d² panel).
 FUSED = len(DETECTOR_NAMES) > 1
 
 
 def final_map_file(file):
     """A file of the slide's final maps ("maps/kde.tif", "maps.json", "threshold.json"), {slide} left open."""
     if FUSED:
-        return fused_path(file)
+        return fusion_path(file) if file == "threshold.json" else fused_path(file)
     if file == "threshold.json":
         return threshold_file(DETECTOR_NAMES[0])
     return slide_path(file, detector=DETECTOR_NAMES[0])
