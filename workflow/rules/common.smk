@@ -159,6 +159,17 @@ def final_map_file(file):
     return slide_path(file, detector=DETECTOR_NAMES[0])
 
 
+# Fusion stage (fusion.smk): its inputs, every detector's maps of a slide.
+def each_detector(file, slide="{slide}"):
+    """A file of every detector's maps of one slide, in DETECTOR_NAMES order."""
+    return [slide_path(file, detector=d, slide=slide) for d in DETECTOR_NAMES]
+
+
+def tau_slide_maps(file):
+    """`file` of every detector's maps of every τ slide, slide-major (what fit_fusion.py expects)."""
+    return [m for s in slides_in(*TAU_SPLITS) for m in each_detector(file, slide=s)]
+
+
 def tissue_grid(file):
     """The patch grid ("patches.parquet", "qc.json") whose patches are the tissue that the final maps are evaluated
     on: the first detector's (its QC also holds the slide's size and mpp, which are every detector's).

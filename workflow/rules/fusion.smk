@@ -7,16 +7,6 @@
 from proganomaly.maps.names import FLOAT_MAPS, MAP_NAMES, RENDITION_SUFFIX
 
 
-def each_detector(file, slide="{slide}"):
-    """A file of every detector's maps of one slide, in DETECTOR_NAMES order."""
-    return [slide_path(file, detector=d, slide=slide) for d in DETECTOR_NAMES]
-
-
-def tau_slide_maps(file):
-    """`file` of every detector's maps of every τ slide, slide-major (what fit_fusion.py expects)."""
-    return [m for s in slides_in(*TAU_SPLITS) for m in each_detector(file, slide=s)]
-
-
 rule fit_fusion:
     """The fused τ: the fusion.normal_quantile of the fused score over the normal pixels of the threshold and
     validation slides."""
