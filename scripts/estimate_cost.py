@@ -89,17 +89,25 @@ def table(config, patches: dict[str, int], tflops: float) -> str:
     return "\n".join(lines)
 
 
-def merged_config(*paths):
-    """The typed config of these files merged in order, as `snakemake --configfile` merges over the Snakefile's."""
+def merged_configs(*paths) -> dict:
+    """{detector: typed config} of these files merged in order, as `snakemake --configfile` merges over the
+    Snakefile's, one per entry of `detectors` (or the one detector `main`)."""
     import yaml
     from snakemake.utils import update_config
 
     from proganomaly.config import Config, validate_config
+    from proganomaly.config.detectors import detector_configs
 
     data: dict = {}
     for path in paths:
         update_config(data, yaml.safe_load(Path(path).read_text()) or {})
-    return Config.from_dict(validate_config(data))
+    return {name: Config.from_dict(raw) for name, raw in detector_configs(validate_config(data)).items()}
+
+
+def patch_area_um2(config, slide_mpp: float) -> float:
+    """Tissue area per patch (its stride cell), µm², at a slide's mpp when the target mpp is null (level 0)."""
+    mpp = config.tiling.target_mpp or slide_mpp
+    return (config.tiling.stride_px * mpp) ** 2
 
 
 def main() -> None:
@@ -109,12 +117,22 @@ def main() -> None:
     ap.add_argument("--calibrate-patches", type=int, default=40000)
     ap.add_argument("--threshold-patches", type=int, default=40000)
     ap.add_argument("--test-patches", type=int, default=200000)
+    ap.add_argument("--slide-mpp", type=float, default=0.25, help="level-0 µm/px where a target_mpp is null")
     args = ap.parse_args()
-    config = merged_config("config/config.yaml", args.configfile)
-    patches = {"calibrate": args.calibrate_patches, "threshold": args.threshold_patches, "test": args.test_patches}
-    print(f"{args.configfile}: {config.tiling.patch_size_px} px, {len(config.model.filters)} blocks; ESTIMATES at")
-    print(f"{args.effective_tflops:g} effective TFLOP/s per GPU; patches {patches}\n")
-    print(table(config, patches, args.effective_tflops))
+    configs = merged_configs("config/config.yaml", args.configfile)
+    first = next(iter(configs.values()))
+    given = {"calibrate": args.calibrate_patches, "threshold": args.threshold_patches, "test": args.test_patches}
+    # The patch counts are the first detector's; another detector tiles the same tissue, so its counts scale with
+    # the tissue area of one of its patches (its stride cell).
+    for name, config in configs.items():
+        scale = patch_area_um2(first, args.slide_mpp) / patch_area_um2(config, args.slide_mpp)
+        patches = {k: max(1, round(v * scale)) for k, v in given.items()}
+        mpp = config.tiling.target_mpp or args.slide_mpp
+        print(f"{args.configfile}, detector {name}: {config.tiling.patch_size_px} px at {mpp:g} µm/px "
+              f"({config.tiling.patch_size_px * mpp:g} µm), {len(config.model.filters)} blocks; ESTIMATES at")  # fmt: skip
+        print(f"{args.effective_tflops:g} effective TFLOP/s per GPU; patches {patches}\n")
+        print(table(config, patches, args.effective_tflops))
+        print()
 
 
 if __name__ == "__main__":

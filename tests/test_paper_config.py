@@ -52,7 +52,7 @@ def test_no_demo_setting_leaks_into_the_paper_config():
 
 
 def test_flop_count_of_the_paper_generator():
-    cfg = estimate_cost.merged_config(ROOT / "config/config.yaml", ROOT / "config/paper.yaml")
+    cfg = estimate_cost.merged_configs(ROOT / "config/config.yaml", ROOT / "config/paper.yaml")["main"]
     flops = estimate_cost.network_flops(cfg.model, 8)
     # Block 8's two 3×3 convs at 1024² (skip-doubled 32 → 16, then 16 → 16) alone are 2·1024²·9·(64·16 + 16·16).
     assert flops["G"] > 2 * 1024**2 * 9 * (64 * 16 + 16 * 16)
@@ -78,8 +78,8 @@ def jobs(out: str, rule: str) -> list[str]:
 def test_dag_builds_and_writes_records_only_for_the_splits_that_read_them(tmp_path, configfile):
     out = dry_run(tmp_path, *(["--configfile", configfile] if configfile else []))
     records = jobs(out, "write_records")
-    assert sorted(records) == [f"slide=demo_{s}" for s in ("calibrate", "train_a", "train_b", "validation",
-                                                           "validation_labc", "validation_normal")]  # fmt: skip
+    assert sorted(records) == [f"detector=main, slide=demo_{s}" for s in ("calibrate", "train_a", "train_b",
+                               "validation", "validation_labc", "validation_normal")]  # fmt: skip
     inferred = jobs(out, "infer_slide")
     for slide in ("demo_test", "demo_test_labd", "demo_test_normal", "demo_test_normal_labd"):
-        assert f"slide={slide}" in inferred  # test slides are still mapped, from the slide file
+        assert f"detector=main, slide={slide}" in inferred  # test slides are still mapped, from the slide file
