@@ -3,4 +3,4 @@
 The package holds all logic; Snakemake rules call the thin scripts beside it.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
