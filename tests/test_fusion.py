@@ -21,27 +21,59 @@ def test_tail_probability_at_the_edges_is_the_empirical_survival_function(refere
     normal, counts, edges = reference
     at = edges[::7]
     want = ((normal[None, :] > at[:, None]).sum(axis=1) + 1) / (normal.size + 1)
-    np.testing.assert_allclose(tail_probability(at, counts, edges), want, rtol=1e-12)
+    np.testing.assert_allclose(tail_probability(at, counts, edges, tail=None), want, rtol=1e-12)
 
 
 def test_tail_probability_between_edges_is_within_one_bin_of_the_empirical_one(reference):
     normal, counts, edges = reference
     values = np.random.default_rng(1).uniform(0.5, 20, 500)
     j = np.searchsorted(edges, values)
-    got = tail_probability(values, counts, edges)
+    got = tail_probability(values, counts, edges, tail=None)
     n = normal.size
     upper = ((normal[None, :] > edges[j - 1][:, None]).sum(axis=1) + 1) / (n + 1)
     lower = ((normal[None, :] > edges[j][:, None]).sum(axis=1) + 1) / (n + 1)
     assert np.all(got <= upper + 1e-12) and np.all(got >= lower - 1e-12)
-    assert np.all(np.diff(tail_probability(np.sort(values), counts, edges)) <= 1e-15), "must fall as the score rises"
+    assert np.all(np.diff(tail_probability(np.sort(values), counts, edges, tail=None)) <= 1e-15), "must not rise"
 
 
-def test_tail_probability_floors_keep_nan_and_never_reach_zero(reference):
+def test_tail_probability_keeps_nan_and_without_a_tail_floors_at_one_over_n(reference):
     normal, counts, edges = reference
-    got = tail_probability(np.array([np.nan, 1e-9, 1e9]), counts, edges)
+    got = tail_probability(np.array([np.nan, 1e-9, 1e9]), counts, edges, tail=None)
     assert np.isnan(got[0])
     assert got[1] == 1.0  # below every normal pixel: all of them are above it
     assert got[2] == pytest.approx(1 / (normal.size + 1))
+
+
+def test_the_exponential_tail_extrapolates_an_exponential_reference_beyond_its_largest_pixel():
+    rng = np.random.default_rng(11)
+    normal = rng.exponential(2.0, 200_000).astype(np.float32)
+    edges = np.linspace(0.0, 40.0, 2001, dtype=np.float32)[1:]
+    counts = bin_counts(normal, edges)
+    x = np.array([normal.max() + 1, 35.0, 45.0, 60.0])
+    got = tail_probability(x, counts, edges)
+    want = sps.expon.sf(x, scale=2.0)
+    assert np.all(np.abs(np.log(got / want)) < 0.35), (got, want)  # within ~40 % at p down to 1e-13
+    assert np.all(np.diff(got) < 0) and got[-1] < 1 / (normal.size + 1)  # no plateau beyond the largest pixel
+
+
+def test_the_tail_joins_the_histogram_continuously_and_keeps_falling(reference):
+    normal, counts, edges = reference
+    u = float(np.quantile(normal, 0.99))
+    x = np.linspace(u * 0.9, u * 3, 400)
+    got = tail_probability(x, counts, edges)
+    assert np.all(np.diff(got) <= 0) and np.all(got > 0)
+    left, right = tail_probability(np.array([u * 0.999, u * 1.001]), counts, edges)
+    assert right == pytest.approx(left, rel=0.02)
+    # below the tail the histogram is untouched
+    below = x[x < u * 0.98]
+    np.testing.assert_array_equal(tail_probability(below, counts, edges), tail_probability(below, counts, edges, None))
+
+
+def test_too_few_pixels_above_the_quantile_leave_the_histogram_alone():
+    edges = np.array([1.0, 2.0, 3.0])
+    counts = np.array([0.0, 500.0, 5.0, 0.0])  # 5 pixels above 2: below MIN_TAIL_PIXELS
+    x = np.array([2.5, 10.0])
+    np.testing.assert_array_equal(tail_probability(x, counts, edges), tail_probability(x, counts, edges, None))
 
 
 @pytest.mark.parametrize("method,scipy_name", [("fisher", "fisher"), ("min_p", "tippett")])
@@ -127,7 +159,7 @@ def test_detector_pvalues_use_robust_z_against_the_z_reference():
 def test_detector_pvalues_of_raw_d2_and_missing_references_are_refused():
     th = _threshold(np.random.default_rng(1).chisquare(4, 5000).astype(np.float32))
     got = detector_pvalues(np.array([1e-6, 1e6]), {"method": "none"}, th)
-    assert got[0] == 1.0 and got[1] == pytest.approx(1 / 5001)
+    assert got[0] == 1.0 and 0 < got[1] < 1 / 5001  # far beyond every normal pixel: the exponential tail
     with pytest.raises(FusionError, match="z histogram"):
         detector_pvalues(np.ones(2), {"method": "robust", "median": 1.0, "scale": 1.0}, th)
 

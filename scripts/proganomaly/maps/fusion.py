@@ -22,18 +22,59 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy import stats as sps
 
+from proganomaly.calibration.stats import histogram_quantiles
+
 
 class FusionError(ValueError):
     """Scores or reference histograms that cannot be fused."""
 
 
-def tail_probability(values: np.ndarray, counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+# Above the (1 − TAIL_FRACTION) quantile of a detector's normal pixels the p-value follows an exponential tail fitted
+# to them (their mean excess over that quantile) instead of the histogram: the histogram ends at the largest normal
+# pixel, so every stronger anomaly would tie at p = 1/(n + 1), and a τ fitted on the fused score could sit on that
+# plateau and flag nothing. The exponential is the tail of a χ²-like d², and of its robust z, to first order.
+TAIL_FRACTION = 0.01
+# Fewer normal pixels than this above the quantile give no usable mean excess: the histogram alone is used.
+MIN_TAIL_PIXELS = 20
+
+
+def _survival(x: np.ndarray, counts: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """n · P(X > x) from the histogram: linear CDF within a bin, the first bin a point mass at e0 and the open last
+    bin one at e_last (the histogram's own conventions)."""
+    above = counts.sum() - np.cumsum(counts)  # normal pixels in bins after bin j
+    j = np.searchsorted(edges, x, side="left")  # the bin (e_{j-1}, e_j] that holds x
+    inner = (j > 0) & (j < edges.size)
+    surv = np.where(j == 0, counts.sum() - counts[0] * (x >= edges[0]), above[j])  # e0's mass counts below e0 only
+    jj = j[inner]
+    lo, hi = edges[jj - 1], edges[jj]
+    surv[inner] += counts[jj] * (hi - x[inner]) / (hi - lo)
+    surv[j == edges.size] = 0.0  # beyond the point mass at e_last
+    return surv
+
+
+def mean_excess(counts: np.ndarray, edges: np.ndarray, u: float) -> tuple[float, float]:
+    """(mass above u, mean excess over u) of the histogram, each bin's mass above u at the centre of that part."""
+    mass = excess = 0.0
+    for j in range(1, edges.size):
+        lo, hi = max(edges[j - 1], u), edges[j]
+        if hi > lo and counts[j]:
+            part = counts[j] * (hi - lo) / (edges[j] - edges[j - 1])
+            mass, excess = mass + part, excess + part * ((lo + hi) / 2 - u)
+    for value, c in ((edges[0], counts[0]), (edges[-1], counts[-1])):
+        if value > u and c:
+            mass, excess = mass + c, excess + c * (value - u)
+    return mass, (excess / mass if mass else 0.0)
+
+
+def tail_probability(
+    values: np.ndarray, counts: np.ndarray, edges: np.ndarray, tail: float | None = TAIL_FRACTION
+) -> np.ndarray:
     """P(X > value) under a detector's normal pixels, given as `stats.bin_counts` counts over `edges`.
 
-    The bins are (−inf, e0], (e0, e1], …, (e_last, inf); the CDF is linear within a bin, the first bin is taken as a
-    point mass at e0 and the open last bin as one at e_last (the histogram's own conventions). The result is
-    (n·S + 1) / (n + 1): never 0, so a value beyond every normal pixel gets p = 1/(n + 1), the smallest a reference
-    of n pixels can support. NaN stays NaN.
+    Below the (1 − tail) quantile u of the normal pixels: the histogram, (n·S + 1) / (n + 1), so never 0. Above u:
+    p(u) · exp(−(value − u) / β), β the normal pixels' mean excess over u, continuous at u and falling without
+    plateaus beyond the largest normal pixel. `tail` None (or too few normal pixels above u): the histogram
+    everywhere, so a value beyond every normal pixel gets 1/(n + 1). NaN stays NaN.
     """
     counts = np.asarray(counts, np.float64)
     edges = np.asarray(edges, np.float64)
@@ -44,20 +85,21 @@ def tail_probability(values: np.ndarray, counts: np.ndarray, edges: np.ndarray) 
     n = counts.sum()
     if n <= 0:
         raise FusionError("the reference histogram is empty: no normal pixels to compare with")
-    # above[j]: normal pixels in bins after bin j
-    above = n - np.cumsum(counts)
     v = np.asarray(values, np.float64)
     out = np.full(v.shape, np.nan)
     ok = np.isfinite(v)
     x = v[ok]
-    j = np.searchsorted(edges, x, side="left")  # the bin (e_{j-1}, e_j] that holds x
-    inner = (j > 0) & (j < edges.size)
-    surv = np.where(j == 0, n - counts[0] * (x >= edges[0]), above[j])  # the point mass at e0 counts below e0 only
-    jj = j[inner]
-    lo, hi = edges[jj - 1], edges[jj]
-    surv[inner] += counts[jj] * (hi - x[inner]) / (hi - lo)
-    surv[j == edges.size] = 0.0  # beyond the point mass at e_last
-    out[ok] = (surv + 1.0) / (n + 1.0)
+    p = (_survival(x, counts, edges) + 1.0) / (n + 1.0)
+    if tail is not None:
+        if not 0.0 < tail < 1.0:
+            raise FusionError(f"tail fraction {tail} must lie strictly between 0 and 1")
+        u = float(histogram_quantiles(counts, edges, [1.0 - tail])[0])
+        mass, beta = mean_excess(counts, edges, u)
+        if mass >= MIN_TAIL_PIXELS and beta > 0:
+            p_u = (_survival(np.array([u]), counts, edges)[0] + 1.0) / (n + 1.0)
+            beyond = x > u
+            p[beyond] = p_u * np.exp(-(x[beyond] - u) / beta)
+    out[ok] = np.maximum(p, np.finfo(np.float64).tiny)  # exp underflow must not read as "impossible"
     return out
 
 
