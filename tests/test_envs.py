@@ -132,7 +132,7 @@ from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSet
 with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
     workflow = api.workflow(
         resource_settings=ResourceSettings(cores=1),
-        config_settings=ConfigSettings(configfiles=[Path(sys.argv[1]).resolve()]),
+        config_settings=ConfigSettings(configfiles=[Path(a).resolve() for a in sys.argv[1:]]),
         snakefile=Path("workflow/Snakefile").resolve(),
         workdir=Path.cwd(),
     )._workflow
@@ -163,7 +163,11 @@ print("\nIMPORT_EACH " + json.dumps(failed))
 @pytest.fixture(scope="module")
 def rule_scripts(workdir) -> dict[str, tuple[Path, Path]]:
     """rule -> (env file, script), both in the repository, as Snakemake resolves them."""
-    code, out = wfrun.run([wfrun.PYTHON, "-c", _RULE_SCRIPTS, str(wfrun.TEST_CONFIG)], workdir, 300, wfrun.run_env())
+    # Two detectors, so that the fusion stage's rules (included only then) are parsed too
+    two = Path(workdir) / "two_detectors.yaml"
+    two.write_text("detectors: {fine: {}, coarse: {tiling: {target_mpp: 8.0}}}\n")
+    cmd = [wfrun.PYTHON, "-c", _RULE_SCRIPTS, str(wfrun.TEST_CONFIG), str(two)]
+    code, out = wfrun.run(cmd, workdir, 300, wfrun.run_env())
     assert code == 0, f"parsing the workflow failed:\n{out[-6000:]}"
     found = json.loads(out.split("\nRULE_SCRIPTS ", 1)[1].splitlines()[0])
     return {
