@@ -6,10 +6,7 @@ from the detectors' own maps with scipy's combine_pvalues, and that everything d
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +17,9 @@ from scipy import stats as sps
 
 from proganomaly.maps.fused import read_level0
 from proganomaly.maps.fusion import histogram_of, tail_probability
+from test_workflow import snakemake as run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SHEET = {
     "demo_train_a": "train",
     "demo_calibrate": "calibrate",
@@ -35,17 +32,9 @@ DETECTORS = {"fine": {}, "coarse": {"tiling": {"target_mpp": 8.0, "stride_px": 8
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    cmd = [SNAKEMAKE, "-s", str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--configfile", str(ROOT / "tests" / "config" / "config.yaml"), str(workdir / "two.yaml"), *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    if proc.returncode:
-        logs = "\n".join(
-            f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results" / "logs").rglob("*.log"))
-        )
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stderr[-6000:]}\n{logs[-12000:]}")
-    return proc
+def snakemake(workdir: Path, *args: str):
+    """test_workflow's runner, with two.yaml merged after the test config (the paths extend its --configfile)."""
+    return run_snakemake(workdir, str(workdir / "two.yaml"), *args)
 
 
 @pytest.fixture(scope="module")

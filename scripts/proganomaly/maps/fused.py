@@ -18,7 +18,7 @@ import numpy as np
 import tifffile
 
 from proganomaly.maps import fusion, stitching
-from proganomaly.maps.slidemaps import KdeParams, flagged_fraction, write_map_set
+from proganomaly.maps.slidemaps import KdeParams, flagged_fraction, output_dirs, write_map_set
 
 
 def read_level0(path: str | Path) -> np.ndarray:
@@ -71,12 +71,7 @@ def write_fused_maps(
 ) -> dict:  # fmt: skip
     """Every map of the slide from the fused score and τ; returns maps.json's content (without provenance)."""
     primary = Path(primary_maps_dir)
-    maps_dir, overview_dir = Path(maps_dir), Path(overview_dir)
-    maps_dir.mkdir(parents=True, exist_ok=True)
-    overview_dir.mkdir(parents=True, exist_ok=True)
-    work = maps_dir / ".work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    maps_dir, overview_dir, work = output_dirs(maps_dir, overview_dir)
     arrays = {name: read_level0(primary / f"{name}.tif") for name in ("thumbnail", "reconstruction", "tissue")}
     coverage = np.zeros(score.shape, bool)
     for path in coverage_paths:

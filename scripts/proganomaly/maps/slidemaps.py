@@ -79,12 +79,7 @@ def write_slide_maps(
     grid = canvas.grid
     if grid.mpp is None:
         raise ValueError(f"{canvas_dir}: the slide has no mpp; give it in the slide sheet's mpp column")
-    maps_dir, overview_dir = Path(maps_dir), Path(overview_dir)
-    maps_dir.mkdir(parents=True, exist_ok=True)
-    overview_dir.mkdir(parents=True, exist_ok=True)
-    work = maps_dir / ".work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    maps_dir, overview_dir, work = output_dirs(maps_dir, overview_dir)
     if meta.get("patches", None) == 0:
         log.warning("%s: no tissue patches were inferred; writing empty maps", canvas_dir)
 
@@ -133,6 +128,17 @@ def write_slide_maps(
     )  # fmt: skip
     shutil.rmtree(work, ignore_errors=True)
     return {**out, **scored, "patches": meta.get("patches"), "slide_standardisation": standardisation}
+
+
+def output_dirs(maps_dir: str | Path, overview_dir: str | Path) -> tuple[Path, Path, Path]:
+    """The maps and overview folders, made, and an empty scratch folder for the maps' on-disk arrays."""
+    maps_dir, overview_dir = Path(maps_dir), Path(overview_dir)
+    maps_dir.mkdir(parents=True, exist_ok=True)
+    overview_dir.mkdir(parents=True, exist_ok=True)
+    work = maps_dir / ".work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    return maps_dir, overview_dir, work
 
 
 def write_map_set(
