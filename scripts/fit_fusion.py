@@ -6,8 +6,6 @@ Inputs are ordered slide-major: the d² maps and maps.json of slide 1's detector
 slides, detectors and annotation files.
 """
 
-import json
-
 import numpy as np
 
 from proganomaly.common.raster import rasterize
@@ -19,12 +17,13 @@ from proganomaly.maps import fused, fusion
 
 def main(slides, detectors, d2, maps, thresholds, tissue, annotations, method, q, margin_um, log):
     n = len(detectors)
+    th = fused.read_thresholds(thresholds)
     normal, per_slide = [], {}
     for i, slide in enumerate(slides):
         rows = slice(i * n, (i + 1) * n)
-        score, used = fused.fused_score(d2[rows], maps[rows], thresholds, method)
-        meta = json.loads(open(maps[i * n]).read())
-        grid = fused.grid_of(meta)
+        metas = fused.read_json(maps[rows])
+        score, used = fused.slide_score(d2[rows], metas, th, method)
+        grid = fused.grid_of(metas[0])
         annotated = np.zeros(score.shape, bool)
         if annotations.get(slide):
             region, repairs = read_annotation(annotations[slide])

@@ -46,12 +46,25 @@ def check_same_grid(metas: list[dict], names: list[str]) -> stitching.MapGrid:
     return first
 
 
+def read_json(paths) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def read_thresholds(paths) -> dict[str, dict]:
+    """{path: threshold.json} of the detectors, in their order: read once, used for every slide."""
+    return dict(zip(map(str, paths), read_json(paths), strict=True))
+
+
 def fused_score(d2_paths, map_jsons, thresholds, method: str) -> tuple[np.ndarray, list[dict]]:
-    """The slide's fused score map and, per detector, what its p-values came from."""
-    metas = [json.loads(Path(p).read_text()) for p in map_jsons]
+    """`slide_score` from the files: each detector's maps.json and threshold.json read here."""
+    return slide_score(d2_paths, read_json(map_jsons), read_thresholds(thresholds), method)
+
+
+def slide_score(d2_paths, metas: list[dict], thresholds: dict[str, dict], method: str) -> tuple[np.ndarray, list[dict]]:
+    """The slide's fused score map and, per detector, what its p-values came from. `metas`: each detector's maps.json
+    of the slide; `thresholds`: {path: each detector's threshold.json}, in the detectors' order (read once per run)."""
     pvalues, used = [], []
-    for d2_path, meta, th_path in zip(d2_paths, metas, thresholds, strict=True):
-        th = json.loads(Path(th_path).read_text())
+    for d2_path, meta, (th_path, th) in zip(d2_paths, metas, thresholds.items(), strict=True):
         std = meta.get("slide_standardisation") or {"method": "none"}
         p = fusion.detector_pvalues(read_level0(d2_path).astype(np.float64), std, th)
         pvalues.append(p)
