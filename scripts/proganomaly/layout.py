@@ -24,6 +24,7 @@ Nothing here reads the config: the layout is fixed at import, the same for every
 from __future__ import annotations
 
 import string
+from functools import partial
 from pathlib import PurePosixPath
 
 RESULTS = "results"
@@ -84,56 +85,20 @@ def path(kind: str, file: str | None = None, **wildcards: str) -> str:
     return template.format_map(_KeepMissing(wildcards))
 
 
-def demo_path(file: str) -> str:
-    return path("demo", file)
-
-
-def tile_path(file: str, **wildcards: str) -> str:
-    return path("tiles", file, **wildcards)
-
-
-def grid_path(file: str, **wildcards: str) -> str:
-    return path("grid", file, **wildcards)
-
-
-def records_path(**wildcards: str) -> str:
-    return path("records", **wildcards)
-
-
-def manifest_path(**wildcards: str) -> str:
-    return path("manifest", **wildcards)
-
-
-def model_path(file: str, **wildcards: str) -> str:
-    return path("model", file, **wildcards)
-
-
-def calibration_path(file: str, **wildcards: str) -> str:
-    return path("calibration", file, **wildcards)
-
-
-def export_path(file: str, **wildcards: str) -> str:
-    return path("export", file, **wildcards)
-
-
-def slide_path(file: str, **wildcards: str) -> str:
-    return path("slide", file, **wildcards)
-
-
-def fused_path(file: str, **wildcards: str) -> str:
-    return path("fused", file, **wildcards)
-
-
-def fusion_path(file: str, **wildcards: str) -> str:
-    return path("fusion", file, **wildcards)
-
-
-def eval_path(file: str, **wildcards: str) -> str:
-    return path("eval", file, **wildcards)
-
-
-def pooled_path(file: str, **wildcards: str) -> str:
-    return path("pooled", file, **wildcards)
+# One accessor per kind: `model_path("model.json", detector="main")` is path("model", "model.json", detector="main").
+demo_path = partial(path, "demo")
+tile_path = partial(path, "tiles")
+grid_path = partial(path, "grid")
+records_path = partial(path, "records")
+manifest_path = partial(path, "manifest")
+model_path = partial(path, "model")
+calibration_path = partial(path, "calibration")
+export_path = partial(path, "export")
+slide_path = partial(path, "slide")
+fused_path = partial(path, "fused")
+fusion_path = partial(path, "fusion")
+eval_path = partial(path, "eval")
+pooled_path = partial(path, "pooled")
 
 
 def pooled_set(split: str = "{split}") -> str:
