@@ -73,6 +73,23 @@ def test_batches_split_give_the_same_outputs(saved):
         np.testing.assert_allclose(whole[k], split[k], rtol=1e-6, atol=1e-6)
 
 
+def test_compiled_detector_serves_short_batches_at_the_size_it_compiled():
+    """An XLA export compiles once per batch size: shorter batches are padded to the largest one served so far, and
+    each patch's outputs are its own (here each output row is its patch's sum)."""
+    served = []
+
+    def serve(patches):
+        served.append(int(patches.shape[0]))
+        return {"sum": tf.reduce_sum(tf.cast(patches, tf.int32), axis=(1, 2, 3))}
+
+    call = load._padded(serve)
+    images = random_patches(7, SIZE, seed=4)
+    got = [call(patches=tf.constant(images[i : i + 3]))["sum"].numpy() for i in range(0, 7, 3)]
+    assert served == [3, 3, 3]  # 3, 3, then the last patch padded to 3
+    np.testing.assert_array_equal(np.concatenate(got), images.astype(np.int64).sum(axis=(1, 2, 3)))
+    assert [len(g) for g in got] == [3, 3, 1]
+
+
 def test_fresh_process_gives_in_memory_outputs(saved, tmp_path):
     model, gauss, path, _ = saved
     images = random_patches(4, SIZE, seed=11)

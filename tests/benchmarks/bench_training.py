@@ -13,6 +13,8 @@ Run: .venv/bin/python tests/benchmarks/bench_training.py [--steps 12] [--threads
 
 --xla: the demo model (config/config.yaml's model section, batch 16) with training.jit_compile off ("demo") and on
 ("demo-xla"): s per step and the first call (trace + compile) per resolution, for docs/cluster.md.
+--precision: the demo model in float32 ("demo") and with training.precision bfloat16 ("demo-bf16"; float32 master
+weights and losses, as the workflow trains), the two variants alternating per resolution in fresh processes.
 """
 
 from __future__ import annotations
@@ -72,8 +74,11 @@ def build(variant: str, res: int, batch: int = 16):
         "encoder": None,
     }
     phase = Phase({4: 0, 8: 2, 16: 4, 32: 6, 64: 8}[res])
-    if variant in ("fused", "demo", "demo-xla"):
-        step = make_train_step(nets, opts, phase, seed=1, global_batch=batch, jit_compile=variant == "demo-xla")
+    if variant in ("fused", "demo", "demo-xla", "demo-bf16"):
+        dtype = tf.bfloat16 if variant == "demo-bf16" else tf.float32
+        step = make_train_step(
+            nets, opts, phase, seed=1, global_batch=batch, compute_dtype=dtype, jit_compile=variant == "demo-xla"
+        )
 
         def pair(x1, x2, i):
             return step(x1, i, tf.constant(1.0))["generator_total_loss"]
@@ -203,13 +208,14 @@ def main():
     ap.add_argument("--resolutions", default="16,32,64")
     ap.add_argument("--worker", nargs=2, metavar=("VARIANT", "RES"))
     ap.add_argument("--xla", action="store_true", help="demo model, XLA off vs on")
+    ap.add_argument("--precision", action="store_true", help="demo model, float32 vs bfloat16")
     args = ap.parse_args()
     setup(args.threads)
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.steps)))
         return
-    if args.xla:
-        xla(args)
+    if args.xla or args.precision:
+        compare(args, ("demo", "demo-xla") if args.xla else ("demo", "demo-bf16"))
         return
     load0 = Path("/proc/loadavg").read_text().split()[:3]
     rows = []
@@ -243,16 +249,19 @@ def main():
     )
 
 
-def xla(args) -> None:
+def compare(args, variants: tuple[str, str]) -> None:
+    """s per step of two demo-model variants, per resolution, each in a fresh process; the ratio is first/second."""
     load0 = Path("/proc/loadavg").read_text().split()[:3]
-    print(f"{'res':>4} {'variant':>9} {'s/step':>8} {'img/s':>7} {'first call s':>12} {'RSS MB':>7}")
+    print(f"{'res':>4} {'variant':>9} {'s/step':>8} {'img/s':>7} {'first call s':>12} {'RSS MB':>7} {'speed-up':>8}")
     for res in map(int, args.resolutions.split(",")):
-        for variant in ("demo", "demo-xla"):
+        base = None
+        for variant in variants:
             cmd = [sys.executable, __file__, "--worker", variant, str(res), "--steps", str(args.steps),
                    "--threads", str(args.threads)]  # fmt: skip
             r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            base = base or r["s_per_pair"]
             print(f"{res:>4} {variant:>9} {r['s_per_pair']:>8.3f} {r['images_per_s']:>7.1f} {r['first_call_s']:>12.1f}"
-                  f" {r['peak_rss_mb']:>7.0f}", flush=True)  # fmt: skip
+                  f" {r['peak_rss_mb']:>7.0f} {base / r['s_per_pair']:>7.2f}x", flush=True)  # fmt: skip
     load1 = Path("/proc/loadavg").read_text().split()[:3]
     print(f"threads {args.threads}; load average before {' '.join(load0)}, after {' '.join(load1)}")
 

@@ -105,7 +105,30 @@ def load_detector(path: str | Path, required: tuple[str, ...] = REQUIRED_OUTPUTS
     )
     # keep the loaded object alive with the function: the signature holds only weak references to its variables
     call = _bound(fn, loaded) if strategy is None else _split(fn, loaded, strategy)
+    if meta.get("jit_compile"):
+        call = _padded(call)
     return Detector(str(path), int(spec.shape[1]), outputs, call, meta)
+
+
+def _padded(call):
+    """An XLA-compiled serving function compiles once per batch size (seconds on a CPU): each slide's last, shorter
+    batch would cost a compile of its own. Shorter batches are padded (repeating their last patch) to the largest size
+    served so far and the padding dropped; every output is per patch, so the result is unchanged."""
+    import tensorflow as tf
+
+    largest = [0]
+
+    def padded(patches):
+        arr = np.asarray(patches)
+        n = len(arr)
+        largest[0] = max(largest[0], n)
+        if 0 < n < largest[0]:
+            arr = np.concatenate([arr, np.repeat(arr[-1:], largest[0] - n, axis=0)])
+            return {k: v[:n] for k, v in call(patches=tf.constant(arr)).items()}
+        return call(patches=patches)
+
+    padded.owner = call  # the wrapped call keeps the loaded SavedModel alive
+    return padded
 
 
 def _bound(fn, owner):

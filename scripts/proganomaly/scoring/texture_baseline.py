@@ -93,10 +93,9 @@ def patch_features(images):
     for factor in GRADIENT_SCALES:
         gradients += list(_moments(sobel_magnitude(block_mean(grey, factor))))
     codes = lbp_uniform(tf.round(grey * 255.0))
-    counts = tf.math.bincount(
-        tf.reshape(codes, (tf.shape(codes)[0], -1)), minlength=LBP_BINS, maxlength=LBP_BINS, axis=-1
-    )
-    histogram = tf.cast(tf.reshape(counts, (-1, LBP_BINS)), tf.float64) / float(codes.shape[1] * codes.shape[2])
+    # A one-hot sum, not bincount: the same exact counts, and XLA can compile it (export.jit_compile).
+    counts = tf.reduce_sum(tf.one_hot(codes, LBP_BINS, dtype=tf.int32), axis=(1, 2))
+    histogram = tf.cast(counts, tf.float64) / float(codes.shape[1] * codes.shape[2])
     return tf.concat([hed_moments(rgb), tf.stack(gradients, axis=-1), histogram], axis=-1)
 
 
