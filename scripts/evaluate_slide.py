@@ -1,7 +1,8 @@
 """Rule evaluate_slide: threshold × dilation grid (all classes, per class / group and per lesion) and pixel-level
 AUROC/AP for one annotated slide, and how much of its normal tissue the pixel flags and the KDE mark. A slide whose
 annotation file has zero features is normal-only: all its tissue is normal, recall and F1 are undefined (null). The
-predicted polygons come later (export_predictions), at the validation-chosen cell."""
+predicted polygons come later (export_predictions), at the validation-chosen cell. With several detectors the maps are
+the fused ones, and each detector's own score (`detector:NAME`) is scored at the same sampled pixels beside them."""
 
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from proganomaly.config import from_params
 from proganomaly.evaluation import classes, geometry, lesions, metrics, specificity
 from proganomaly.evaluation import inputs as eval_io
 from proganomaly.evaluation.grid import GridSpec, evaluate_all
+from proganomaly.maps import fused
 
 MAPS = ("mahalanobis_d2", "anomaly_map", "kde")
 
@@ -79,17 +81,29 @@ del tissue_mask, scored
 s.kde = None
 for name in ("mahalanobis_d2", "anomaly_map"):
     sample[name] = eval_io.read_map(inp[name], shape).ravel()[pick]
+# Several detectors: each one alone, on the scale the fusion combines, at the very pixels sampled of the fused maps,
+# so the pooled tables show what fusing adds. A pixel only the other detectors scored is NaN in its column (dropped and
+# counted by pixel_scores).
+detectors = list(getattr(snakemake.params, "detector_names", None) or [])
+if detectors:
+    metas = fused.read_json(inp.detector_maps)
+    fused.check_same_grid(metas, detectors)
+    thresholds = fused.read_json(inp.detector_thresholds)
+    for name, d2_path, meta, threshold in zip(detectors, inp.detector_d2, metas, thresholds, strict=True):
+        d2 = eval_io.read_map(d2_path, shape)
+        sample[fused.detector_column(name)] = fused.detector_score(d2, meta, threshold, pick)
+maps = (*MAPS, *map(fused.detector_column, detectors))
 sample["weight"] = len(flat) / max(len(pick), 1)
 sample.insert(0, "slide_id", slide)
 with atomic_path(out.pixels) as tmp:
     sample.to_parquet(tmp, index=False)
-pixel = {name: metrics.pixel_scores(sample["label"], sample[name], curve_points=ev.curve_points) for name in MAPS}
-part_pixel = metrics.part_pixel_scores(sample, part_columns, MAPS, curve_points=ev.curve_points)
+pixel = {name: metrics.pixel_scores(sample["label"], sample[name], curve_points=ev.curve_points) for name in maps}
+part_pixel = metrics.part_pixel_scores(sample, part_columns, maps, curve_points=ev.curve_points)
 for name, res in pixel.items():
     log.info("%s pixel-level %s: AUROC %s, AP %s over %d pixels", slide, name, res["auroc"], res["average_precision"], res["n_pixels"])  # fmt: skip
 for level, named in part_pixel.items():
     for part, res in named.items():
-        log.info("%s %s %r: AUROC %s", slide, level, part, {m: res[m]["auroc"] for m in MAPS})
+        log.info("%s %s %r: AUROC %s", slide, level, part, {m: res[m]["auroc"] for m in maps})
 
 per_part = {
     level: {

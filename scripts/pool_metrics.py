@@ -12,6 +12,7 @@ from proganomaly.common.runlog import provenance, setup_logging, write_json
 from proganomaly.config import from_params
 from proganomaly.evaluation import classes, lesions, metrics, operating, specificity
 from proganomaly.evaluation import inputs as eval_io
+from proganomaly.maps.fused import DETECTOR_PREFIX
 
 MAPS = ("mahalanobis_d2", "anomaly_map", "kde")
 
@@ -34,12 +35,14 @@ with atomic_path(out.class_grid) as tmp:
 
 # Each slide's pixel sample carries a weight (its tissue pixels / sampled pixels): pooled, every pixel counts once.
 pixels = pd.concat([pd.read_parquet(p) for p in inp.pixels], ignore_index=True)
+# With several detectors, each one's own score too (evaluate_slide gives every slide of a run the same columns).
+maps = (*MAPS, *(col for col in pixels.columns if col.startswith(DETECTOR_PREFIX)))
 pixel = {
     name: metrics.pixel_scores(pixels["label"], pixels[name], pixels["weight"], curve_points=ev.curve_points)
-    for name in MAPS
+    for name in maps
 }
 part_columns = {key: col for col in pixels.columns if (key := classes.parse_column(col))}
-part_pixel = metrics.part_pixel_scores(pixels, part_columns, MAPS, pixels["weight"], ev.curve_points)
+part_pixel = metrics.part_pixel_scores(pixels, part_columns, maps, pixels["weight"], ev.curve_points)
 best_parts = metrics.best_part_cells(pooled_parts, "f1")
 
 lesion_grid = pd.concat([pd.read_parquet(p) for p in inp.lesion_grids], ignore_index=True)

@@ -15,6 +15,7 @@ import yaml
 from snakemake.utils import update_config
 
 from proganomaly.config import MAIN, ConfigError, apply_overrides, detector_configs, validate_config
+from proganomaly.layout import calibration_path, grid_path, slide_path
 
 ROOT = Path(__file__).resolve().parents[1]
 REDUCED = ROOT / "tests" / "config" / "config.yaml"
@@ -207,10 +208,14 @@ def test_one_detector_is_main_and_an_explicit_main_plans_the_same_jobs(tmp_path)
     for rule in ("train_reconstruction", "fit_error_distribution", "fit_threshold", "export_model", "plot_training"):
         assert counts[rule] == 1, rule
     assert all(j["wildcards"].get("detector", MAIN) == MAIN for j in implicit)
-    # the evaluation reads the one detector's maps
+    # the evaluation reads the one detector's maps, and nothing for comparing detectors (there is one)
     evaluate = next(j for j in implicit if j["rule"] == "evaluate_slide")
     slide = evaluate["wildcards"]["slide"]
-    assert f"results/detectors/main/slides/{slide}/maps/kde.tif" in evaluate["input"]
+    maps = [slide_path(f, detector=MAIN, slide=slide) for f in
+            ("maps/kde.tif", "maps/flags.tif", "maps/mahalanobis_d2.tif", "maps/anomaly_map.tif", "maps.json")]  # fmt: skip
+    tiles = [grid_path(f, detector=MAIN, slide=slide) for f in ("patches.parquet", "qc.json")]
+    assert evaluate["input"] == [*maps, *tiles, f"results/demo/{slide}.geojson"]
+    assert not any(k.startswith("detector") for k in evaluate["params"])
 
 
 def test_two_detectors_are_fused_before_anything_reads_the_maps(tmp_path):
@@ -231,6 +236,14 @@ def test_two_detectors_are_fused_before_anything_reads_the_maps(tmp_path):
         assert readers, rule
         for job in readers:
             maps = [f for f in job["input"] if "/maps" in f or f.endswith("threshold.json")]
+            if rule == "evaluate_slide":  # it also scores each detector alone, from what fuse_maps fuses
+                slide = job["wildcards"]["slide"]
+                own = [slide_path(f, detector=d, slide=slide) for f in ("maps/mahalanobis_d2.tif", "maps.json")
+                       for d in ("fine", "coarse")]  # fmt: skip
+                own += [calibration_path("threshold.json", detector=d) for d in ("fine", "coarse")]
+                assert sorted(f for f in maps if f.startswith("results/detectors/")) == sorted(own)
+                assert job["params"]["detector_names"] == ["fine", "coarse"]
+                maps = [f for f in maps if f not in own]
             assert maps and not any(f.startswith("results/detectors/") for f in maps), (rule, maps)
     fuse = next(j for j in jobs if j["rule"] == "fuse_maps")
     assert "results/fusion/threshold.json" in fuse["input"]

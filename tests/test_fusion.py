@@ -272,3 +272,38 @@ def test_fit_fusion_fits_tau_on_normal_pixels_outside_grown_annotations(two_dete
     assert res["slides"]["s1"]["normal_pixels"] == int(keep.sum())
     assert res["tau"] == pytest.approx(float(np.quantile(score[keep], 0.5)))
     assert res["detectors"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("robust", [False, True], ids=["d2", "robust_z"])
+def test_a_detectors_own_score_is_minus_log10_of_its_p_and_scored_like_sklearn(two_detectors, robust):
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from proganomaly.evaluation.classes import parse_column
+    from proganomaly.evaluation.metrics import pixel_scores
+
+    _, _, d2s, paths = two_detectors
+    d2 = d2s[0]
+    rng = np.random.default_rng(7)
+    meta = json.loads(paths[0][1].read_text())
+    threshold = json.loads(paths[0][2].read_text())
+    if robust:
+        meta["slide_standardisation"] = {"method": "robust", "median": 3.0, "scale": 2.5}
+        threshold = _threshold(rng.chisquare(4, 1000), robust=rng.normal(0, 1, 20_000))
+    pick = np.sort(rng.choice(H * W, 900, replace=False))
+    got = fused.detector_score(d2, meta, threshold, pick)
+    want = -np.log10(detector_pvalues(d2.astype(np.float64), meta["slide_standardisation"], threshold)).ravel()[pick]
+    np.testing.assert_allclose(got, want, rtol=1e-12)  # NaN where want is NaN
+    unscored = np.isnan(d2.ravel()[pick])
+    assert unscored.any() and np.array_equal(np.isnan(got), unscored)  # the glass third: NaN, not a score
+    lesion = np.zeros((H, W), bool)
+    lesion[10:16, 30:36] = True
+    labels = lesion.ravel()[pick]
+    assert labels[~unscored].any()
+    res = pixel_scores(labels, got, np.ones(len(pick)))  # weighted as pool_metrics scores, every weight 1
+    assert res["n_nonfinite_dropped"] == int(unscored.sum())
+    assert res["auroc"] == pytest.approx(roc_auc_score(labels[~unscored], got[~unscored]), abs=1e-12)
+    assert res["average_precision"] == pytest.approx(
+        average_precision_score(labels[~unscored], got[~unscored]), abs=1e-12
+    )
+    # the pixels.parquet column of a detector's own score is no class or group label
+    assert fused.detector_column("fine") == "detector:fine" and parse_column(fused.detector_column("fine")) is None

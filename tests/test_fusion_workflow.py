@@ -2,7 +2,8 @@
 
 The reduced test config, a five-slide sheet (train, calibrate, an annotated and a normal-only validation slide, a
 test slide) and `detectors: {fine, coarse}`; checks that the fused maps are what fusion.py defines, computed again here
-from the detectors' own maps with scipy's combine_pvalues, and that everything downstream read them.
+from the detectors' own maps with scipy's combine_pvalues, and that everything downstream read them; and that the
+evaluation scores each detector alone at the same sampled pixels, pooled beside the fused score.
 """
 
 import json
@@ -52,6 +53,20 @@ def fused_run(tmp_path_factory):
     return workdir
 
 
+def own_pvalues(res: Path, slide: str) -> dict[str, np.ndarray]:
+    """Each detector's tail probability map of a slide, from its own maps.json, d² map and threshold.json."""
+    out = {}
+    for d in DETECTORS:
+        meta = json.loads((res / "detectors" / d / "slides" / slide / "maps.json").read_text())
+        th = json.loads((res / "detectors" / d / "calibration" / "threshold.json").read_text())
+        d2 = read_level0(res / "detectors" / d / "slides" / slide / "maps" / "mahalanobis_d2.tif").astype(float)
+        std = meta["slide_standardisation"]
+        assert std["method"] == "robust"  # the demo config standardises per slide
+        z = (d2 - std["median"]) / std["scale"]
+        out[d] = tail_probability(z, *histogram_of(th["slide_standardisation"]["z_histogram_normal"]))
+    return out
+
+
 def test_rerun_has_nothing_to_do(fused_run):
     proc = snakemake(fused_run, "--cores", "1", "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -63,15 +78,7 @@ def test_fused_score_is_fisher_of_each_detectors_tail_probability(fused_run):
     assert fit["detectors"] == ["fine", "coarse"] and fit["method"] == "fisher"
     slide = "demo_test"
     fused = read_level0(res / "slides" / slide / "maps" / "mahalanobis_d2.tif")
-    pvalues = []
-    for d in DETECTORS:
-        meta = json.loads((res / "detectors" / d / "slides" / slide / "maps.json").read_text())
-        th = json.loads((res / "detectors" / d / "calibration" / "threshold.json").read_text())
-        d2 = read_level0(res / "detectors" / d / "slides" / slide / "maps" / "mahalanobis_d2.tif").astype(float)
-        std = meta["slide_standardisation"]
-        assert std["method"] == "robust"  # the demo config standardises per slide
-        z = (d2 - std["median"]) / std["scale"]
-        pvalues.append(tail_probability(z, *histogram_of(th["slide_standardisation"]["z_histogram_normal"])))
+    pvalues = list(own_pvalues(res, slide).values())
     both = np.isfinite(pvalues[0]) & np.isfinite(pvalues[1])
     assert both.sum() > 1000
     rows, cols = np.nonzero(both)
@@ -120,3 +127,54 @@ def test_evaluation_and_report_read_the_fused_maps(fused_run):
     # QuPath's per-patch tiles are the first detector's
     tiles = res / "detectors" / "fine" / "slides" / "demo_test" / "tiles.geojson"
     assert (res / "slides" / "demo_test" / "tiles.geojson").read_bytes() == tiles.read_bytes()
+
+
+def test_evaluation_scores_each_detector_alone_at_the_pixels_sampled_of_the_fused_maps(fused_run):
+    res = fused_run / "results"
+    columns = {d: f"detector:{d}" for d in DETECTORS}
+    rng = np.random.default_rng(1)
+    for slide in ("demo_validation", "demo_validation_normal", "demo_test"):
+        sample = pd.read_parquet(res / "eval" / slide / "pixels.parquet")
+        assert set(columns.values()) <= set(sample.columns)
+        own = {d: -np.log10(p) for d, p in own_pvalues(res, slide).items()}
+        # pixels.parquet keeps no pixel positions: each sampled pixel is found again by its fused score
+        fused = read_level0(res / "slides" / slide / "maps" / "mahalanobis_d2.tif").ravel()
+        finite = np.flatnonzero(np.isfinite(fused))
+        order = finite[np.argsort(fused[finite], kind="stable")]
+        values = fused[order]
+        rows = rng.choice(len(sample), min(300, len(sample)), replace=False)
+        for i in rows:
+            f = sample["mahalanobis_d2"].iloc[i]
+            at = order[np.searchsorted(values, f, "left") : np.searchsorted(values, f, "right")]
+            assert at.size, (slide, i)
+            match = np.ones(at.size, bool)
+            for d, col in columns.items():
+                got, want = sample[col].iloc[i], own[d].ravel()[at]
+                match &= np.isclose(want, got, rtol=1e-9, atol=0) | (np.isnan(want) & np.isnan(got))
+            assert match.any(), (slide, i, sample.iloc[i].to_dict())
+        # and the two detectors' own scores of a row are what the fused score of that row combines
+        both = sample[list(columns.values())].notna().all(axis=1).to_numpy()
+        assert both.sum() > 100
+        for i in rng.choice(np.flatnonzero(both), 100, replace=False):
+            p = [10 ** -sample[col].iloc[i] for col in columns.values()]
+            want = -np.log10(sps.combine_pvalues(p, method="fisher").pvalue)
+            assert sample["mahalanobis_d2"].iloc[i] == pytest.approx(want, rel=1e-4, abs=1e-5)
+
+
+def test_pooled_metrics_hold_each_detectors_pixel_auroc(fused_run):
+    from sklearn.metrics import roc_auc_score
+
+    res = fused_run / "results"
+    for split in ("validation", "test"):
+        m = json.loads((res / "eval" / "pooled" / split / "metrics.json").read_text())
+        pixels = pd.concat(
+            [pd.read_parquet(res / "eval" / s / "pixels.parquet") for s in m["slides"]], ignore_index=True
+        )
+        for d in DETECTORS:
+            col = f"detector:{d}"
+            ok = np.isfinite(pixels[col])
+            want = roc_auc_score(pixels["label"][ok], pixels[col][ok], sample_weight=pixels["weight"][ok])
+            assert m["pixel"][col]["auroc"] == pytest.approx(want, abs=1e-12), (split, col)
+            for named in m["per_class"].values():
+                for part in named.values():
+                    assert col in part["pixel"]

@@ -18,7 +18,9 @@ override file that retrains; it runs with every scorer too.
 
 Numbers are pixel AUROC and average precision of the Mahalanobis d² map and of the KDE heat map, per anomaly class
 and group against normal tissue, pooled over the validation slides and over the test slides (results/eval/pooled/
-{validation,test}/metrics.json), as mean ± sample sd over seeds. The default scorer is to be chosen on validation
+{validation,test}/metrics.json), as mean ± sample sd over seeds. With several detectors (`detectors:` in a variant's
+overrides) the d² map is the fused score, and each detector alone is a map of its own, `detector:NAME` (its −log₁₀
+tail probability, at the same pixels). The default scorer is to be chosen on validation
 columns only. Train time is the train_reconstruction job's wall clock; inference time the calibration, export and
 infer_slide jobs' wall clock (Snakemake benchmark files). Prints one table and writes detection.json.
 """
@@ -40,6 +42,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SPLITS = ("validation", "test")
 MAPS = ("mahalanobis_d2", "kde")
+# Maps evaluate_slide adds with several detectors, one per detector (proganomaly.maps.fused.DETECTOR_PREFIX).
+DETECTOR_PREFIX = "detector:"
 INFERENCE_RULES = ("fit_error_distribution", "fit_threshold", "export_model", "infer_slide")
 
 
@@ -88,10 +92,11 @@ def pooled_scores(work: Path) -> dict:
         if not path.is_file():
             continue
         m = json.loads(path.read_text())
-        rows = {"all": {k: _pick(m["pixel"][k]) for k in MAPS}}
+        maps = [*MAPS, *(k for k in m["pixel"] if k.startswith(DETECTOR_PREFIX))]
+        rows = {"all": {k: _pick(m["pixel"][k]) for k in maps}}
         for level, named in m.get("per_class", {}).items():
             for name, res in named.items():
-                rows[f"{level}:{name}"] = {k: _pick(res["pixel"][k]) for k in MAPS if k in res["pixel"]}
+                rows[f"{level}:{name}"] = {k: _pick(res["pixel"][k]) for k in maps if k in res["pixel"]}
         spec = m.get("specificity")
         if spec:
             rows["specificity"] = {k: spec.get(k) for k in SPECIFICITY}
@@ -325,9 +330,20 @@ def validation_choice(summary: dict, map_name: str = "mahalanobis_d2") -> list[t
     return sorted(ranked, reverse=True)
 
 
+def detector_maps(summary: dict) -> list[str]:
+    """The maps of single detectors (`detector:NAME`) in a json_summary, in first-seen order."""
+    seen: list[str] = []
+    for scorers in summary.values():
+        for parts in scorers.values():
+            for splits in parts.values():
+                for maps in splits.values():
+                    seen += [m for m in maps if m.startswith(DETECTOR_PREFIX) and m not in seen]
+    return seen
+
+
 def markdown_tables(summary: dict, times: pd.DataFrame, spec: dict | None = None) -> str:
-    """Markdown: per map, the report's comparison table (a row per group × variant × scorer, mean ± sd over seeds,
-    seeds counted), then the times."""
+    """Markdown: per map (with several detectors, each detector alone too), the report's comparison table (a row per
+    group × variant × scorer, mean ± sd over seeds, seeds counted), then the times."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from proganomaly.report.scorers import comparison_table
 
@@ -337,10 +353,17 @@ def markdown_tables(summary: dict, times: pd.DataFrame, spec: dict | None = None
             "| " + " | ".join("" if v is None else str(v) for v in r) + " |" for r in df.itertuples(index=False)
         ]
 
+    detectors = detector_maps(summary)
+    labels = [("mahalanobis_d2", "d² map (the fused score where several detectors ran)" if detectors else "d² map"),
+              ("kde", "KDE heat map")]  # fmt: skip
+    labels += [(m, f"{m.removeprefix(DETECTOR_PREFIX)} detector alone") for m in detectors]
     out = []
-    for name, label in (("mahalanobis_d2", "d² map"), ("kde", "KDE heat map")):
+    for name, label in labels:
+        table = comparison_table(summary, name)
+        if name in detectors:  # runs with one detector have no such map
+            table = table[table["seeds"] > 0]
         out += [f"### Pixel AUROC and AP of the {label}, per group (mean ± sd over seeds)", ""]
-        out += [*rows(comparison_table(summary, name)), ""]
+        out += [*rows(table), ""]
     if spec:
         out += ["### Specificity and F1 at the operating point (mean ± sd over seeds)", ""]
         out += [*rows(specificity_table(spec)), ""]

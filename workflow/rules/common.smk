@@ -445,6 +445,25 @@ def pooled_slides():
     return annotated_slides(*pooled_splits())
 
 
+# With several detectors, evaluate_slide also scores each detector alone at the pixels it samples of the fused maps,
+# from what fuse_maps fuses (each detector's d² map, maps.json and τ file), so the pooled metrics hold each detector
+# beside the fused score. With one there is nothing to compare, and its job keeps exactly its inputs and params.
+def detector_eval_inputs():
+    """evaluate_slide's inputs for scoring each detector alone (`input: **detector_eval_inputs()`)."""
+    if not FUSED:
+        return {}
+    return {
+        "detector_d2": each_detector("maps/mahalanobis_d2.tif"),
+        "detector_maps": each_detector("maps.json"),
+        "detector_thresholds": [threshold_file(d) for d in DETECTOR_NAMES],
+    }
+
+
+def detector_eval_params():
+    """evaluate_slide's params for scoring each detector alone: the detectors' names, in the inputs' order."""
+    return {"detector_names": DETECTOR_NAMES} if FUSED else {}
+
+
 def pooled_inputs(name):
     """Input function: per-slide evaluation outputs (grid.parquet, metrics.json, ...) of one pooled split."""
 

@@ -2,7 +2,8 @@
 # original's 416-element Dataflow job), all classes and per annotation class / group, and pixel-level AUROC / AP of
 # the maps; the operating point chosen on the pooled validation slides; QuPath GeoJSON of the predicted polygons at
 # that point; the pooled metrics per split (validation and test apart). Every rule here reads the slide's final maps
-# (final_map_file: the one detector's, or the fused maps of several).
+# (final_map_file: the one detector's, or the fused maps of several); with several, evaluate_slide also scores each
+# detector alone beside them (detector_eval_inputs).
 
 
 wildcard_constraints:
@@ -11,8 +12,9 @@ wildcard_constraints:
 
 rule evaluate_slide:
     """Grids of confusion areas and metrics (all classes, per class / group) and pixel-level AUROC/AP of one
-    annotated slide."""
+    annotated slide (with several detectors, of each detector alone too)."""
     input:
+        **detector_eval_inputs(),
         kde=final_map_file("maps/kde.tif"),
         flags=final_map_file("maps/flags.tif"),
         mahalanobis_d2=final_map_file("maps/mahalanobis_d2.tif"),
@@ -53,6 +55,7 @@ rule evaluate_slide:
             "evaluation.max_pixels",
             "evaluation.curve_points",
         ),
+        **detector_eval_params(),
     script:
         "../../scripts/evaluate_slide.py"
 

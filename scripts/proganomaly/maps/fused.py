@@ -60,12 +60,35 @@ def fused_score(d2_paths, map_jsons, thresholds, method: str) -> tuple[np.ndarra
     return slide_score(d2_paths, read_json(map_jsons), read_thresholds(thresholds), method)
 
 
+def standardisation_of(meta: dict) -> dict:
+    """A detector's slide standardisation record from its maps.json (none when it does not standardise)."""
+    return meta.get("slide_standardisation") or {"method": "none"}
+
+
+# pixels.parquet's column of one detector's own score (evaluate_slide, with several detectors). "detector" is not a
+# part level (evaluation.classes.LEVELS), so these columns are never taken for a class's or group's labels.
+DETECTOR_PREFIX = "detector:"
+
+
+def detector_column(name: str) -> str:
+    return f"{DETECTOR_PREFIX}{name}"
+
+
+def detector_score(d2: np.ndarray, meta: dict, threshold: dict, pick: np.ndarray) -> np.ndarray:
+    """One detector's own score at flat indices `pick` of its d² map: −log₁₀ of the tail probability the fusion gives
+    it (`fusion.detector_pvalues`), so that its ranking is judged on the calibrated scale the fused score combines,
+    per-slide offsets removed as there. `meta`: its maps.json of the slide; `threshold`: its threshold.json. NaN where
+    the detector did not score the pixel."""
+    d2 = np.asarray(d2, np.float64).ravel()[pick]
+    return -np.log10(fusion.detector_pvalues(d2, standardisation_of(meta), threshold))
+
+
 def slide_score(d2_paths, metas: list[dict], thresholds: dict[str, dict], method: str) -> tuple[np.ndarray, list[dict]]:
     """The slide's fused score map and, per detector, what its p-values came from. `metas`: each detector's maps.json
     of the slide; `thresholds`: {path: each detector's threshold.json}, in the detectors' order (read once per run)."""
     pvalues, used = [], []
     for d2_path, meta, (th_path, th) in zip(d2_paths, metas, thresholds.items(), strict=True):
-        std = meta.get("slide_standardisation") or {"method": "none"}
+        std = standardisation_of(meta)
         p = fusion.detector_pvalues(read_level0(d2_path).astype(np.float64), std, th)
         pvalues.append(p)
         finite = p[np.isfinite(p)]
