@@ -300,8 +300,8 @@ def test_config_params_nest_the_chosen_keys_and_copy_them():
         "seed": config["seed"],
         "export": config["export"],
     }
-    params["export"]["jit_compile"] = True
-    assert config["export"]["jit_compile"] is False
+    params["export"]["jit_compile"] = False
+    assert config["export"]["jit_compile"] is True
     with pytest.raises(ConfigError, match=r"calibration\.bogus"):
         config_params(config, "calibration.bogus")
 
