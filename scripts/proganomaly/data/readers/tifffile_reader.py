@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +65,10 @@ class TiffSlide(Slide):
         ]
         super().__init__(path, levels, mpp, mpp_source, cache_bytes)
         self._tif, self._pages = tif, pages
-        # tifffile's own FileHandle.lock is a no-op unless switched on; the read pool's threads share one file
-        # position, so seek + read must be atomic here.
-        self._read_lock = threading.Lock()
+        # The read pool's threads share one file position, so seek + read must be atomic. tifffile's own
+        # FileHandle.lock is a no-op unless switched on; switched on, the reads here and any read tifffile makes by
+        # itself (e.g. a delay-loaded tag value) take the same lock.
+        tif.filehandle.set_lock(True)
 
     def _close(self) -> None:
         self._tif.close()
@@ -80,7 +80,7 @@ class TiffSlide(Slide):
         fh = self._tif.filehandle
         data = None
         if count:
-            with self._read_lock:
+            with fh.lock:
                 fh.seek(offset)
                 data = fh.read(count)
         try:
