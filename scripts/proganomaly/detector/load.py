@@ -123,12 +123,20 @@ def _padded(call):
         n = len(arr)
         largest[0] = max(largest[0], n)
         if 0 < n < largest[0]:
-            arr = np.concatenate([arr, np.repeat(arr[-1:], largest[0] - n, axis=0)])
-            return {k: v[:n] for k, v in call(patches=tf.constant(arr)).items()}
+            return {k: v[:n] for k, v in call(patches=tf.constant(_pad_to(arr, largest[0]))).items()}
         return call(patches=patches)
 
     padded.owner = call  # the wrapped call keeps the loaded SavedModel alive
     return padded
+
+
+def _pad_to(arr: np.ndarray, size: int) -> np.ndarray:
+    """The batch grown to `size` patches by repeating its last one (zeros for an empty batch); outputs of the padding
+    are dropped by the callers, since every output is per patch."""
+    if len(arr) >= size:
+        return arr
+    fill = arr[-1:] if len(arr) else np.zeros((1, *arr.shape[1:]), arr.dtype)
+    return np.concatenate([arr, np.repeat(fill, size - len(arr), axis=0)])
 
 
 def _bound(fn, owner):
@@ -154,9 +162,7 @@ def _split(fn, owner, strategy):
         arr = np.asarray(patches)
         n = len(arr)
         per = -(-max(n, 1) // replicas)
-        if n < per * replicas:
-            fill = arr[-1:] if n else np.zeros((1, *arr.shape[1:]), arr.dtype)
-            arr = np.concatenate([arr, np.repeat(fill, per * replicas - n, axis=0)])
+        arr = _pad_to(arr, per * replicas)
         parts = [arr[r * per : (r + 1) * per] for r in range(replicas)]
         shares = strategy.experimental_distribute_values_from_function(
             lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group])
